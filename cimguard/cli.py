@@ -1,0 +1,126 @@
+"""The ``cimguard`` command-line tool."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+import click
+
+from cimguard import __version__
+from cimguard.errors import CimguardError
+from cimguard.cli_options import model_option, seed_option, setup_from_options, setup_options
+
+DEBUG_ENV = "CIMGUARD_DEBUG"
+
+
+class CimguardGroup(click.Group):
+    """Turns every error into one line on stderr and a non-zero exit (no traceback).
+
+    Set ``CIMGUARD_DEBUG=1`` to see the traceback of unexpected errors.
+    """
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CimguardError as exc:
+            raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt:
+            click.echo("Interrupted.", err=True)
+            ctx.exit(130)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the user gets one line, developers set CIMGUARD_DEBUG
+            if os.environ.get(DEBUG_ENV):
+                raise
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise click.ClickException(
+                f"internal error: {type(exc).__name__}: {message} (set {DEBUG_ENV}=1 for the traceback)"
+            ) from None
+
+
+@click.group(cls=CimguardGroup)
+@click.version_option(__version__, prog_name="cimguard")
+def cli() -> None:
+    """Worst-case evaluation and hardening of ONNX networks on compute-in-memory accelerators."""
+
+
+@cli.command(name="plugins")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def plugins_command(as_json: bool) -> None:
+    """List plugins, the hooks they implement and the names they register."""
+    from cimguard.plugins import describe_plugins
+
+    rows = describe_plugins()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        origin = "built-in" if row["builtin"] else f"entry point{' ' + row['version'] if row['version'] else ''}"
+        click.echo(f"{row['name']} ({origin})")
+        click.echo(f"  hooks: {', '.join(row['hooks'])}")
+        for kind, names in row["registers"].items():
+            click.echo(f"  {kind}: {', '.join(names)}")
+
+
+@cli.command()
+@model_option
+@setup_options
+@click.option("--thg", type=click.FloatRange(min=0), default=None, help="Write-verify threshold in level units (default: the device's).")
+@click.option("--samples", type=click.IntRange(min=1), default=100, show_default=True, help="Monte Carlo chips.")
+@seed_option
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the full report to a new JSON file.")
+def evaluate(model, data, device_name, device_params, device_file, weight_bits, label_free, verify, torch_device,
+             max_samples, thg, samples, seed, json_path) -> None:
+    """Clean and Monte Carlo accuracy of a model on simulated CiM chips."""
+    from cimguard.evaluate import accuracy, float_accuracy, monte_carlo
+    from cimguard.report import check_new_output, write_json
+
+    if json_path:
+        check_new_output(json_path)
+    setup = setup_from_options(model, data, device_name, device_params, device_file, weight_bits, label_free,
+                               verify, torch_device, max_samples, thg)
+    clean = accuracy(setup.crossbar, setup.data)
+    floating = float_accuracy(setup.crossbar, setup.data)
+    stats = monte_carlo(setup.crossbar, setup.data, samples, seed, progress=sys.stderr.isatty())
+    report = {"setup": setup.describe(), "float_accuracy": floating, "clean_accuracy": clean, "monte_carlo": stats}
+    metric = "agreement" if setup.data.label_free else "accuracy"
+    click.echo(f"model   {setup.model_path}")
+    click.echo(f"data    {setup.dataset.description}")
+    click.echo(f"device  {setup.device_name} (thg {setup.device.config.thg:g} levels), "
+               f"{setup.crossbar.num_weights} weights in {len(setup.crossbar.layers)} layers, "
+               f"{setup.crossbar.config.weight_bits}-bit weights on {setup.crossbar.slices} devices each")
+    click.echo("")
+    rows = [
+        (f"float model {metric}", floating),
+        (f"clean chip {metric}", clean),
+        (f"Monte Carlo mean ({stats.samples} chips, seed {seed})", stats.mean),
+        ("Monte Carlo std", stats.std),
+        ("Monte Carlo min", stats.min),
+    ] + [(f"KPP {_ordinal(p)} percentile", value) for p, value in stats.percentiles.items()]
+    width = max(len(label) for label, _ in rows)
+    for label, value in rows:
+        click.echo(f"{label:<{width}}  {value:.4f}")
+    if json_path:
+        write_json(json_path, report)
+        click.echo(f"\nwrote {json_path}")
+
+
+def _ordinal(number: str) -> str:
+    suffix = {"1": "st", "2": "nd", "3": "rd"}.get(number[-1:], "th")
+    return f"{number}{'th' if number.endswith(('11', '12', '13')) else suffix}"
+
+
+def _register_plugin_commands() -> None:
+    from cimguard.plugins import pm
+
+    pm.hook.register_commands(cli=cli)
+
+
+_register_plugin_commands()
+
+
+def main() -> None:
+    cli(prog_name="cimguard")

@@ -1,0 +1,209 @@
+"""Mapping weights onto crossbars: the one place that turns device deviations into ΔW.
+
+A mapped weight tensor ``W`` (one layer) is stored as follows:
+
+* full scale ``s = max|W|``; magnitudes are quantised to ``K`` bits,
+  ``q = round(|W| / s * (2**K - 1))`` (so ``q = 2**K - 1`` is exactly ``s``);
+* ``q`` is sliced over ``M = K / B`` devices of ``B`` bits each, most significant
+  first: ``q = Σ_i g_i · 2**((M - i) B)``, ``g_i ∈ {0 … 2**B - 1}``;
+* the nominal weight is ``W_q = sign(W) · s_fs · Σ_i g_i 2**(-iB)`` with
+  ``s_fs = s · 2**K / (2**K - 1)``, i.e. ``sign(W) · s · q / (2**K - 1)``;
+* a device that deviates by ``Δg_i`` levels perturbs the weight by
+  ``ΔW = sign(W) · s_fs · Σ_i Δg_i 2**(-iB)``;
+* a write-verify threshold ``|Δg_i| <= thg`` therefore bounds each weight by
+  ``|ΔW| <= s_fs · thg · Σ_i 2**(-iB) = s · thg / (2**B - 1)`` (exactly ``s·thg``
+  for one bit per device, the paper's ``|ΔW| / max|W| <= thg``).
+
+The sign is held by a differential pair (or offset column) that is not modelled
+as a separate device, as in the authors' reference code.
+
+A perturbation is plain data: ``{torch_name: ΔW}``.  Evaluating a chip never
+mutates the model; it calls the module functionally with ``W_q + ΔW``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import torch
+from torch.func import functional_call
+
+from cimguard.device import Device
+from cimguard.errors import CimguardError
+from cimguard.model import MAPPABLE_OPS, ImportedModel, MappedWeight
+
+Perturbation = dict[str, torch.Tensor]
+"""``{torch_name: ΔW}`` over the mapped weights; one simulated chip."""
+
+
+@dataclass(frozen=True)
+class CrossbarConfig:
+    """How weights are laid out on crossbars."""
+
+    weight_bits: int = 8
+    """Bits per weight magnitude (K); must be a multiple of the device's bits per device."""
+    layers: tuple[str, ...] = MAPPABLE_OPS
+    """Which ONNX layer kinds are mapped to crossbars (others stay digital and exact)."""
+
+    def validate(self, bits_per_device: int) -> None:
+        if self.weight_bits < 1 or self.weight_bits > 16:
+            raise CimguardError(f"weight bits must be between 1 and 16, got {self.weight_bits}")
+        if self.weight_bits % bits_per_device:
+            raise CimguardError(
+                f"weight bits ({self.weight_bits}) must be a multiple of the device's bits per device ({bits_per_device})"
+            )
+        unknown = set(self.layers) - set(MAPPABLE_OPS)
+        if unknown:
+            raise CimguardError(f"unknown layer kind(s) {', '.join(sorted(unknown))}; choose from {', '.join(MAPPABLE_OPS)}")
+
+
+@dataclass
+class MappedLayer:
+    """One weight tensor as programmed: its quantised value and its device levels."""
+
+    weight: MappedWeight
+    scale: float
+    """``max|W|`` of the layer."""
+    nominal: torch.Tensor
+    """The quantised weight ``W_q`` (what a perfect chip computes with)."""
+    sign: torch.Tensor
+    """``sign(W)`` with zeros counted as positive."""
+    levels: torch.Tensor
+    """Target level of every device, shape ``(M, *W.shape)``, most significant slice first."""
+
+
+@dataclass
+class Crossbar:
+    """A model's mapped weights on simulated crossbars built from one device model."""
+
+    imported: ImportedModel
+    device: Device
+    config: CrossbarConfig = field(default_factory=CrossbarConfig)
+    layers: dict[str, MappedLayer] = field(init=False)
+    torch_device: torch.device = field(init=False)
+
+    def __post_init__(self) -> None:
+        bits = self.device.config.bits_per_device
+        self.config.validate(bits)
+        chosen = [m for m in self.imported.mapped if m.op_type in self.config.layers]
+        if not chosen:
+            raise CimguardError(f"no layer of kind {', '.join(self.config.layers)} in the model to map to crossbars")
+        state = self.imported.weights()
+        self.torch_device = next(iter(state.values())).device
+        self.layers = {m.torch_name: self._map(m, state[m.torch_name].detach()) for m in chosen}
+        # Slice significances 2**(-iB), i = 1..M, shaped to contract with the slice axis.
+        self._significance = torch.tensor(
+            [2.0 ** (-i * bits) for i in range(1, self.slices + 1)], device=self.torch_device
+        )
+
+    # -- geometry ---------------------------------------------------------------------------
+    @property
+    def slices(self) -> int:
+        """Devices per weight (M = K / B)."""
+        return self.config.weight_bits // self.device.config.bits_per_device
+
+    @property
+    def full_scale_factor(self) -> float:
+        """``s_fs / s = 2**K / (2**K - 1)``."""
+        k = self.config.weight_bits
+        return 2.0**k / (2.0**k - 1)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.layers)
+
+    @property
+    def num_weights(self) -> int:
+        return sum(layer.nominal.numel() for layer in self.layers.values())
+
+    def _map(self, mapped: MappedWeight, weight: torch.Tensor) -> MappedLayer:
+        weight = weight.float()
+        scale = float(weight.abs().max()) if weight.numel() else 0.0
+        k, b = self.config.weight_bits, self.device.config.bits_per_device
+        top = 2**k - 1
+        q = torch.round(weight.abs() / scale * top).clamp(0, top) if scale > 0 else torch.zeros_like(weight)
+        sign = torch.where(weight < 0, -1.0, 1.0)
+        nominal = sign * q * (scale / top if scale > 0 else 0.0)
+        base = 2**b
+        digits = []
+        remaining = q.to(torch.int64)
+        for _ in range(k // b):
+            digits.append(remaining % base)
+            remaining = remaining // base
+        levels = torch.stack(digits[::-1]).float()  # most significant first
+        return MappedLayer(mapped, scale, nominal, sign, levels)
+
+    # -- the one formula ----------------------------------------------------------------------
+    def weight_delta(self, name: str, deviation: torch.Tensor) -> torch.Tensor:
+        """``ΔW = sign(W) · s_fs · Σ_i Δg_i 2**(-iB)`` for deviations ``(M, *W.shape)`` in level units."""
+        layer = self.layers[name]
+        full_scale = layer.scale * self.full_scale_factor
+        summed = torch.tensordot(self._significance.to(deviation.dtype), deviation, dims=1)
+        return layer.sign * (full_scale * summed)
+
+    def weight_bound(self, name: str, thg: float) -> float:
+        """Largest ``|ΔW|`` of layer ``name`` when every device is within ``thg`` levels."""
+        full_scale = self.layers[name].scale * self.full_scale_factor
+        return full_scale * thg * float(self._significance.sum())
+
+    def bounds(self, thg: float | None = None) -> Perturbation:
+        """The per-weight box ``|ΔW| <= bound`` the worst-case solvers must stay in.
+
+        ``thg`` defaults to the device's own deviation bound (its write-verify threshold).
+        """
+        thg = self.device.deviation_bound() if thg is None else thg
+        if not 0 <= thg < float("inf"):
+            raise CimguardError("a worst-case bound needs a finite write-verify threshold thg >= 0")
+        return {
+            name: torch.full_like(layer.nominal, self.weight_bound(name, thg)) for name, layer in self.layers.items()
+        }
+
+    # -- chips ----------------------------------------------------------------------------------
+    def sample(self, generator: torch.Generator | None = None) -> Perturbation:
+        """ΔW of one simulated chip: every device of every layer drawn from the device model."""
+        return {
+            name: self.weight_delta(name, self.device.sample_deviation(layer.levels, generator))
+            for name, layer in self.layers.items()
+        }
+
+    def zeros(self) -> Perturbation:
+        return {name: torch.zeros_like(layer.nominal) for name, layer in self.layers.items()}
+
+    def nominal_weights(self) -> dict[str, torch.Tensor]:
+        return {name: layer.nominal for name, layer in self.layers.items()}
+
+    def generator(self, seed: int) -> torch.Generator:
+        """A generator on the crossbar's torch device, seeded."""
+        generator = torch.Generator(device=self.torch_device)
+        generator.manual_seed(seed)
+        return generator
+
+    # -- running the model ------------------------------------------------------------------
+    def logits(self, x: torch.Tensor, perturbation: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Model output on ``x`` for the chip ``W_q + ΔW`` (``perturbation=None``: a perfect chip)."""
+        weights = {
+            name: layer.nominal if perturbation is None else layer.nominal + perturbation[name]
+            for name, layer in self.layers.items()
+        }
+        output = functional_call(self.imported.module, weights, (x,), strict=False)
+        if not isinstance(output, torch.Tensor):
+            output = output[0]
+        return output
+
+
+def check_within_bounds(perturbation: Mapping[str, torch.Tensor], bounds: Mapping[str, torch.Tensor], *, slack: float = 1e-6) -> None:
+    """Raise :class:`CimguardError` if any ΔW leaves its box (relative slack for float rounding)."""
+    missing = set(bounds) - set(perturbation)
+    extra = set(perturbation) - set(bounds)
+    if missing or extra:
+        raise CimguardError(f"perturbation layers do not match the crossbar (missing {sorted(missing)}, unexpected {sorted(extra)})")
+    for name, delta in perturbation.items():
+        bound = bounds[name]
+        excess = (delta.abs() - bound * (1 + slack) - 1e-12).max()
+        if excess > 0:
+            raise CimguardError(
+                f"perturbation of layer {name} exceeds the write-verify bound by {float(excess):.3g} "
+                f"(bound {float(bound.max()):.3g})"
+            )
+

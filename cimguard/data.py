@@ -1,0 +1,121 @@
+"""Datasets: evaluation (and training) tensors from a dataset plugin, fitted to a model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from cimguard.errors import CimguardError
+from cimguard.model import TensorSpec
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Inputs and labels for evaluation, and optionally for training."""
+
+    name: str
+    description: str
+    x_eval: torch.Tensor
+    y_eval: torch.Tensor | None
+    """Integer class labels; ``None`` for unlabelled data (label-free mode)."""
+    x_train: torch.Tensor | None = None
+    y_train: torch.Tensor | None = None
+
+    @property
+    def labelled(self) -> bool:
+        return self.y_eval is not None
+
+    def require_training(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.x_train is None or self.y_train is None:
+            raise CimguardError(f"dataset {self.name!r} has no labelled training split")
+        return self.x_train, self.y_train
+
+
+DatasetFactory = Callable[[str | None], Dataset]
+"""``factory(argument) -> Dataset``; ``argument`` is what follows ``NAME:`` in ``--data``."""
+
+
+def load_dataset(spec: str) -> Dataset:
+    """Resolve ``--data``: ``NAME``, ``NAME:ARGUMENT`` or a path to an ``.npz`` file."""
+    from cimguard.plugins import registry
+
+    datasets = registry("datasets")
+    name, sep, argument = spec.partition(":")
+    if spec.endswith(".npz") and (not sep or name not in datasets.factories):
+        name, argument = "npz", spec
+    elif not sep:
+        argument = None
+    return datasets.get(name)(argument or None)
+
+
+def fit_to_model(x: torch.Tensor, spec: TensorSpec, *, what: str = "data") -> torch.Tensor:
+    """Reshape samples to the model's input shape (batch axis first) or explain why they cannot be."""
+    sample_shape = tuple(spec.shape[1:])
+    if not sample_shape or any(d is None for d in sample_shape):
+        return x.float()
+    if tuple(x.shape[1:]) == sample_shape:
+        return x.float()
+    if int(np.prod(x.shape[1:])) == int(np.prod(sample_shape)):
+        return x.reshape(x.shape[0], *sample_shape).float()
+    raise CimguardError(
+        f"{what} samples have shape {tuple(x.shape[1:])} but the model input {spec.name!r} expects {sample_shape}"
+    )
+
+
+def check_labels(y: torch.Tensor, num_classes: int, *, what: str = "data") -> None:
+    if y.dim() != 1:
+        raise CimguardError(f"{what} labels must be a 1-D array of class indices, got shape {tuple(y.shape)}")
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        raise CimguardError(
+            f"{what} labels range over {int(y.min())}..{int(y.max())} but the model outputs {num_classes} classes"
+        )
+
+
+def read_npz(path: str | Path) -> Dataset:
+    """``x`` and optionally ``y`` (evaluation), ``x_train``/``y_train`` (training) from an ``.npz`` file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CimguardError(f"data file not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            content = {key: arrays[key] for key in arrays.files}
+    except (ValueError, OSError) as exc:
+        raise CimguardError(f"{path} is not a readable .npz file ({exc})") from None
+    if "x" not in content:
+        raise CimguardError(f"{path} has no array named 'x' (found: {', '.join(content) or 'none'})")
+
+    def as_inputs(key: str) -> torch.Tensor | None:
+        if key not in content:
+            return None
+        array = content[key]
+        if not np.issubdtype(array.dtype, np.number) or array.ndim < 2:
+            raise CimguardError(f"{path}: array {key!r} must be numeric with a batch axis, got {array.dtype} {array.shape}")
+        return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+
+    def as_labels(key: str, count: int | None) -> torch.Tensor | None:
+        if key not in content:
+            return None
+        array = content[key]
+        if not np.issubdtype(array.dtype, np.integer):
+            if np.issubdtype(array.dtype, np.floating) and np.all(np.mod(array, 1) == 0):
+                array = array.astype(np.int64)
+            else:
+                raise CimguardError(f"{path}: labels {key!r} must be integers, got {array.dtype}")
+        if count is not None and len(array) != count:
+            raise CimguardError(f"{path}: {key!r} has {len(array)} labels for {count} samples")
+        return torch.from_numpy(array.astype(np.int64))
+
+    x = as_inputs("x")
+    x_train = as_inputs("x_train")
+    return Dataset(
+        name=f"npz:{path}",
+        description=f"{path.name}: {len(x)} samples" + (" (unlabelled)" if "y" not in content else ""),
+        x_eval=x,
+        y_eval=as_labels("y", len(x)),
+        x_train=x_train,
+        y_train=as_labels("y_train", None if x_train is None else len(x_train)),
+    )

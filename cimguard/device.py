@@ -1,0 +1,307 @@
+"""Device models: what one programmed non-volatile memory cell does.
+
+A device stores one of ``levels = 2**bits_per_device`` conductance levels.  All
+quantities handed between a device and the crossbar are in *level units* (one
+level = the conductance step ``(g_max_us - g_min_us) / (levels - 1)``), so the
+crossbar can turn them into weight perturbations without knowing the physics.
+Devices that are characterised in µS convert with :meth:`Device.to_levels`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Mapping
+
+import torch
+
+from cimguard.errors import CimguardError
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    """Parameters every device has.  Subclass it to add a device's own."""
+
+    bits_per_device: int = 1
+    """Bits stored per device (B); the device has ``2**B`` conductance levels."""
+    g_min_us: float = 0.0
+    """Conductance of the lowest level, in µS."""
+    g_max_us: float = 1.0
+    """Conductance of the highest level, in µS."""
+    thg: float = 0.03
+    """Write-verify threshold in level units: a device is re-programmed until
+    ``|g - g_target| <= thg`` levels.  ``inf`` disables write-verify."""
+
+    def validate(self) -> None:
+        """Raise :class:`CimguardError` for parameters that make no physical sense."""
+        if self.bits_per_device < 1 or self.bits_per_device > 8:
+            raise CimguardError(f"bits_per_device must be between 1 and 8 (levels >= 2), got {self.bits_per_device}")
+        if not self.g_max_us > self.g_min_us or self.g_min_us < 0:
+            raise CimguardError(
+                f"the conductance range must satisfy 0 <= g_min_us < g_max_us, got {self.g_min_us}..{self.g_max_us} µS"
+            )
+        if math.isnan(self.thg) or self.thg < 0:
+            raise CimguardError(f"thg must be >= 0 (level units), got {self.thg}")
+
+    @property
+    def levels(self) -> int:
+        return 2**self.bits_per_device
+
+
+class Device:
+    """Base class of device models.
+
+    Subclasses set ``Config`` to their frozen config dataclass and override
+    :meth:`programming_sigma` (level units, may depend on the target level).
+    Devices whose state changes after programming (drift, read noise) override
+    :meth:`after_programming`.
+    """
+
+    Config: ClassVar[type[DeviceConfig]] = DeviceConfig
+    #: Where the parameters come from (paper, code, data sheet); shown to users.
+    source: ClassVar[str] = ""
+
+    def __init__(self, config: DeviceConfig | None = None) -> None:
+        config = config if config is not None else self.Config()
+        if not isinstance(config, self.Config):
+            raise TypeError(f"{type(self).__name__} needs a {self.Config.__name__}, got {type(config).__name__}")
+        config.validate()
+        self.config = config
+
+    # -- physics -------------------------------------------------------------------------
+    def programming_sigma(self, target_levels: torch.Tensor) -> torch.Tensor:
+        """Standard deviation (level units) of one programming attempt at each target level."""
+        raise NotImplementedError
+
+    def program(self, target_levels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Deviation (level units) of each device from its target right after write-verify.
+
+        Program-and-verify repeats an independent programming attempt until the
+        device lands within ``thg``: the accepted deviation is the programming
+        distribution truncated to ``[-thg, thg]``.
+        """
+        sigma = self.programming_sigma(target_levels)
+        bound = self.config.thg
+        return truncated_normal(torch.zeros_like(sigma), sigma, -bound, bound, generator)
+
+    def after_programming(
+        self, target_levels: torch.Tensor, deviation: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Deviation at inference time, given the deviation right after programming.
+
+        The default device is stable: it returns ``deviation`` unchanged.
+        """
+        return deviation
+
+    def sample_deviation(self, target_levels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Deviation (level units) of devices programmed to ``target_levels`` when they are read."""
+        return self.after_programming(target_levels, self.program(target_levels, generator), generator)
+
+    def deviation_bound(self) -> float:
+        """The largest ``|deviation|`` (level units) the worst-case solvers must consider."""
+        return self.config.thg
+
+    # -- units ---------------------------------------------------------------------------
+    @property
+    def level_step_us(self) -> float:
+        """Conductance of one level step, in µS."""
+        return (self.config.g_max_us - self.config.g_min_us) / (self.config.levels - 1)
+
+    def to_conductance_us(self, levels: torch.Tensor) -> torch.Tensor:
+        return self.config.g_min_us + levels * self.level_step_us
+
+    def to_levels(self, conductance_us: torch.Tensor) -> torch.Tensor:
+        """A conductance *difference* in µS expressed in level units."""
+        return conductance_us / self.level_step_us
+
+
+def truncated_normal(
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    low: float,
+    high: float,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Samples of ``N(mean, std)`` conditioned on ``low <= x <= high`` (inverse-CDF method).
+
+    Exact for any truncation width (no rejection loop), so its cost is one uniform
+    draw and one ``ndtri`` per sample.  ``std == 0`` gives ``mean`` clamped.
+    """
+    if math.isinf(low) and math.isinf(high):
+        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        return mean + std * noise
+    safe_std = std.clamp_min(1e-12)
+    a = (low - mean) / safe_std
+    b = (high - mean) / safe_std
+    cdf_a = torch.special.ndtr(a)
+    cdf_b = torch.special.ndtr(b)
+    u = torch.rand(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+    p = (cdf_a + u * (cdf_b - cdf_a)).clamp(1e-12, 1 - 1e-12)
+    x = mean + safe_std * torch.special.ndtri(p)
+    x = torch.where(std > 0, x, mean)
+    return x.clamp(low, high)
+
+
+# -- building devices from names, profiles and overrides ------------------------------------
+
+
+def parse_param_overrides(pairs: typing.Iterable[str]) -> dict[str, str]:
+    """``["sigma=0.05", "t=86400"]`` -> ``{"sigma": "0.05", "t": "86400"}``."""
+    result: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise CimguardError(f"--device-param expects FIELD=VALUE, got {pair!r}")
+        result[key.strip()] = value.strip()
+    return result
+
+
+def build_config(config_class: type[DeviceConfig], params: Mapping[str, Any], *, origin: str = "") -> DeviceConfig:
+    """A config from text or typed values, with errors naming the bad field."""
+    fields = {f.name: f for f in dataclasses.fields(config_class)}
+    hints = typing.get_type_hints(config_class)
+    values: dict[str, Any] = {}
+    for key, raw in params.items():
+        if key not in fields:
+            known = ", ".join(fields)
+            raise CimguardError(f"unknown device parameter {key!r}{origin} (parameters: {known})")
+        values[key] = _coerce(key, raw, hints[key])
+    config = config_class(**values)
+    config.validate()
+    return config
+
+
+def _coerce(key: str, raw: Any, hint: Any) -> Any:
+    kind = hint if isinstance(hint, type) else typing.get_origin(hint) or hint
+    try:
+        if kind is bool:
+            if isinstance(raw, bool):
+                return raw
+            if str(raw).lower() in ("1", "true", "yes", "on"):
+                return True
+            if str(raw).lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if kind is int:
+            if isinstance(raw, float) and not raw.is_integer():
+                raise ValueError(raw)
+            return int(raw)
+        if kind is float:
+            return float(raw)
+        if kind is str:
+            return str(raw)
+    except (TypeError, ValueError):
+        raise CimguardError(f"device parameter {key} must be a {kind.__name__}, got {raw!r}") from None
+    return raw
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    """A named device built from a registered device plus parameter values (from TOML)."""
+
+    name: str
+    base: str
+    params: dict[str, Any]
+    source: str = ""
+
+
+def read_device_file(path: str | Path) -> list[DeviceProfile]:
+    """Device profiles from a TOML file.
+
+    Each table is one profile; ``base`` names the registered device it builds on,
+    ``source`` cites the parameters, every other key sets a config field::
+
+        [my_rram]
+        base = "rram"
+        source = "our 2025 wafer measurements"
+        thg = 0.02
+    """
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise CimguardError(f"device file not found: {path}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise CimguardError(f"{path} is not valid TOML: {exc}") from None
+    profiles = []
+    for name, table in data.items():
+        if not isinstance(table, dict):
+            raise CimguardError(f"{path}: {name!r} must be a table ([{name}]) of device parameters")
+        table = dict(table)
+        base = table.pop("base", None)
+        if not isinstance(base, str):
+            raise CimguardError(f"{path}: profile [{name}] needs base = \"<registered device>\"")
+        source = str(table.pop("source", ""))
+        profiles.append(DeviceProfile(name, base, table, source))
+    if not profiles:
+        raise CimguardError(f"{path} defines no device profile")
+    return profiles
+
+
+def create_device(
+    name: str,
+    params: Mapping[str, Any] | None = None,
+    *,
+    device_file: str | Path | None = None,
+) -> Device:
+    """Build a device by registered name or profile name, then apply ``params`` overrides."""
+    from cimguard.plugins import registry
+
+    devices = registry("devices")
+    profile_params: dict[str, Any] = {}
+    if device_file is not None:
+        profiles = {p.name: p for p in read_device_file(device_file)}
+        if name in profiles:
+            profile = profiles[name]
+            cls = devices.get(profile.base)
+            profile_params = dict(profile.params)
+            origin = f" in profile [{name}] of {device_file}"
+            config = build_config(cls.Config, profile_params, origin=origin)
+            if params:
+                config = build_config(cls.Config, dataclasses.asdict(config) | dict(params))
+            device = cls(config)
+            if profile.source:
+                device.source = profile.source
+            return device
+        if name not in devices.factories:
+            known = ", ".join(sorted(set(devices.names()) | set(profiles)))
+            raise CimguardError(f"unknown device {name!r} (known: {known})")
+    cls = devices.get(name)
+    return cls(build_config(cls.Config, params or {}))
+
+
+def describe_config(config: DeviceConfig) -> list[tuple[str, Any, str]]:
+    """``(field, value, docstring)`` for every field, for ``devices --show``."""
+    docs = _field_docs(type(config))
+    return [(f.name, getattr(config, f.name), docs.get(f.name, "")) for f in dataclasses.fields(config)]
+
+
+def _field_docs(cls: type) -> dict[str, str]:
+    """Attribute docstrings (the string literal after each field), read from the source."""
+    import ast
+    import inspect
+    import textwrap
+
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError):
+            continue
+        body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+        for node, following in zip(body, body[1:]):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and isinstance(following, ast.Expr)
+                and isinstance(following.value, ast.Constant)
+                and isinstance(following.value.value, str)
+            ):
+                docs[node.target.id] = " ".join(following.value.value.split())
+    return docs

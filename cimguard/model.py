@@ -1,0 +1,283 @@
+"""ONNX import: load, check, legalise, convert to torch, and find the crossbar weights."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import onnx
+import torch
+from google.protobuf.message import DecodeError
+from onnx2torch import convert
+from onnx2torch.node_converters import get_converter
+from onnx2torch.onnx_graph import OnnxGraph
+from torch import fx, nn
+
+from cimguard.errors import CimguardError
+from cimguard.legalise import legalise
+
+#: ONNX operators whose constant weight input is programmed into a crossbar.
+MAPPABLE_OPS: tuple[str, ...] = ("Conv", "Gemm", "MatMul")
+
+
+@dataclass(frozen=True)
+class MappedWeight:
+    """One weight tensor that lives on a crossbar.
+
+    The torch tensor ``torch_name`` holds ``scale * transform(initializer)``;
+    :meth:`to_onnx` undoes that so export can write the value back.
+    """
+
+    torch_name: str
+    """Name of the parameter or buffer in the converted module (for ``functional_call``)."""
+    initializer: str
+    """Name of the ONNX initializer it came from."""
+    node: str
+    """Name of the ONNX node that consumes it."""
+    op_type: str
+    """``Conv``, ``Gemm`` or ``MatMul``."""
+    shape: tuple[int, ...]
+    """Shape of the torch tensor."""
+    transposed: bool = False
+    """True when the torch tensor is the transpose of the ONNX one (Gemm with transB=0)."""
+    scale: float = 1.0
+    """Factor folded into the torch tensor (Gemm's alpha)."""
+
+    @property
+    def numel(self) -> int:
+        return int(np.prod(self.shape))
+
+    def to_onnx(self, tensor: torch.Tensor) -> np.ndarray:
+        """The ONNX initializer value for a torch weight value."""
+        value = tensor.detach().cpu()
+        if self.scale != 1.0:
+            value = value / self.scale
+        if self.transposed:
+            value = value.T
+        return value.contiguous().numpy()
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, shape (``None`` for a dynamic axis) and element type of a graph input or output."""
+
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: str
+
+
+@dataclass
+class ImportedModel:
+    """A converted network and everything the rest of cimguard needs to know about it."""
+
+    path: Path | None
+    """The file it was loaded from (``None`` when built from memory)."""
+    onnx_model: onnx.ModelProto
+    """The model as the user supplied it; export writes new weights into a copy of it."""
+    legalised: onnx.ModelProto
+    """The rewritten model that was converted."""
+    module: fx.GraphModule
+    """The torch module (eval mode)."""
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    mapped: tuple[MappedWeight, ...]
+    """The crossbar weights, in graph order."""
+    notes: list[str] = field(default_factory=list)
+    """What legalisation changed, for ``inspect``."""
+
+    @property
+    def input(self) -> TensorSpec:
+        """The single input (evaluation and attacks need exactly one)."""
+        if len(self.inputs) != 1:
+            names = ", ".join(spec.name for spec in self.inputs)
+            raise CimguardError(f"the model has {len(self.inputs)} inputs ({names}); cimguard evaluates single-input models")
+        return self.inputs[0]
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The current value of every mapped weight, by torch name."""
+        state = dict(self.module.named_parameters()) | dict(self.module.named_buffers())
+        return {m.torch_name: state[m.torch_name] for m in self.mapped}
+
+
+# Protobuf's hard limit; larger files need external data.
+_MAX_MODEL_BYTES = 2 * 1024**3
+
+
+def read_onnx(path: str | Path) -> onnx.ModelProto:
+    """Read and validate an ONNX file, with one-line errors for every way it can be wrong."""
+    path = Path(path)
+    if not path.exists():
+        raise CimguardError(f"model file not found: {path}")
+    if not path.is_file():
+        raise CimguardError(f"model path is not a file: {path}")
+    size = path.stat().st_size
+    if size == 0:
+        raise CimguardError(f"{path} is empty, not an ONNX model")
+    if size > _MAX_MODEL_BYTES:
+        raise CimguardError(f"{path} is larger than 2 GiB; protobuf cannot read it")
+    try:
+        model = onnx.load_model_from_string(path.read_bytes())
+    except (DecodeError, ValueError, RuntimeError) as exc:
+        raise CimguardError(f"{path} is not a valid ONNX file ({_first_line(exc)})") from None
+    if model.ir_version <= 0 or not model.HasField("graph") or len(model.graph.node) == 0:
+        raise CimguardError(f"{path} is not an ONNX model (no graph or no IR version)")
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        raise CimguardError(f"{path} fails the ONNX checker: {_first_line(exc)}") from None
+    return model
+
+
+def load_model(path: str | Path, *, verify_with: torch.Tensor | None = None) -> ImportedModel:
+    """Load an ONNX file and convert it to torch.
+
+    Args:
+        path: the ``.onnx`` file.
+        verify_with: inputs to run through both the converted model and
+            onnxruntime; a mismatch raises :class:`CimguardError`.
+    """
+    path = Path(path)
+    original = read_onnx(path)
+    imported = import_model(original, path=path)
+    if verify_with is not None:
+        verify_against_onnxruntime(imported, verify_with)
+    return imported
+
+
+def import_model(original: onnx.ModelProto, *, path: Path | None = None) -> ImportedModel:
+    """Convert an in-memory ONNX model (see :func:`load_model`)."""
+    where = str(path) if path else "the model"
+    legal = legalise(original)
+    _check_operators(legal, where)
+    try:
+        module = convert(legal)
+    except NotImplementedError as exc:
+        raise CimguardError(f"{where}: unsupported ONNX construct: {_first_line(exc)}") from None
+    except Exception as exc:  # noqa: BLE001 - onnx2torch raises many types; the user needs one line
+        raise CimguardError(f"{where}: conversion to torch failed: {type(exc).__name__}: {_first_line(exc)}") from None
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    mapped = find_mapped_weights(legal, module)
+    if not mapped:
+        raise CimguardError(
+            f"{where} has no crossbar-mappable layer (Conv, Gemm or MatMul with a constant weight)"
+        )
+    initializer_names = {init.name for init in legal.graph.initializer}
+    inputs = tuple(_spec(v) for v in legal.graph.input if v.name not in initializer_names)
+    outputs = tuple(_spec(v) for v in legal.graph.output)
+    return ImportedModel(path, original, legal, module, inputs, outputs, mapped)
+
+
+def _check_operators(model: onnx.ModelProto, where: str) -> None:
+    opsets = {op.domain or "": op.version for op in model.opset_import}
+    for node in model.graph.node:
+        domain = node.domain if node.domain != "ai.onnx" else ""
+        version = opsets.get(domain)
+        if version is None:
+            raise CimguardError(f"{where}: node {node.name or node.op_type} uses domain {domain!r} with no opset import")
+        try:
+            get_converter(domain=domain, operation_type=node.op_type, version=version)
+        except NotImplementedError:
+            label = f"{domain}::{node.op_type}" if domain else node.op_type
+            raise CimguardError(
+                f"{where}: unsupported operator {label} (opset {version}) at node {node.name or '<unnamed>'!r}"
+            ) from None
+
+
+def find_mapped_weights(model: onnx.ModelProto, module: fx.GraphModule) -> tuple[MappedWeight, ...]:
+    """Match every Conv/Gemm/MatMul with a constant weight to its tensor in ``module``."""
+    initializers = {init.name for init in model.graph.initializer}
+    onnx_graph = OnnxGraph(model.graph)
+    fx_nodes = {n.target: n for n in module.graph.nodes if n.op == "call_module"}
+    mapped: list[MappedWeight] = []
+    for unique_name, node in onnx_graph.nodes.items():
+        proto = node.proto
+        if proto.op_type not in MAPPABLE_OPS or len(proto.input) < 2 or proto.input[1] not in initializers:
+            continue
+        fx_node = fx_nodes.get(unique_name)
+        if fx_node is None:
+            continue
+        submodule = module.get_submodule(unique_name)
+        weight_name = proto.input[1]
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in proto.attribute}
+        if isinstance(submodule, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            entry = MappedWeight(f"{unique_name}.weight", weight_name, proto.name or unique_name, "Conv", tuple(submodule.weight.shape))
+        elif isinstance(submodule, nn.Linear):
+            entry = MappedWeight(
+                f"{unique_name}.weight",
+                weight_name,
+                proto.name or unique_name,
+                "Gemm",
+                tuple(submodule.weight.shape),
+                transposed=not attrs.get("transB", 0),
+                scale=float(attrs.get("alpha", 1.0)),
+            )
+        else:
+            # Generic MatMul / Gemm: the weight is an fx get_attr on the initializer buffer.
+            if len(fx_node.args) < 2 or getattr(fx_node.args[1], "op", None) != "get_attr":
+                continue
+            target = fx_node.args[1].target
+            tensor = module.get_buffer(target)
+            if not tensor.is_floating_point() or tensor.dim() < 2:
+                continue
+            entry = MappedWeight(target, weight_name, proto.name or unique_name, proto.op_type, tuple(tensor.shape))
+        mapped.append(entry)
+    return tuple(mapped)
+
+
+_ONNX_TYPES = {v: k for k, v in onnx.TensorProto.DataType.items()}
+
+
+def _spec(value: onnx.ValueInfoProto) -> TensorSpec:
+    tensor_type = value.type.tensor_type
+    dims = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tensor_type.shape.dim)
+    return TensorSpec(value.name, dims, _ONNX_TYPES.get(tensor_type.elem_type, "UNDEFINED").lower())
+
+
+def run_onnxruntime(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    """Run ``model`` on ``x`` with onnxruntime's CPU provider; returns the first output."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
+    return session.run(None, {input_name: x})[0]
+
+
+def output_mismatch(reference: np.ndarray, actual: np.ndarray) -> float:
+    """Largest absolute difference relative to the reference's output scale."""
+    reference = np.asarray(reference, dtype=np.float64)
+    actual = np.asarray(actual, dtype=np.float64)
+    if reference.shape != actual.shape:
+        return float("inf")
+    scale = max(float(np.abs(reference).max(initial=0.0)), 1e-6)
+    return float(np.abs(reference - actual).max(initial=0.0)) / scale
+
+
+def verify_against_onnxruntime(imported: ImportedModel, x: torch.Tensor, tolerance: float = 1e-4) -> float:
+    """Compare the torch model with onnxruntime on ``x``; raise on mismatch, return the relative error."""
+    with torch.no_grad():
+        ours = _first_output(imported.module(x.cpu().float()))
+    reference = run_onnxruntime(imported.onnx_model, x.cpu().float().numpy())
+    error = output_mismatch(reference, ours.cpu().numpy())
+    if not error <= tolerance:
+        raise CimguardError(
+            f"the converted model disagrees with onnxruntime: max |difference| is {error:.3g} of the output scale "
+            f"(tolerance {tolerance:g})"
+        )
+    return error
+
+
+def _first_output(output: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+    if isinstance(output, torch.Tensor):
+        return output
+    return output[0]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]

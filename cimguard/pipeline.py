@@ -1,0 +1,100 @@
+"""The straight data flow every command shares: ONNX → torch → crossbar → evaluation data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from cimguard.crossbar import Crossbar, CrossbarConfig
+from cimguard.data import Dataset, check_labels, fit_to_model, load_dataset
+from cimguard.device import Device, create_device
+from cimguard.errors import CimguardError
+from cimguard.evaluate import EvalData, make_eval_data
+from cimguard.model import ImportedModel, load_model, verify_against_onnxruntime
+
+
+def default_model() -> Path:
+    from cimguard_models import default_model_path
+
+    return default_model_path()
+
+
+def pick_torch_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when present; otherwise the named torch device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise CimguardError(f"unknown torch device {name!r} (use auto, cpu or cuda)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CimguardError("--torch-device cuda was asked for but no CUDA device is available")
+    return device
+
+
+@dataclass
+class Setup:
+    """A model mapped onto a device's crossbars, with its data ready for evaluation."""
+
+    model_path: Path
+    imported: ImportedModel
+    dataset: Dataset
+    device_name: str
+    device: Device
+    crossbar: Crossbar
+    data: EvalData
+
+    def describe(self) -> dict[str, Any]:
+        import dataclasses
+
+        return {
+            "model": str(self.model_path),
+            "data": self.dataset.name,
+            "data_description": self.dataset.description,
+            "label_free": self.data.label_free,
+            "evaluation_samples": len(self.data.labels),
+            "device": self.device_name,
+            "device_params": dataclasses.asdict(self.device.config),
+            "crossbar": dataclasses.asdict(self.crossbar.config),
+            "mapped_layers": len(self.crossbar.layers),
+            "mapped_weights": self.crossbar.num_weights,
+        }
+
+
+def build_setup(
+    model: str | Path | None = None,
+    data: str = "digits",
+    device: str = "gaussian",
+    device_params: Mapping[str, Any] | None = None,
+    device_file: str | Path | None = None,
+    crossbar_config: CrossbarConfig | None = None,
+    *,
+    label_free: bool = False,
+    verify: bool = False,
+    torch_device: str = "auto",
+    batch_size: int = 1024,
+    max_samples: int | None = None,
+) -> Setup:
+    """Load, convert, map and prepare data; every failure is a one-line :class:`CimguardError`."""
+    model_path = Path(model) if model is not None else default_model()
+    dataset = load_dataset(data)
+    imported = load_model(model_path)
+    x = fit_to_model(dataset.x_eval, imported.input)
+    y = None if label_free else dataset.y_eval
+    if max_samples is not None:
+        x = x[:max_samples]
+        y = None if y is None else y[:max_samples]
+    if verify:
+        verify_against_onnxruntime(imported, x[:256])
+    target = pick_torch_device(torch_device)
+    imported.module.to(target)
+    built_device = create_device(device, device_params, device_file=device_file)
+    crossbar = Crossbar(imported, built_device, crossbar_config or CrossbarConfig())
+    eval_data = make_eval_data(crossbar, x, y, batch_size)
+    if not eval_data.label_free:
+        num_classes = crossbar.logits(eval_data.x[:1]).shape[1]
+        check_labels(eval_data.labels, num_classes)
+    return Setup(model_path, imported, dataset, device, built_device, crossbar, eval_data)

@@ -1,0 +1,72 @@
+"""Result records, their JSON form, and no-clobber atomic writes of output files."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+from cimguard.errors import CimguardError
+
+
+def to_jsonable(value: Any) -> Any:
+    """Dataclasses, tuples, paths and non-finite floats in a form ``json`` writes."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def check_new_output(path: str | Path, *, inputs: tuple[str | Path, ...] = ()) -> Path:
+    """Refuse an output path that exists or that is one of the inputs; fail early, before work."""
+    path = Path(path)
+    for source in inputs:
+        if source is not None and Path(source).exists() and path.exists() and path.resolve() == Path(source).resolve():
+            raise CimguardError(f"refusing to overwrite the input file {source}; choose a new output path")
+    if path.exists():
+        raise CimguardError(f"{path} already exists; cimguard never overwrites files, choose a new path")
+    if not path.parent.exists():
+        raise CimguardError(f"output folder {path.parent} does not exist")
+    return path
+
+
+def write_new_file(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Create ``path`` atomically and only if it does not exist.
+
+    ``write(tmp)`` fills a temporary file in the same folder; it is then hard-linked
+    into place, which fails instead of replacing a file that appeared meanwhile.
+    """
+    path = check_new_output(path)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            raise CimguardError(f"{path} already exists; cimguard never overwrites files, choose a new path") from None
+        except OSError:
+            # File systems without hard links: fall back to an exclusive rename check.
+            if path.exists():
+                raise CimguardError(f"{path} already exists; cimguard never overwrites files, choose a new path") from None
+            os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_json(path: str | Path, record: Any) -> Path:
+    text = json.dumps(to_jsonable(record), indent=2, sort_keys=False) + "\n"
+    return write_new_file(path, lambda tmp: tmp.write_text(text))
