@@ -80,6 +80,8 @@ class Crossbar:
     imported: ImportedModel
     device: Device
     config: CrossbarConfig = field(default_factory=CrossbarConfig)
+    source_weights: Mapping[str, torch.Tensor] | None = field(default=None, repr=False)
+    """Weights to map instead of the module's own (trainers remap as they learn)."""
     layers: dict[str, MappedLayer] = field(init=False)
     torch_device: torch.device = field(init=False)
 
@@ -89,13 +91,17 @@ class Crossbar:
         chosen = [m for m in self.imported.mapped if m.op_type in self.config.layers]
         if not chosen:
             raise CimguardError(f"no layer of kind {', '.join(self.config.layers)} in the model to map to crossbars")
-        state = self.imported.weights()
+        state = dict(self.imported.weights()) | dict(self.source_weights or {})
         self.torch_device = next(iter(state.values())).device
         self.layers = {m.torch_name: self._map(m, state[m.torch_name].detach()) for m in chosen}
         # Slice significances 2**(-iB), i = 1..M, shaped to contract with the slice axis.
         self._significance = torch.tensor(
             [2.0 ** (-i * bits) for i in range(1, self.slices + 1)], device=self.torch_device
         )
+
+    def remapped(self, weights: Mapping[str, torch.Tensor]) -> "Crossbar":
+        """The same model, device and layout with other weight values programmed."""
+        return Crossbar(self.imported, self.device, self.config, source_weights=weights)
 
     # -- geometry ---------------------------------------------------------------------------
     @property
