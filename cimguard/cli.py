@@ -113,12 +113,27 @@ def _ordinal(number: str) -> str:
     return f"{number}{'th' if number.endswith(('11', '12', '13')) else suffix}"
 
 
+# built-in commands (one import line each; the module's command is added below)
+_BUILTIN_COMMAND_MODULES: tuple[str, ...] = (
+)
+
+
+def _register_builtin_commands() -> None:
+    import importlib
+
+    for module_name in _BUILTIN_COMMAND_MODULES:
+        module = importlib.import_module(module_name)
+        for command in module.COMMANDS:
+            cli.add_command(command)
+
+
 def _register_plugin_commands() -> None:
     from cimguard.plugins import pm
 
     pm.hook.register_commands(cli=cli)
 
 
+_register_builtin_commands()
 _register_plugin_commands()
 
 
