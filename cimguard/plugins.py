@@ -17,6 +17,8 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "cimguard_plugins.devices.gaussian",
     "cimguard_plugins.datasets.digits",
     "cimguard_plugins.datasets.npz",
+    "cimguard_plugins.solvers.flwc",
+    "cimguard_plugins.solvers.pgd",
 )
 
 #: Set to any non-empty value to skip loading plugins from the ``cimguard``

@@ -9,10 +9,15 @@ is negative exactly when a sample is misclassified.
 from __future__ import annotations
 
 import dataclasses
+import json
+import time
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Mapping
 
+import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from cimguard.crossbar import Crossbar, Perturbation, check_within_bounds
 from cimguard.errors import CimguardError
@@ -55,8 +60,59 @@ class SolverConfig:
     """Confidence margin κ of the Carlini–Wagner loss."""
 
 
+TraceCallback = Callable[[dict[str, Any]], None]
+"""Called with every trace record as it is made (progress, logging, tests)."""
+
+
+class Tracker:
+    """The trace and the best chip seen so far: what a solver returns, also when stopped early.
+
+    Solvers report every candidate with :meth:`record`; the tracker keeps a copy of
+    the best one, so a Ctrl-C at any moment still yields a feasible answer.
+    """
+
+    def __init__(self, problem: AttackProblem, solver: "Solver", total: int | None, desc: str) -> None:
+        self.problem = problem
+        self.trace: list[dict[str, Any]] = []
+        self.best: Perturbation | None = None
+        self.best_accuracy = float("inf")
+        self.interrupted = False
+        self._callbacks = list(solver.callbacks)
+        self._bar = tqdm(total=total, desc=desc, unit="pass", disable=not solver.progress, leave=False)
+
+    def record(self, perturbation: Perturbation | None, accuracy: float | None, **fields: Any) -> None:
+        """Add one trace record; ``perturbation`` (inside the box) competes for the best chip."""
+        if perturbation is not None and accuracy is not None and accuracy < self.best_accuracy:
+            self.best = {name: value.detach().clone() for name, value in perturbation.items()}
+            self.best_accuracy = accuracy
+        entry = {"accuracy": accuracy, **fields, "best_accuracy": self.best_accuracy}
+        self.trace.append(entry)
+        if self._bar is not None and not self._bar.disable and accuracy is not None:
+            self._bar.set_postfix(accuracy=f"{accuracy:.3f}", best=f"{self.best_accuracy:.3f}", refresh=False)
+        for callback in self._callbacks:
+            callback(entry)
+
+    def advance(self, passes: int = 1) -> None:
+        """Count passes over the evaluation data on the progress bar."""
+        self._bar.update(passes)
+
+    def close(self) -> None:
+        self._bar.close()
+
+    def result(self) -> WorstCase:
+        if self.best is None:  # stopped before the first candidate: the unperturbed chip
+            self.best = self.problem.crossbar.zeros()
+            self.best_accuracy = accuracy(self.problem.crossbar, self.problem.data, self.best)
+        return WorstCase(self.best, self.best_accuracy, self.trace, self.interrupted)
+
+
 class Solver:
-    """Base class of worst-case solvers; subclasses implement :meth:`solve`."""
+    """Base class of worst-case solvers; subclasses implement :meth:`search` (or :meth:`solve`).
+
+    :meth:`solve` runs :meth:`search` under a :class:`Tracker` and turns Ctrl-C
+    (``KeyboardInterrupt``) into a result marked ``interrupted`` that holds the
+    best perturbation found so far.
+    """
 
     Config: ClassVar[type[SolverConfig]] = SolverConfig
     #: One line for ``cimguard plugins`` and help texts.
@@ -64,6 +120,10 @@ class Solver:
 
     def __init__(self, config: SolverConfig | None = None) -> None:
         self.config = config if config is not None else self.Config()
+        #: Show a tqdm progress bar (passes over the evaluation data).
+        self.progress: bool = False
+        #: Called with every trace record; raising ``KeyboardInterrupt`` stops the search cleanly.
+        self.callbacks: list[TraceCallback] = []
 
     @classmethod
     def from_options(cls, **options: Any) -> "Solver":
@@ -71,7 +131,22 @@ class Solver:
         names = {f.name for f in dataclasses.fields(cls.Config)}
         return cls(cls.Config(**{k: v for k, v in options.items() if k in names and v is not None}))
 
+    def total_passes(self, problem: AttackProblem) -> int | None:
+        """Upper bound on passes over the data, for the progress bar (``None``: unknown)."""
+        return self.config.iterations
+
     def solve(self, problem: AttackProblem, generator: torch.Generator) -> WorstCase:
+        tracker = Tracker(problem, self, self.total_passes(problem), f"{type(self).__name__} thg={problem.thg:g}")
+        try:
+            self.search(problem, generator, tracker)
+        except KeyboardInterrupt:
+            tracker.interrupted = True
+        finally:
+            tracker.close()
+        return tracker.result()
+
+    def search(self, problem: AttackProblem, generator: torch.Generator, tracker: Tracker) -> None:
+        """Look for the worst chip, reporting every candidate to ``tracker.record``."""
         raise NotImplementedError
 
 
@@ -86,16 +161,31 @@ def margin_gradient(
     crossbar: Crossbar, data: EvalData, perturbation: Perturbation, kappa: float = 0.0
 ) -> tuple[Perturbation, float]:
     """Gradient of the summed margin over all of ``data`` w.r.t. ``ΔW``, and the summed margin."""
+    grads, total, _ = margin_gradient_with_accuracy(crossbar, data, perturbation, kappa)
+    return grads, total
+
+
+def margin_gradient_with_accuracy(
+    crossbar: Crossbar, data: EvalData, perturbation: Perturbation, kappa: float = 0.0
+) -> tuple[Perturbation, float, float]:
+    """:func:`margin_gradient` plus the accuracy of the chip ``perturbation``.
+
+    The accuracy is read off the logits the gradient pass computes anyway, so a
+    solver that reports it every iteration pays no extra forward pass.
+    """
     delta = {name: value.detach().requires_grad_(True) for name, value in perturbation.items()}
     total = 0.0
+    correct = 0
     grads = {name: torch.zeros_like(value) for name, value in perturbation.items()}
     for x, y in data.batches():
-        loss = margin_loss(crossbar.logits(x, delta), y, kappa).sum()
+        logits = crossbar.logits(x, delta)
+        loss = margin_loss(logits, y, kappa).sum()
         batch_grads = torch.autograd.grad(loss, list(delta.values()))
         for name, grad in zip(delta, batch_grads):
             grads[name] += grad
         total += float(loss.detach())
-    return grads, total
+        correct += int((logits.detach().argmax(dim=1) == y).sum())
+    return grads, total, correct / len(data.labels)
 
 
 def sign_step(perturbation: Perturbation, gradient: Perturbation, step: Perturbation | float) -> Perturbation:
@@ -118,3 +208,130 @@ def verified(problem: AttackProblem, result: WorstCase, solver_name: str) -> Wor
         raise CimguardError(f"solver {solver_name!r} returned an invalid worst case: {exc}") from None
     recomputed = accuracy(problem.crossbar, problem.data, result.perturbation)
     return dataclasses.replace(result, accuracy=recomputed)
+
+
+# -- box geometry shared by the solvers -----------------------------------------------------------
+
+
+def project(perturbation: Perturbation, bounds: Perturbation) -> Perturbation:
+    """The nearest point of the box ``|ΔW| <= bound`` (what a solver does to stay feasible)."""
+    return {name: torch.clamp(value, -bounds[name], bounds[name]) for name, value in perturbation.items()}
+
+
+def linf_ratio(perturbation: Perturbation, bounds: Perturbation) -> float:
+    """``max |ΔW| / bound`` over all weights: 1.0 means the box is reached (0-bound weights skipped)."""
+    worst = 0.0
+    for name, value in perturbation.items():
+        bound = bounds[name]
+        mask = bound > 0
+        if bool(mask.any()):
+            worst = max(worst, float((value.abs()[mask] / bound[mask]).max()))
+    return worst
+
+
+# -- running a solver through the core's check ------------------------------------------------------
+
+
+@dataclass
+class SolverRun:
+    """One solver run as the core reports it: the verified worst case and what it cost."""
+
+    solver: str
+    thg: float
+    worst: WorstCase
+    seconds: float
+    options: dict[str, Any]
+
+    @property
+    def accuracy(self) -> float:
+        return self.worst.accuracy
+
+
+def make_problem(crossbar: Crossbar, data: EvalData, thg: float | None = None,
+                 layers: tuple[str, ...] | None = None) -> AttackProblem:
+    """The box at ``thg`` (default: the device's threshold); ``layers`` limits it to those layers."""
+    thg = crossbar.device.deviation_bound() if thg is None else float(thg)
+    bounds = crossbar.bounds(thg)
+    if layers is not None:
+        unknown = set(layers) - set(bounds)
+        if unknown:
+            raise CimguardError(f"unknown layer(s) {', '.join(sorted(unknown))}")
+        bounds = {name: bound if name in layers else torch.zeros_like(bound) for name, bound in bounds.items()}
+    return AttackProblem(crossbar, data, bounds, thg)
+
+
+def run_solver(
+    name: str,
+    problem: AttackProblem,
+    seed: int = 0,
+    options: Mapping[str, Any] | None = None,
+    *,
+    progress: bool = False,
+    callbacks: tuple[TraceCallback, ...] = (),
+) -> SolverRun:
+    """Look up solver ``name``, run it, and return its answer after the core's independent check."""
+    from cimguard.plugins import registry
+
+    solver_class = registry("solvers").get(name)
+    solver = solver_class.from_options(**dict(options or {}))
+    solver.progress = progress
+    solver.callbacks.extend(callbacks)
+    start = time.perf_counter()
+    worst = solver.solve(problem, problem.crossbar.generator(seed))
+    seconds = time.perf_counter() - start
+    if not isinstance(worst, WorstCase):
+        raise CimguardError(f"solver {name!r} returned {type(worst).__name__}, not a WorstCase")
+    return SolverRun(name, problem.thg, verified(problem, worst, name), seconds, dataclasses.asdict(solver.config))
+
+
+# -- saved perturbations ------------------------------------------------------------------------------
+
+_DELTA_PREFIX = "delta/"
+_META_KEY = "metadata_json"
+PERTURBATION_FORMAT = "cimguard-perturbation-1"
+
+
+def save_perturbation(path: str | Path, perturbation: Perturbation, metadata: Mapping[str, Any]) -> Path:
+    """Write ``ΔW`` per layer and JSON metadata to a new ``.npz`` file (never overwrites)."""
+    from cimguard.report import to_jsonable, write_new_file
+
+    path = Path(path)
+    if path.suffix != ".npz":
+        raise CimguardError(f"perturbation file {path} must end in .npz")
+    arrays = {_DELTA_PREFIX + name: value.detach().cpu().numpy() for name, value in perturbation.items()}
+    meta = json.dumps(to_jsonable({"format": PERTURBATION_FORMAT, **metadata}))
+    arrays[_META_KEY] = np.array(meta)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:  # a file object keeps numpy from appending another .npz
+            np.savez_compressed(handle, **arrays)
+
+    return write_new_file(path, write)
+
+
+def load_perturbation(path: str | Path, crossbar: Crossbar | None = None) -> tuple[Perturbation, dict[str, Any]]:
+    """Read a file written by :func:`save_perturbation`; with ``crossbar``, check it fits and move it there."""
+    path = Path(path)
+    if not path.is_file():
+        raise CimguardError(f"perturbation file {path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            meta = json.loads(str(archive[_META_KEY]))
+            arrays = {key[len(_DELTA_PREFIX):]: archive[key] for key in archive.files if key.startswith(_DELTA_PREFIX)}
+    except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
+        raise CimguardError(f"{path} is not a cimguard perturbation file ({type(exc).__name__})") from None
+    if meta.get("format") != PERTURBATION_FORMAT:
+        raise CimguardError(f"{path} is not a cimguard perturbation file (format {meta.get('format')!r})")
+    if crossbar is None:
+        return {name: torch.from_numpy(value) for name, value in arrays.items()}, meta
+    if set(arrays) != set(crossbar.layers):
+        raise CimguardError(
+            f"{path} perturbs layers {sorted(arrays)} but the model maps {sorted(crossbar.layers)}; is it the same model?"
+        )
+    perturbation = {}
+    for name, value in arrays.items():
+        nominal = crossbar.layers[name].nominal
+        if tuple(value.shape) != tuple(nominal.shape):
+            raise CimguardError(f"{path}: layer {name} has shape {tuple(value.shape)}, the model has {tuple(nominal.shape)}")
+        perturbation[name] = torch.from_numpy(value).to(device=crossbar.torch_device, dtype=nominal.dtype)
+    return perturbation, meta

@@ -1,0 +1,5 @@
+"""``python -m cimguard`` runs the command-line tool."""
+
+from cimguard.cli import main
+
+main()

@@ -1,0 +1,423 @@
+"""Hardening: fine-tune a model's crossbar weights so the chip tolerates device variation.
+
+A trainer fine-tunes the *float* weights ``W`` of the mapped layers.  Every step
+re-maps them onto the crossbar (``Crossbar.remapped``), so the forward pass sees
+what a chip would compute with, ``W_q + ΔW``: the quantised weights at the
+current per-layer scale plus a perturbation drawn by the trainer.  Quantisation
+is bridged with a straight-through estimator: the value is ``W_q + ΔW`` while
+the gradient flows to ``W`` unchanged.
+
+Only the mapped weights learn.  Biases, BatchNorm and every other parameter stay
+frozen (and BatchNorm keeps its running statistics), so the exported ONNX file
+is the vendor's graph with exactly the crossbar weights replaced.
+
+This module holds the shared machinery: the :class:`Trainer` base class and its
+frozen :class:`TrainerConfig`, the seeded training loop, checkpoints that make an
+interrupted run resume to bit-identical weights, and right-censored Gaussian
+(RCG) noise as used by TRICE and A-TRICE.  The trainer plugins subclass
+:class:`Trainer` and implement :meth:`Trainer.train_batch`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Mapping
+
+import torch
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from cimguard.crossbar import Crossbar, Perturbation
+from cimguard.errors import CimguardError
+
+#: Bumped when the checkpoint layout changes; older checkpoints are refused.
+CHECKPOINT_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    """Options every trainer understands."""
+
+    epochs: int = 10
+    """Passes over the training split."""
+    lr: float = 1e-3
+    """Adam learning rate."""
+    batch_size: int = 64
+    """Training samples per mini-batch."""
+    seed: int = 0
+    """Seeds the data order and every noise draw; the same seed gives the same weights."""
+
+    def validate(self) -> None:
+        """Raise :class:`CimguardError` for values no training run can use."""
+        if self.epochs < 1:
+            raise CimguardError(f"epochs must be >= 1, got {self.epochs}")
+        if not self.lr > 0 or math.isinf(self.lr):
+            raise CimguardError(f"the learning rate must be a positive number, got {self.lr}")
+        if self.batch_size < 1:
+            raise CimguardError(f"the batch size must be >= 1, got {self.batch_size}")
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced."""
+
+    weights: dict[str, torch.Tensor]
+    """The fine-tuned float weights of the mapped layers, by torch name (export writes these)."""
+    trainer: str
+    config: dict[str, Any]
+    chosen: dict[str, Any] = field(default_factory=dict)
+    """Values the trainer chose itself (e.g. TRICE's searched σ and threshold)."""
+    history: list[dict[str, float]] = field(default_factory=list)
+    """One record per epoch: mean training loss and the accuracy on the perturbed chips seen."""
+    resumed_from_epoch: int | None = None
+
+
+@dataclass
+class Run:
+    """The mutable state of one training run, handed to :meth:`Trainer.train_batch`.
+
+    Everything a checkpoint must hold to continue bit-identically lives here:
+    the weights, the optimiser, both random generators and the trainer's own values.
+    """
+
+    crossbar: Crossbar
+    """The starting mapping (its device and layout are reused by every remap)."""
+    weights: dict[str, torch.nn.Parameter]
+    optimiser: torch.optim.Optimizer
+    data_generator: torch.Generator
+    """CPU generator for the mini-batch order."""
+    noise_generator: torch.Generator
+    """Generator on the crossbar's device for every perturbation drawn."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Trainer-chosen values (kept in checkpoints)."""
+    epoch: int = 0
+    """Completed epochs."""
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def chip(self) -> Crossbar:
+        """The current weights as programmed: quantised at their current scale, with their device levels."""
+        return self.crossbar.remapped({name: w.detach() for name, w in self.weights.items()})
+
+    def straight_through(self, chip: Crossbar, perturbation: Mapping[str, torch.Tensor] | None = None) -> Perturbation:
+        """A perturbation that makes ``chip.logits`` compute with ``W_q + ΔW`` and pass gradients to ``W``.
+
+        ``chip.logits`` adds the perturbation to its (detached) nominal ``W_q``;
+        adding ``W - W.detach()`` (value zero, gradient one) is the straight-through estimator.
+        """
+        return {
+            name: (w - w.detach()) + (perturbation[name].detach() if perturbation is not None else 0.0)
+            for name, w in self.weights.items()
+        }
+
+    def cross_entropy(
+        self, chip: Crossbar, x: torch.Tensor, y: torch.Tensor, perturbation: Mapping[str, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, float]:
+        """Cross-entropy of the chip ``W_q + ΔW`` on a batch, and the batch accuracy (for the log)."""
+        logits = chip.logits(x, self.straight_through(chip, perturbation))
+        correct = float((logits.detach().argmax(dim=1) == y).float().mean())
+        return F.cross_entropy(logits, y), correct
+
+    def step(self, loss: torch.Tensor) -> None:
+        """One optimiser update of the float weights from ``loss``."""
+        self.optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimiser.step()
+
+
+class Trainer:
+    """Base class of hardening trainers.
+
+    Subclasses set ``Config`` (a frozen dataclass deriving from
+    :class:`TrainerConfig`, one docstring per field) and implement
+    :meth:`train_batch`; they may override :meth:`prepare` to choose values
+    before training (kept in checkpoints, reported in :attr:`TrainResult.chosen`).
+    """
+
+    Config: ClassVar[type[TrainerConfig]] = TrainerConfig
+    #: One line for ``cimguard plugins`` and help texts.
+    summary: ClassVar[str] = ""
+
+    def __init__(self, config: TrainerConfig | None = None) -> None:
+        config = config if config is not None else self.Config()
+        if not isinstance(config, self.Config):
+            raise TypeError(f"{type(self).__name__} needs a {self.Config.__name__}, got {type(config).__name__}")
+        config.validate()
+        self.config = config
+
+    @classmethod
+    def from_options(cls, name: str | None = None, **options: Any) -> "Trainer":
+        """Build from option values; ``None`` means "not given".
+
+        An option given explicitly that this trainer does not have is an error
+        (``--alpha`` means nothing to the ``noise`` trainer).
+        """
+        names = {f.name for f in dataclasses.fields(cls.Config)}
+        given = {k: v for k, v in options.items() if v is not None}
+        unknown = sorted(set(given) - names)
+        if unknown:
+            label = name or cls.__name__
+            raise CimguardError(
+                f"trainer {label!r} has no option {', '.join(unknown)} (its options: {', '.join(sorted(names))})"
+            )
+        return cls(cls.Config(**given))
+
+    # -- what subclasses implement ----------------------------------------------------------
+    def prepare(self, crossbar: Crossbar, x: torch.Tensor, y: torch.Tensor, *, progress: bool = False) -> dict[str, Any]:
+        """Values to fix before training starts (default: none)."""
+        return {}
+
+    def train_batch(self, run: Run, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+        """Update ``run.weights`` on one mini-batch; return (loss, accuracy) for the log."""
+        raise NotImplementedError
+
+    # -- the shared loop ------------------------------------------------------------------
+    def fit(
+        self,
+        crossbar: Crossbar,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        checkpoint: str | Path | None = None,
+        resume: bool = False,
+        progress: bool = False,
+        on_epoch_end: Callable[[Run], None] | None = None,
+    ) -> TrainResult:
+        """Fine-tune the mapped weights of ``crossbar`` on ``(x, y)``.
+
+        Args:
+            crossbar: the model mapped onto its device; its weights are the start.
+            x, y: training inputs (already shaped for the model) and class labels.
+            checkpoint: file rewritten after every epoch; must not exist unless ``resume``.
+            resume: continue from ``checkpoint`` (made with the same trainer, options,
+                model and data); the result equals an uninterrupted run.
+            progress: show a progress bar.
+            on_epoch_end: called after each epoch's checkpoint is written.
+        """
+        x, y = _check_training_data(crossbar, x, y)
+        checkpoint = Path(checkpoint) if checkpoint is not None else None
+        fingerprint = _fingerprint(crossbar, x, y)
+        if checkpoint is not None and not resume and checkpoint.exists():
+            raise CimguardError(f"checkpoint {checkpoint} already exists; pass --resume to continue from it or choose a new path")
+        if resume and checkpoint is None:
+            raise CimguardError("--resume needs --checkpoint PATH (the checkpoint of the interrupted run)")
+
+        run = self.new_run(crossbar)
+        resumed_from = None
+        if resume:
+            assert checkpoint is not None
+            self._load(run, checkpoint, fingerprint)
+            resumed_from = run.epoch
+        if "prepared" not in run.extra:
+            run.extra.update(self.prepare(crossbar, x, y, progress=progress))
+            run.extra["prepared"] = True
+            if checkpoint is not None:
+                self._save(run, checkpoint, fingerprint)
+
+        batches = math.ceil(len(x) / self.config.batch_size)
+        bar = tqdm(
+            total=self.config.epochs * batches,
+            initial=run.epoch * batches,
+            desc=f"training ({type(self).__name__})",
+            unit="batch",
+            disable=not progress,
+            leave=False,
+        )
+        try:
+            while run.epoch < self.config.epochs:
+                losses, correct = [], []
+                order = torch.randperm(len(x), generator=run.data_generator).to(x.device)
+                for start in range(0, len(x), self.config.batch_size):
+                    index = order[start : start + self.config.batch_size]
+                    loss, acc = self.train_batch(run, x[index], y[index])
+                    losses.append(loss)
+                    correct.append(acc)
+                    bar.update()
+                    bar.set_postfix(epoch=run.epoch + 1, loss=f"{loss:.3f}")
+                run.epoch += 1
+                run.history.append(
+                    {"epoch": run.epoch, "loss": sum(losses) / len(losses), "accuracy": sum(correct) / len(correct)}
+                )
+                if checkpoint is not None:
+                    self._save(run, checkpoint, fingerprint)
+                if on_epoch_end is not None:
+                    on_epoch_end(run)
+        finally:
+            bar.close()
+        return TrainResult(
+            weights={name: w.detach().clone() for name, w in run.weights.items()},
+            trainer=type(self).__name__,
+            config=dataclasses.asdict(self.config),
+            chosen={k: v for k, v in run.extra.items() if k != "prepared"},
+            history=list(run.history),
+            resumed_from_epoch=resumed_from,
+        )
+
+    def new_run(self, crossbar: Crossbar, *, seed: int | None = None) -> Run:
+        """Fresh state: float copies of the mapped weights, a new Adam, seeded generators."""
+        seed = self.config.seed if seed is None else seed
+        start = dict(crossbar.imported.weights()) | dict(crossbar.source_weights or {})
+        weights = {
+            name: torch.nn.Parameter(start[name].detach().to(crossbar.torch_device, torch.float32).clone())
+            for name in crossbar.names
+        }
+        optimiser = torch.optim.Adam(list(weights.values()), lr=self.config.lr)
+        data_generator = torch.Generator().manual_seed(seed)
+        # A different stream for noise, so the data order does not depend on how much noise is drawn.
+        noise_generator = crossbar.generator(seed + 0x9E3779B1)
+        return Run(crossbar, weights, optimiser, data_generator, noise_generator)
+
+    # -- checkpoints ----------------------------------------------------------------------
+    def _identity(self, fingerprint: str) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "trainer": f"{type(self).__module__}.{type(self).__qualname__}",
+            "config": _plain(dataclasses.asdict(self.config)),
+            "fingerprint": fingerprint,
+        }
+
+    def _save(self, run: Run, path: Path, fingerprint: str) -> None:
+        state = self._identity(fingerprint) | {
+            "epoch": run.epoch,
+            "weights": {name: w.detach() for name, w in run.weights.items()},
+            "optimiser": run.optimiser.state_dict(),
+            "data_rng": run.data_generator.get_state(),
+            "noise_rng": run.noise_generator.get_state(),
+            "extra": _plain(run.extra),
+            "history": run.history,
+        }
+        if not path.parent.exists():
+            raise CimguardError(f"checkpoint folder {path.parent} does not exist")
+        # Written beside the target and renamed over it, so an interruption never leaves half a checkpoint.
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            torch.save(state, tmp_name)
+            os.replace(tmp_name, path)
+        finally:
+            Path(tmp_name).unlink(missing_ok=True)
+
+    def _load(self, run: Run, path: Path, fingerprint: str) -> None:
+        if not path.is_file():
+            raise CimguardError(f"cannot resume: checkpoint {path} does not exist")
+        try:
+            state = torch.load(path, map_location=run.crossbar.torch_device, weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user problem
+            raise CimguardError(f"{path} is not a cimguard training checkpoint ({type(exc).__name__})") from None
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            raise CimguardError(f"{path} is not a cimguard training checkpoint of this version")
+        expected = self._identity(fingerprint)
+        for key, what in (
+            ("trainer", "trainer"),
+            ("config", "training options"),
+            ("fingerprint", "model, device mapping or training data"),
+        ):
+            if state.get(key) != expected[key]:
+                raise CimguardError(
+                    f"checkpoint {path} was made with a different {what}; resume with the same settings or start a new checkpoint"
+                )
+        with torch.no_grad():
+            for name, w in run.weights.items():
+                w.copy_(state["weights"][name])
+        run.optimiser.load_state_dict(state["optimiser"])
+        run.data_generator.set_state(state["data_rng"])
+        run.noise_generator.set_state(state["noise_rng"])
+        run.extra = dict(state["extra"])
+        run.epoch = int(state["epoch"])
+        run.history = list(state["history"])
+
+
+class VanillaTrainer(Trainer):
+    """Quantisation-aware fine-tuning without any variation: the baseline hardening is compared with."""
+
+    summary = "fine-tune on the quantised chip without variation (baseline)"
+
+    def train_batch(self, run: Run, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+        loss, acc = run.cross_entropy(run.chip(), x, y)
+        run.step(loss)
+        return float(loss.detach()), acc
+
+
+# -- right-censored Gaussian noise (TRICE) ----------------------------------------------------
+
+
+def rcg_mean(sigma: float, threshold: float) -> float:
+    """Mean of ``σ · min(ε, s)``, ``ε ~ N(0, 1)``: ``σ · (s · (1 - Φ(s)) - φ(s))``."""
+    pdf = math.exp(-0.5 * threshold * threshold) / math.sqrt(2 * math.pi)
+    upper_tail = 0.5 * math.erfc(threshold / math.sqrt(2))
+    return sigma * (threshold * upper_tail - pdf)
+
+
+def rcg_perturbation(chip: Crossbar, sigma: float, threshold: float, generator: torch.Generator) -> Perturbation:
+    """One draw of RCG noise: every device deviates by ``σ · min(ε, s)`` levels, mapped to ΔW by the crossbar.
+
+    The censoring acts on each device's conductance deviation (a device cannot end
+    more than ``s·σ`` levels above its target), so through the crossbar formula
+    ``ΔW = sign(W) · s_fs · Σ_i Δg_i 2**(-iB)`` it scales with the layer's full scale.
+    """
+    perturbation = {}
+    for name, layer in chip.layers.items():
+        shape = (chip.slices, *layer.nominal.shape)
+        noise = torch.randn(shape, generator=generator, device=chip.torch_device)
+        perturbation[name] = chip.weight_delta(name, sigma * noise.clamp(max=threshold))
+    return perturbation
+
+
+def rcg_mean_perturbation(chip: Crossbar, sigma: float, threshold: float) -> Perturbation:
+    """ΔW when every device sits at the mean of the RCG distribution."""
+    mean = rcg_mean(sigma, threshold)
+    return {
+        name: chip.weight_delta(name, torch.full((chip.slices, *layer.nominal.shape), mean, device=chip.torch_device))
+        for name, layer in chip.layers.items()
+    }
+
+
+def check_rcg(sigma: float, threshold: float) -> None:
+    if not sigma >= 0 or math.isinf(sigma):
+        raise CimguardError(f"sigma must be a finite number >= 0 (level units), got {sigma}")
+    if math.isnan(threshold):
+        raise CimguardError("the censoring threshold must be a number (in units of sigma)")
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+
+def _check_training_data(crossbar: Crossbar, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    if len(x) == 0:
+        raise CimguardError("the training split is empty")
+    if len(x) != len(y):
+        raise CimguardError(f"the training split has {len(x)} inputs but {len(y)} labels")
+    x = x.to(crossbar.torch_device).float()
+    y = y.to(crossbar.torch_device).long()
+    num_classes = crossbar.logits(x[:1]).shape[1]
+    if y.dim() != 1 or int(y.min()) < 0 or int(y.max()) >= num_classes:
+        raise CimguardError(f"training labels must be class indices 0..{num_classes - 1}")
+    return x, y
+
+
+def _fingerprint(crossbar: Crossbar, x: torch.Tensor, y: torch.Tensor) -> str:
+    """A hash of the starting weights, the crossbar layout, the device and the training data."""
+    digest = hashlib.sha256()
+    start = dict(crossbar.imported.weights()) | dict(crossbar.source_weights or {})
+    for name in crossbar.names:
+        digest.update(name.encode())
+        digest.update(start[name].detach().float().cpu().numpy().tobytes())
+    digest.update(repr(dataclasses.asdict(crossbar.config)).encode())
+    digest.update(f"{type(crossbar.device).__name__}{dataclasses.asdict(crossbar.device.config)}".encode())
+    digest.update(x.detach().cpu().numpy().tobytes())
+    digest.update(y.detach().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _plain(value: Any) -> Any:
+    """Config values as plain lists/dicts (what ``torch.load(weights_only=True)`` returns for them)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

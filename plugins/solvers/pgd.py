@@ -1,0 +1,89 @@
+"""``pgd``: projected sign-gradient descent with step decay and random restarts (beyond the paper).
+
+A stronger, slower search than F-LWC for the same box ``|ΔW| <= bound``:
+
+1. the first start *is* F-LWC: the same sign steps of ``bound / k`` from ``ΔW = 0``
+   with the same stop rule (so the best chip it sees is never worse than F-LWC's,
+   by construction), then it continues from the best chip so far with decaying steps;
+2. every further restart starts from a uniform random point of the box and runs
+   the decaying schedule;
+3. the best chip over all starts is returned.
+
+The step of the decaying phase starts at ``step · bound`` and halves ``halvings``
+times, evenly over the phase; every iterate is projected back into the box.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from cimguard.errors import CimguardError
+from cimguard.hookspecs import hookimpl
+from cimguard.solve import AttackProblem, Solver, SolverConfig, Tracker
+from cimguard_plugins.solvers.flwc import FLWC, FLWCConfig, flwc_step, sign_descent
+
+
+@dataclass(frozen=True)
+class PGDConfig(SolverConfig):
+    """PGD options (``iterations`` is the budget of sign steps *per start*)."""
+
+    iterations: int = 60
+    """Sign steps per start (each is one pass over the evaluation data)."""
+    restarts: int = 2
+    """Random starts after the first (F-LWC) start."""
+    k: float = 10.0
+    """Step of the first start's F-LWC phase: ``bound / k`` (as ``flwc``'s ``k``)."""
+    step: float = 0.25
+    """First step of the decaying phase, as a fraction of the bound."""
+    halvings: int = 4
+    """How many times the step halves, evenly spread over the decaying phase."""
+
+    def validate(self) -> None:
+        if self.iterations < 0 or self.restarts < 0 or self.halvings < 0:
+            raise CimguardError("pgd: iterations, restarts and halvings must be >= 0")
+        if not self.k > 0 or not self.step > 0:
+            raise CimguardError(f"pgd: k and step must be > 0, got k={self.k}, step={self.step}")
+
+
+def _halving_schedule(length: int, halvings: int):
+    def scale(t: int) -> float:
+        return 0.5 ** min(halvings, (t * (halvings + 1)) // max(length, 1))
+
+    return scale
+
+
+class PGD(Solver):
+    Config = PGDConfig
+    summary = "projected sign-gradient descent, step decay, random restarts; first start = F-LWC"
+
+    def total_passes(self, problem: AttackProblem) -> int:
+        return self.config.iterations * (1 + self.config.restarts)
+
+    def search(self, problem: AttackProblem, generator: torch.Generator, tracker: Tracker) -> None:
+        config = self.config
+        config.validate()
+        kappa = config.kappa
+        # Start 1: exactly F-LWC (same config, same code), so pgd <= flwc holds by construction.
+        flwc = FLWC(FLWCConfig(iterations=config.iterations, kappa=kappa, k=config.k))
+        flwc_passes = min(config.iterations, flwc.total_passes(problem))
+        sign_descent(problem, problem.crossbar.zeros(), config.iterations, flwc_step(problem, config.k), kappa,
+                     tracker, stop_at_bound=True, label="start 0 (flwc)")
+        decay_step = {name: bound * config.step for name, bound in problem.bounds.items()}
+        remaining = config.iterations - flwc_passes
+        if remaining > 0 and tracker.best is not None:
+            sign_descent(problem, tracker.best, remaining, decay_step, kappa, tracker, label="start 0 (decay)",
+                         schedule=_halving_schedule(remaining, config.halvings))
+        for restart in range(1, config.restarts + 1):
+            start = {
+                name: (2 * torch.rand(bound.shape, generator=generator, device=bound.device, dtype=bound.dtype) - 1) * bound
+                for name, bound in problem.bounds.items()
+            }
+            sign_descent(problem, start, config.iterations, decay_step, kappa, tracker, label=f"start {restart}",
+                         schedule=_halving_schedule(config.iterations, config.halvings))
+
+
+@hookimpl
+def register_solvers(register):
+    register("pgd", PGD)

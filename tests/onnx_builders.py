@@ -1,0 +1,66 @@
+"""Tiny hand-built ONNX models for tests (known weights, edge cases)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+
+def _save(model: onnx.ModelProto, path: Path) -> Path:
+    onnx.checker.check_model(model)
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def gemm_model(path: Path, weight: np.ndarray, *, trans_b: int = 1, alpha: float = 1.0, bias: bool = True) -> Path:
+    """``y = alpha * x @ op(W) + b`` with ``op`` = transpose when ``trans_b``."""
+    out_features = weight.shape[0] if trans_b else weight.shape[1]
+    in_features = weight.shape[1] if trans_b else weight.shape[0]
+    inits = [numpy_helper.from_array(weight.astype(np.float32), "W")]
+    inputs = ["x", "W"]
+    if bias:
+        inits.append(numpy_helper.from_array(np.linspace(-0.1, 0.1, out_features).astype(np.float32), "b"))
+        inputs.append("b")
+    node = helper.make_node("Gemm", inputs, ["y"], name="fc", transB=trans_b, alpha=alpha)
+    graph = helper.make_graph(
+        [node],
+        "gemm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", in_features])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", out_features])],
+        inits,
+    )
+    return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+
+
+def relu_model(path: Path) -> Path:
+    """A valid model with no crossbar-mappable layer."""
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"], name="relu")],
+        "relu",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+    )
+    return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+
+
+def custom_op_model(path: Path) -> Path:
+    """A model using an operator of a custom domain no converter knows."""
+    weight = numpy_helper.from_array(np.ones((4, 4), np.float32), "W")
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "W"], ["h"], name="mm"),
+            helper.make_node("FancyActivation", ["h"], ["y"], name="fancy", domain="com.vendor"),
+        ],
+        "custom",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        [weight],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("com.vendor", 1)]
+    )
+    path.write_bytes(model.SerializeToString())  # the checker rejects unknown domains; vendors ship them anyway
+    return path
