@@ -44,9 +44,9 @@ CHECKPOINT_FORMAT = 1
 class TrainerConfig:
     """Options every trainer understands."""
 
-    epochs: int = 10
+    epochs: int = 20
     """Passes over the training split."""
-    lr: float = 1e-3
+    lr: float = 2e-3
     """Adam learning rate."""
     batch_size: int = 64
     """Training samples per mini-batch."""
@@ -109,11 +109,18 @@ class Run:
 
         ``chip.logits`` adds the perturbation to its (detached) nominal ``W_q``;
         adding ``W - W.detach()`` (value zero, gradient one) is the straight-through estimator.
+        A device's ΔW is proportional to the layer's full scale ``max|W|``, so ΔW is
+        multiplied by ``max|W| / max|W|.detach()`` (value one): the loss then also sees
+        how the layer's largest weight sets the size of every perturbation.
         """
-        return {
-            name: (w - w.detach()) + (perturbation[name].detach() if perturbation is not None else 0.0)
-            for name, w in self.weights.items()
-        }
+        result = {}
+        for name, w in self.weights.items():
+            value = w - w.detach()
+            if perturbation is not None:
+                scale = w.abs().max()
+                value = value + perturbation[name].detach() * (scale / scale.detach().clamp_min(1e-12))
+            result[name] = value
+        return result
 
     def cross_entropy(
         self, chip: Crossbar, x: torch.Tensor, y: torch.Tensor, perturbation: Mapping[str, torch.Tensor] | None = None
@@ -306,7 +313,9 @@ class Trainer:
         if not path.is_file():
             raise CimguardError(f"cannot resume: checkpoint {path} does not exist")
         try:
-            state = torch.load(path, map_location=run.crossbar.torch_device, weights_only=True)
+            # On the CPU: generator states must stay CPU byte tensors; weights and Adam's
+            # moments are moved to the parameters' device as they are copied in.
+            state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user problem
             raise CimguardError(f"{path} is not a cimguard training checkpoint ({type(exc).__name__})") from None
         if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
@@ -348,6 +357,8 @@ class VanillaTrainer(Trainer):
 
 def rcg_mean(sigma: float, threshold: float) -> float:
     """Mean of ``σ · min(ε, s)``, ``ε ~ N(0, 1)``: ``σ · (s · (1 - Φ(s)) - φ(s))``."""
+    if math.isinf(threshold):
+        return 0.0 if threshold > 0 else -math.inf
     pdf = math.exp(-0.5 * threshold * threshold) / math.sqrt(2 * math.pi)
     upper_tail = 0.5 * math.erfc(threshold / math.sqrt(2))
     return sigma * (threshold * upper_tail - pdf)

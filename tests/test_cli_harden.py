@@ -1,0 +1,215 @@
+"""``cimguard harden`` and ``cimguard compare`` end to end: export, refusals, resume, side-by-side table."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+from cimguard.errors import CimguardError
+
+FAST = ("--epochs", "2", "--batch-size", "128")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _nodes(model: onnx.ModelProto):
+    return [(n.op_type, n.name, list(n.input), list(n.output), [a.SerializeToString() for a in n.attribute])
+            for n in model.graph.node]
+
+
+def _initializers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    return {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+
+
+def test_harden_exports_the_vendor_graph_with_new_weights(invoke, default_model_path, tmp_path):
+    output = tmp_path / "robust.onnx"
+    original_bytes = default_model_path.read_bytes()
+    result = invoke("harden", default_model_path, "--trainer", "atrice", "-o", output, *FAST)
+    assert result.exit_code == 0, result.output
+    assert "wrote" in result.output and "clean chip accuracy" in result.output
+    assert default_model_path.read_bytes() == original_bytes
+    original, hardened = onnx.load(default_model_path), onnx.load(output)
+    onnx.checker.check_model(hardened)
+    assert _nodes(hardened) == _nodes(original)
+    assert [i.name for i in hardened.graph.input] == [i.name for i in original.graph.input]
+    before, after = _initializers(original), _initializers(hardened)
+    assert before.keys() == after.keys()
+    from cimguard.model import load_model
+
+    mapped = {m.initializer for m in load_model(default_model_path).mapped}
+    for name in before:
+        if name in mapped:
+            assert before[name].shape == after[name].shape and not np.array_equal(before[name], after[name]), name
+        else:
+            assert np.array_equal(before[name], after[name]), name  # biases are frozen
+
+
+def test_exported_file_matches_the_hardened_torch_model(setup, tmp_path):
+    from torch.func import functional_call
+
+    from cimguard.data import fit_to_model
+    from cimguard.export import export_onnx
+    from cimguard.model import run_onnxruntime
+    from cimguard_plugins.trainers.atrice import ATriceConfig, ATriceTrainer
+
+    x, y = setup.dataset.require_training()
+    result = ATriceTrainer(ATriceConfig(epochs=1, batch_size=128)).fit(setup.crossbar, fit_to_model(x, setup.imported.input), y)
+    path = export_onnx(setup.imported, result.weights, tmp_path / "h.onnx", check_inputs=setup.data.x[:64])
+    with torch.no_grad():
+        ours = functional_call(setup.imported.module, result.weights, (setup.data.x,), strict=False)
+    theirs = run_onnxruntime(onnx.load(path), setup.data.x.numpy())
+    np.testing.assert_allclose(theirs, ours.numpy(), rtol=1e-4, atol=1e-4)
+    # Re-imported, the file maps to the same chip as the trained weights.
+    from cimguard.pipeline import build_setup
+    from cimguard.evaluate import accuracy
+
+    again = build_setup(path, "digits", "gaussian", {"thg": 0.03}, torch_device="cpu")
+    assert accuracy(again.crossbar, again.data) == accuracy(setup.crossbar.remapped(result.weights), setup.data)
+
+
+def test_existing_output_is_refused_before_training(invoke, default_model_path, tmp_path):
+    output = tmp_path / "robust.onnx"
+    output.write_bytes(b"keep me")
+    checkpoint = tmp_path / "ck.pt"
+    result = invoke("harden", default_model_path, "-o", output, "--checkpoint", checkpoint, *FAST)
+    assert result.exit_code == 1
+    assert "already exists" in result.output
+    assert output.read_bytes() == b"keep me"
+    assert not checkpoint.exists()  # nothing was trained
+
+
+def test_input_file_is_never_the_output(invoke, default_model_path, tmp_path):
+    model = tmp_path / "m.onnx"
+    model.write_bytes(default_model_path.read_bytes())
+    result = invoke("harden", model, "-o", model, *FAST)
+    assert result.exit_code == 1
+    assert "refusing to overwrite the input file" in result.output
+    assert model.read_bytes() == default_model_path.read_bytes()
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--trainer", "nope"), "unknown trainer 'nope'"),
+    (("--trainer", "noise", "--alpha", "0.5"), "trainer 'noise' has no option alpha"),
+    (("--resume",), "--resume needs --checkpoint"),
+    (("--trainer", "trice", "--threshold", "nan"), "threshold"),
+])
+def test_bad_harden_options(invoke, tmp_path, args, message):
+    result = invoke("harden", "-o", tmp_path / "out.onnx", *args)
+    assert result.exit_code == 1
+    assert message in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_existing_checkpoint_without_resume_is_refused(invoke, tmp_path):
+    checkpoint = tmp_path / "ck.pt"
+    checkpoint.write_bytes(b"x")
+    result = invoke("harden", "-o", tmp_path / "out.onnx", "--checkpoint", checkpoint)
+    assert result.exit_code == 1 and "pass --resume" in result.output
+
+
+def test_interrupted_harden_resumes_to_the_same_file(invoke, tmp_path, monkeypatch):
+    import cimguard.train as train
+
+    args = ("harden", "--trainer", "atrice", "--epochs", "3", "--batch-size", "256", "--seed", "3")
+    full = invoke(*args, "-o", tmp_path / "full.onnx")
+    assert full.exit_code == 0, full.output
+
+    save = train.Trainer._save
+
+    def save_then_interrupt(self, run, path, fingerprint):
+        save(self, run, path, fingerprint)
+        if run.epoch == 2:
+            raise KeyboardInterrupt
+
+    checkpoint = tmp_path / "ck.pt"
+    with monkeypatch.context() as patch:
+        patch.setattr(train.Trainer, "_save", save_then_interrupt)
+        interrupted = invoke(*args, "-o", tmp_path / "resumed.onnx", "--checkpoint", checkpoint)
+    assert interrupted.exit_code == 130
+    assert checkpoint.exists() and not (tmp_path / "resumed.onnx").exists()
+    resumed = invoke(*args, "-o", tmp_path / "resumed.onnx", "--checkpoint", checkpoint, "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    assert "resumed after epoch 2" in resumed.output
+    a, b = _initializers(onnx.load(tmp_path / "full.onnx")), _initializers(onnx.load(tmp_path / "resumed.onnx"))
+    assert all(np.array_equal(a[name], b[name]) for name in a)
+
+
+# -- compare ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def hardened_model(tmp_path_factory, default_model_path):
+    from cimguard.data import fit_to_model
+    from cimguard.export import export_onnx
+    from cimguard.pipeline import build_setup
+    from cimguard_plugins.trainers.atrice import ATriceConfig, ATriceTrainer
+
+    torch.set_num_threads(1)
+    setup = build_setup(default_model_path, "digits", "gaussian", {"thg": 0.03}, torch_device="cpu")
+    x, y = setup.dataset.require_training()
+    result = ATriceTrainer(ATriceConfig(epochs=4)).fit(setup.crossbar, fit_to_model(x, setup.imported.input), y)
+    return export_onnx(setup.imported, result.weights, tmp_path_factory.mktemp("h") / "hardened.onnx")
+
+
+def test_compare_table_json_and_plot(invoke, default_model_path, hardened_model, tmp_path):
+    report, figure = tmp_path / "c.json", tmp_path / "c.png"
+    result = invoke("compare", default_model_path, hardened_model, "--thg", "0.01,0.03", "--solvers", "flwc",
+                    "--samples", "5", "--json", report, "--plot", figure)
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert any("worst flwc" in line for line in lines)
+    rows = json.loads(report.read_text())["rows"]
+    assert [(r["model"].endswith("hardened.onnx"), r["thg"]) for r in rows] == [
+        (False, 0.01), (False, 0.03), (True, 0.01), (True, 0.03)]
+    assert figure.stat().st_size > 1000
+    by = {(r["model"].endswith("hardened.onnx"), r["thg"]): r for r in rows}
+    # The hardened model resists the same worst-case search far better.
+    assert by[(True, 0.01)]["worst_case"]["flwc"] > by[(False, 0.01)]["worst_case"]["flwc"] + 0.2
+    for r in rows:
+        assert 0 <= r["worst_case"]["flwc"] <= r["monte_carlo_p1"] <= r["monte_carlo_mean"] <= 1
+
+
+def test_compare_defaults_to_flwc_and_pgd(invoke, default_model_path):
+    result = invoke("compare", default_model_path, "--thg", "0.02", "--samples", "2", "--iterations", "2",
+                    "--max-samples", "50")
+    assert result.exit_code == 0, result.output
+    assert "worst flwc" in result.output and "worst pgd" in result.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--thg", "0.01,abc"), "comma-separated list"),
+    (("--thg", "-1"), ">= 0"),
+    (("--solvers", "flwc,nope"), "unknown solver 'nope'"),
+    (("--plot", "x.txt"), ".png"),
+])
+def test_bad_compare_options(invoke, default_model_path, tmp_path, args, message):
+    result = invoke("compare", default_model_path, *args)
+    assert result.exit_code == 1
+    assert message in result.output
+
+
+def test_compare_refuses_existing_outputs(invoke, default_model_path, tmp_path):
+    report = tmp_path / "c.json"
+    report.write_text("{}")
+    result = invoke("compare", default_model_path, "--json", report)
+    assert result.exit_code == 1 and "already exists" in result.output
+    assert report.read_text() == "{}"
+
+
+def test_compare_models_rejects_no_thresholds():
+    from cimguard.cli_harden import compare_models
+
+    with pytest.raises(CimguardError, match="thg"):
+        compare_models([None], [], ["flwc"])
