@@ -47,7 +47,7 @@ from torch import nn
 
 #: Custom domain of the operators that legalisation writes for constructs onnx2torch
 #: cannot express (only ever present in the legalised copy, never in exported files).
-CIMGUARD_DOMAIN = "cimguard.legal"
+CIMGUARD_DOMAIN = "cimguard"
 CIMGUARD_DOMAIN_VERSION = 1
 
 Converter = Callable[[OnnxNode, OnnxGraph], OperationConverterResult]
@@ -223,6 +223,19 @@ def _average_pool(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
     return OperationConverterResult(module, onnx_mapping_from_node(node))
 
 
+class OnnxReshapeAllowZero(nn.Module, OnnxToTorchModule):
+    """``Reshape`` with ``allowzero=1``: a 0 in the shape is a zero-sized axis, not "copy this axis"."""
+
+    def forward(self, x: torch.Tensor, shape: torch.Tensor) -> torch.Tensor:
+        return torch.reshape(x, [int(d) for d in shape.tolist()])
+
+
+def _reshape(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+    if node.attributes.get("allowzero", 0) == 1:
+        return OperationConverterResult(OnnxReshapeAllowZero(), onnx_mapping_from_node(node))
+    return _delegate("Reshape", 14)(node, graph)
+
+
 # --- registration ------------------------------------------------------------------
 
 _REDUCE_OPS = ("ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean", "ReduceMin",
@@ -240,6 +253,8 @@ def _register_all() -> None:
         _register("AveragePool", version, _average_pool, "exact padding")
     _register("AveragePool", CIMGUARD_DOMAIN_VERSION, _average_pool, "asymmetric padding", domain=CIMGUARD_DOMAIN)
     _register("Gelu", 20, _gelu, "new")
+    for version in (19, 21, 23, 24, 25):
+        _register("Reshape", version, _reshape, "Reshape 14 plus allowzero=1")
     for version in (18, 19, 21, 23, 24, 25):
         _register("Pad", version, _checked_alias("Pad", 13, _pad_check), "Pad 13 without axes/wrap")
     for version in (18, 19):

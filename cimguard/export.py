@@ -1,60 +1,152 @@
-"""Export: the vendor's original ONNX graph with only the mapped weights replaced."""
+"""Export: the vendor's original ONNX graph with only the mapped weights replaced.
+
+The file written is the model the user loaded (same nodes, node names, inputs,
+outputs, opsets, IR version and metadata), not the legalised copy cimguard converted.
+Each mapped weight goes back where the original file stored it:
+
+* an initializer: its tensor is replaced (same name, same element type);
+* a ``Constant`` node: its ``value`` is replaced (the node stays a ``Constant``);
+* a node legalisation folded (``ConstantOfShape``, or the last node of an
+  all-constant subgraph such as ``Transpose(W)``): that node is rewritten *in place*
+  into a ``Constant`` with the same name and output, holding the new value.  The node
+  list keeps its length, order and names; only that node's operator changes, and the
+  nodes that fed it (now unused) are left as they were, because ONNX has no inverse of
+  an arbitrary subgraph.  :func:`weight_locations` says which case applies to each weight.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 import onnx
 import torch
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 
 from cimguard.errors import CimguardError
 from cimguard.model import ImportedModel, output_mismatch, run_onnxruntime
 from cimguard.report import check_new_output, write_new_file
 
 
+@dataclass(frozen=True)
+class WeightLocation:
+    """Where export writes one mapped weight in the original file."""
+
+    torch_name: str
+    tensor: str
+    """The weight's value name in the graph."""
+    kind: str
+    """``initializer``, ``constant`` (a Constant node's value) or ``rewritten`` (a node becomes a Constant)."""
+    node: str | None = None
+    """The node written to (``constant`` and ``rewritten``)."""
+    op_type: str | None = None
+    """That node's original operator."""
+
+
+def weight_locations(imported: ImportedModel) -> list[WeightLocation]:
+    """Where each mapped weight lives in the original file (raises if one cannot be found)."""
+    graph = imported.onnx_model.graph
+    initializers = {init.name for init in graph.initializer}
+    producers = {out: node for node in graph.node for out in node.output if out}
+    locations = []
+    for mapped in imported.mapped:
+        name = mapped.initializer
+        if name in initializers:
+            locations.append(WeightLocation(mapped.torch_name, name, "initializer"))
+            continue
+        node = producers.get(name)
+        if node is None:
+            raise CimguardError(f"cannot find where the original model stores weight {name}")
+        label = node.name or name
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+            locations.append(WeightLocation(mapped.torch_name, name, "constant", label, node.op_type))
+        elif len([out for out in node.output if out]) == 1:
+            locations.append(WeightLocation(mapped.torch_name, name, "rewritten", label, node.op_type))
+        else:
+            raise CimguardError(
+                f"weight {name} is one of several outputs of node {label!r} ({node.op_type}); it cannot be exported"
+            )
+    return locations
+
+
 def with_weights(imported: ImportedModel, weights: Mapping[str, torch.Tensor]) -> onnx.ModelProto:
-    """A copy of the original model whose mapped initializers hold ``weights`` (by torch name)."""
-    by_initializer: dict[str, np.ndarray] = {}
+    """A copy of the original model whose mapped weights hold ``weights`` (by torch name)."""
+    by_tensor: dict[str, np.ndarray] = {}
     for mapped in imported.mapped:
         if mapped.torch_name not in weights:
             continue
         value = mapped.to_onnx(weights[mapped.torch_name])
-        previous = by_initializer.get(mapped.initializer)
+        previous = by_tensor.get(mapped.initializer)
         if previous is not None and not np.array_equal(previous, value):
             raise CimguardError(
                 f"initializer {mapped.initializer} feeds several layers that now hold different weights; "
                 "it cannot be exported as one tensor"
             )
-        by_initializer[mapped.initializer] = value
+        by_tensor[mapped.initializer] = value
+    locations = {loc.tensor: loc for loc in weight_locations(imported) if loc.tensor in by_tensor}
     model = onnx.ModelProto()
     model.CopyFrom(imported.onnx_model)
-    replaced = set()
     for initializer in model.graph.initializer:
-        if initializer.name in by_initializer:
-            _replace_tensor(initializer, by_initializer[initializer.name])
-            replaced.add(initializer.name)
-    # Weights that the vendor's file produced with Constant nodes are written back there.
+        if initializer.name in by_tensor and locations[initializer.name].kind == "initializer":
+            _replace_tensor(initializer, by_tensor[initializer.name])
     for node in model.graph.node:
-        if node.op_type == "Constant" and node.output and node.output[0] in by_initializer:
-            for attr in node.attribute:
-                if attr.name == "value":
-                    _replace_tensor(attr.t, by_initializer[node.output[0]])
-                    replaced.add(node.output[0])
-    missing = set(by_initializer) - replaced
-    if missing:
-        raise CimguardError(f"cannot find where the original model stores weight(s) {', '.join(sorted(missing))}")
+        name = node.output[0] if node.output else ""
+        location = locations.get(name)
+        if location is None or location.kind == "initializer":
+            continue
+        if location.kind == "constant":
+            _set_constant_value(node, by_tensor[name], _constant_dtype(node))
+        else:
+            _rewrite_as_constant(node, by_tensor[name], imported.legalised, name)
     return model
 
 
 def _replace_tensor(tensor: onnx.TensorProto, value: np.ndarray) -> None:
-    dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
+    dtype = helper.tensor_dtype_to_np_dtype(tensor.data_type)
     if tuple(tensor.dims) != value.shape:
         raise CimguardError(f"weight {tensor.name} has shape {value.shape}, the model stores {tuple(tensor.dims)}")
     new = numpy_helper.from_array(value.astype(dtype), name=tensor.name)
     tensor.CopyFrom(new)
+
+
+def _constant_dtype(node: onnx.NodeProto) -> np.dtype:
+    for attr in node.attribute:
+        if attr.name == "value":
+            return helper.tensor_dtype_to_np_dtype(attr.t.data_type)
+        if attr.name in ("value_int", "value_ints"):
+            return np.dtype(np.int64)
+    return np.dtype(np.float32)
+
+
+def _set_constant_value(node: onnx.NodeProto, value: np.ndarray, dtype: np.dtype) -> None:
+    """Give a Constant node a ``value`` tensor (replacing value_float(s) forms too)."""
+    tensor = numpy_helper.from_array(np.ascontiguousarray(value).astype(dtype), name="")
+    del node.attribute[:]
+    node.attribute.append(helper.make_attribute("value", tensor))
+
+
+def _rewrite_as_constant(node: onnx.NodeProto, value: np.ndarray, legalised: onnx.ModelProto, name: str) -> None:
+    """Turn the node that computed a folded weight into a Constant holding the new weight."""
+    dtype = np.dtype(np.float32)
+    for init in legalised.graph.initializer:
+        if init.name == name:
+            dtype = helper.tensor_dtype_to_np_dtype(init.data_type)
+            break
+    node.op_type = "Constant"
+    node.domain = ""
+    del node.input[:]
+    _set_constant_value(node, value, dtype)
+
+
+def default_check_input(imported: ImportedModel, seed: int = 0) -> torch.Tensor | None:
+    """A seeded random input for the model's single float input (dynamic axes set to 1), or ``None``."""
+    if len(imported.inputs) != 1 or imported.inputs[0].dtype not in ("float", "float16", "double"):
+        return None
+    shape = tuple(d if d is not None else 1 for d in imported.inputs[0].shape)
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=generator)
 
 
 def export_onnx(
@@ -67,12 +159,16 @@ def export_onnx(
 ) -> Path:
     """Write the original graph with new weights to a new file, after checking it in onnxruntime.
 
-    With ``check_inputs`` the exported model must reproduce the torch model run with
-    ``weights`` (relative to output scale) or nothing is written.  The input file is
-    never overwritten and an existing file is never replaced.
+    The exported model must reproduce the torch model run with ``weights`` on
+    ``check_inputs`` (relative to output scale), or nothing is written.  Without
+    ``check_inputs`` a seeded random input of the model's input shape is used (models
+    whose input is not a single float tensor are then written unchecked).  The input
+    file is never overwritten and an existing file is never replaced.
     """
     path = check_new_output(path, inputs=(imported.path,) if imported.path else ())
     model = with_weights(imported, weights)
+    if check_inputs is None:
+        check_inputs = default_check_input(imported)
     if check_inputs is not None:
         from torch.func import functional_call
 
@@ -88,5 +184,8 @@ def export_onnx(
                 f"the exported model does not reproduce the torch model in onnxruntime "
                 f"(relative difference {error:.3g}); nothing was written"
             )
-    data = model.SerializeToString()
+    try:
+        data = model.SerializeToString()
+    except ValueError as exc:
+        raise CimguardError(f"the exported model cannot be serialised ({exc}); models over 2 GiB are not supported") from None
     return write_new_file(path, lambda tmp: tmp.write_bytes(data))

@@ -4,21 +4,24 @@ Legalisation works on a copy; the model the user loaded is never modified, becau
 export writes weights back into it.  The passes, in order:
 
 1. ``drop_initializer_inputs``: IR < 4 files list every weight as a graph input too.
-2. ``fold_constants``: ``Constant`` and ``ConstantOfShape`` nodes, and every node whose
+2. ``remove_training_nodes``: ``Dropout`` is the identity in inference.
+3. ``normalise_opset``: a default-domain opset whose operators onnx2torch lacks
+   (opset 6 files, for instance) is upgraded with ONNX's version converter to the
+   first of :data:`OPSET_TARGETS` at which every operator converts.  Opsets are only
+   ever raised, never lowered.
+4. ``infer_shapes``: ONNX shape inference (with data propagation), run while the
+   model is still small (before folding materialises weights).
+5. ``fold_constants``: ``Constant`` and ``ConstantOfShape`` nodes, and every node whose
    inputs are all constant (a weight computed by a subgraph: ``Transpose`` of a stored
    matrix, ``Unsqueeze`` of a scale...), become initializers, so onnx2torch sees them as
    tensors and the crossbar mapping finds the weight.  Each folded tensor remembers the
    node that produced it (:class:`WeightOrigin`) so export can write it back there.
    Tensor sizes are checked before anything is materialised (untrusted files).
-3. ``remove_training_nodes``: ``Dropout`` is the identity in inference.
-4. ``normalise_opset``: a default-domain opset whose operators onnx2torch lacks
-   (opset 6 files, for instance) is upgraded with ONNX's version converter to the
-   first of :data:`OPSET_TARGETS` at which every operator converts.  Opsets are only
-   ever raised, never lowered.
-5. ``infer_shapes``: ONNX shape inference (with data propagation).
 6. ``explicit_padding``: ``auto_pad=SAME_*`` becomes explicit ``pads`` where the input
    shape is static (onnx2torch does not implement SAME padding).
-7. ``asymmetric_average_pool``: an ``AveragePool`` whose pads differ at the two ends
+7. ``reshape_allowzero``: ``allowzero=1`` is dropped where the constant shape has no
+   zero (onnx2torch refuses the flag; for such shapes it changes nothing).
+8. ``asymmetric_average_pool``: an ``AveragePool`` whose pads differ at the two ends
    (common in Caffe2 exports) moves to cimguard's own operator domain, whose converter
    (:mod:`cimguard.converters`) reproduces onnxruntime exactly.
 """
@@ -88,6 +91,10 @@ def drop_initializer_inputs(state: Legalised) -> None:
         del model.graph.input[:]
         model.graph.input.extend(kept)
         state.notes.append(f"IR {model.ir_version}: removed {dropped} initializers listed as graph inputs")
+    if model.ir_version < 4:
+        # From IR 4 on, initializers need not be graph inputs; the checker enforces it before.
+        state.notes.append(f"IR {model.ir_version} -> 4")
+        model.ir_version = 4
 
 
 def fold_constants(state: Legalised) -> None:
@@ -97,7 +104,7 @@ def fold_constants(state: Legalised) -> None:
     opset = _default_opset(model)
     initializers = {init.name: init for init in graph.initializer}
     graph_outputs = {value.name for value in graph.output}
-    shapes = _static_shapes(model)
+    shapes = {name: shape for name, shape in _value_shapes(model).items() if None not in shape}
     folded: dict[str, np.ndarray] = {}
     cache: dict[str, np.ndarray] = {}
     total_bytes = 0
@@ -126,11 +133,11 @@ def fold_constants(state: Legalised) -> None:
             kept.append(node)
             continue
         label = node.name or node.output[0]
-        if node.op_type in _GENERATORS or not inputs:
-            shape = _generator_shape(node, value) if node.op_type == "ConstantOfShape" else shapes.get(node.output[0])
-            if shape is None:
-                kept.append(node)
-                continue
+        shape = _generator_shape(node, value) if node.op_type == "ConstantOfShape" else shapes.get(node.output[0])
+        if shape is None and (node.op_type in _GENERATORS or (not inputs and node.op_type != "Constant")):
+            kept.append(node)  # its size is unknown before running it: leave it to run time
+            continue
+        if shape is not None:
             _check_elements(shape, f"node {label!r} ({node.op_type})")
         try:
             outputs = _evaluate(node, value, opset)
@@ -160,9 +167,9 @@ def fold_constants(state: Legalised) -> None:
         return
     del graph.node[:]
     graph.node.extend(kept)
-    for name, array in folded.items():
-        graph.initializer.append(numpy_helper.from_array(array, name=name))
     _drop_unused_initializers(model)
+    for name, array in folded.items():
+        _append_initializer(graph, name, array)
     summary = ", ".join(f"{count} {op}" for op, count in sorted(counts.items()))
     state.notes.append(f"folded {sum(counts.values())} constant nodes into initializers ({summary})")
 
@@ -228,27 +235,24 @@ def _check_elements(shape: tuple[int, ...], what: str) -> None:
         )
 
 
-def _static_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
-    """Shapes that inference can determine statically, by value name."""
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
-    except Exception:  # noqa: BLE001 - shape inference is best effort
-        return {}
-    shapes = {}
-    for value in list(inferred.graph.value_info) + list(inferred.graph.output):
-        dims = value.type.tensor_type.shape.dim
-        if value.type.tensor_type.HasField("shape") and all(d.HasField("dim_value") for d in dims):
-            shapes[value.name] = tuple(d.dim_value for d in dims)
-    return shapes
+def _append_initializer(graph: onnx.GraphProto, name: str, array: np.ndarray) -> None:
+    """Add a tensor with one copy of its data (``numpy_helper.from_array`` + ``append`` make two)."""
+    if array.dtype == object or array.dtype.kind in "SU":
+        graph.initializer.append(numpy_helper.from_array(array, name=name))
+        return
+    tensor = graph.initializer.add()
+    tensor.name = name
+    tensor.data_type = onnx.helper.np_dtype_to_tensor_dtype(array.dtype)
+    tensor.dims.extend(array.shape)
+    tensor.raw_data = np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
 
 
 def _drop_unused_initializers(model: onnx.ModelProto) -> None:
     used = {name for node in model.graph.node for name in node.input}
     used |= _subgraph_inputs(model.graph)
     used |= {value.name for value in model.graph.output}
-    kept = [init for init in model.graph.initializer if init.name in used]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(kept)
+    for init in [init for init in model.graph.initializer if init.name not in used]:
+        model.graph.initializer.remove(init)
 
 
 def _subgraph_inputs(graph: onnx.GraphProto) -> set[str]:
@@ -296,6 +300,8 @@ def normalise_opset(state: Legalised) -> None:
             continue
         try:
             converted = onnx.version_converter.convert_version(model, target)
+            converted.ir_version = max(converted.ir_version, onnx.helper.find_min_ir_version_for(
+                [helper.make_opsetid(op.domain, op.version) for op in converted.opset_import if op.domain in ("", "ai.onnx")]))
             onnx.checker.check_model(converted)
         except Exception:  # noqa: BLE001 - the converter cannot upgrade this model; try the next target
             continue
@@ -311,7 +317,10 @@ def _unconvertible(model: onnx.ModelProto, version: int) -> set[str]:
 
     missing = set()
     for node in model.graph.node:
-        if node.domain not in ("", "ai.onnx"):
+        if node.domain not in ("", "ai.onnx") or node.op_type in ("Constant", "ConstantOfShape"):
+            continue  # constants are folded into initializers later and need no converter
+        if node.op_type == "Pad" and version < 11 and any(a.name == "value" and a.f != 0 for a in node.attribute):
+            missing.add("Pad")  # onnx2torch's Pad 2 converter ignores the 'value' attribute
             continue
         try:
             get_converter(operation_type=node.op_type, version=version)
@@ -378,6 +387,23 @@ def _value_shapes(model: onnx.ModelProto) -> dict[str, tuple[int | None, ...]]:
     return shapes
 
 
+def reshape_allowzero(state: Legalised) -> None:
+    """Drop ``allowzero=1`` from Reshape nodes whose constant shape has no zero (it changes nothing there)."""
+    initializers = {init.name: init for init in state.model.graph.initializer}
+    changed = 0
+    for node in state.model.graph.node:
+        if node.op_type != "Reshape" or node.domain not in ("", "ai.onnx") or len(node.input) < 2:
+            continue
+        flag = [a for a in node.attribute if a.name == "allowzero" and a.i == 1]
+        shape = initializers.get(node.input[1])
+        if not flag or shape is None or (numpy_helper.to_array(shape) == 0).any():
+            continue
+        node.attribute.remove(flag[0])
+        changed += 1
+    if changed:
+        state.notes.append(f"dropped allowzero=1 from {changed} Reshape node(s) whose shape has no zero")
+
+
 def asymmetric_average_pool(state: Legalised) -> None:
     """Move AveragePool nodes with asymmetric pads to cimguard's domain (exact converter)."""
     from cimguard.converters import CIMGUARD_DOMAIN, CIMGUARD_DOMAIN_VERSION
@@ -402,11 +428,12 @@ def asymmetric_average_pool(state: Legalised) -> None:
 #: The passes, in order.
 PASSES: tuple[Pass, ...] = (
     drop_initializer_inputs,
-    fold_constants,
     remove_training_nodes,
     normalise_opset,
     infer_shapes,
+    fold_constants,
     explicit_padding,
+    reshape_allowzero,
     asymmetric_average_pool,
 )
 

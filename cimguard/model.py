@@ -15,8 +15,9 @@ from onnx2torch.node_converters import get_converter
 from onnx2torch.onnx_graph import OnnxGraph
 from torch import fx, nn
 
+import cimguard.converters  # noqa: F401 - registers the extra onnx2torch converters before any conversion
 from cimguard.errors import CimguardError
-from cimguard.legalise import legalise
+from cimguard.legalise import MAX_TENSOR_ELEMENTS, WeightOrigin, legalise_model
 
 #: ONNX operators whose constant weight input is programmed into a crossbar.
 MAPPABLE_OPS: tuple[str, ...] = ("Conv", "Gemm", "MatMul")
@@ -86,6 +87,8 @@ class ImportedModel:
     """The crossbar weights, in graph order."""
     notes: list[str] = field(default_factory=list)
     """What legalisation changed, for ``inspect``."""
+    origins: dict[str, WeightOrigin] = field(default_factory=dict)
+    """Initializers of ``legalised`` that a node of the original graph produced (export writes there)."""
 
     @property
     def input(self) -> TensorSpec:
@@ -123,11 +126,70 @@ def read_onnx(path: str | Path) -> onnx.ModelProto:
         raise CimguardError(f"{path} is not a valid ONNX file ({_first_line(exc)})") from None
     if model.ir_version <= 0 or not model.HasField("graph") or len(model.graph.node) == 0:
         raise CimguardError(f"{path} is not an ONNX model (no graph or no IR version)")
+    _check_tensor_sizes(model, path)
+    _load_external_data(model, path)
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
         raise CimguardError(f"{path} fails the ONNX checker: {_first_line(exc)}") from None
     return model
+
+
+def _all_tensors(graph: onnx.GraphProto):
+    """Every tensor stored in a graph: initializers and tensor attributes, subgraphs included."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from _all_tensors(attr.g)
+            for sub in attr.graphs:
+                yield from _all_tensors(sub)
+
+
+def _check_tensor_sizes(model: onnx.ModelProto, path: Path) -> None:
+    for tensor in _all_tensors(model.graph):
+        if any(d < 0 for d in tensor.dims):
+            raise CimguardError(f"{path}: tensor {tensor.name!r} has a negative dimension {tuple(tensor.dims)}")
+        elements = int(np.prod(tensor.dims, dtype=np.float64)) if tensor.dims else 1
+        if elements > MAX_TENSOR_ELEMENTS:
+            raise CimguardError(
+                f"{path}: tensor {tensor.name!r} has {elements} elements, more than the limit of {MAX_TENSOR_ELEMENTS}"
+            )
+
+
+def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
+    """Load tensors stored in side files, refusing any location outside the model's folder."""
+    from onnx.external_data_helper import ExternalDataInfo, load_external_data_for_tensor, uses_external_data
+
+    folder = path.resolve().parent
+    for tensor in _all_tensors(model.graph):
+        if not uses_external_data(tensor):
+            continue
+        info = ExternalDataInfo(tensor)
+        location = Path(info.location or "")
+        target = (folder / location).resolve()
+        if not info.location or location.is_absolute() or not target.is_relative_to(folder):
+            raise CimguardError(
+                f"{path}: tensor {tensor.name!r} stores its data at {info.location!r}, outside the model's folder; refusing"
+            )
+        if not target.is_file():
+            raise CimguardError(f"{path}: external data file {info.location!r} for tensor {tensor.name!r} not found")
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize if tensor.data_type else 1
+        expected = int(np.prod(tensor.dims, dtype=np.int64)) * itemsize
+        offset = int(info.offset or 0)
+        length = int(info.length) if info.length is not None else target.stat().st_size - offset
+        if offset < 0 or length < 0 or offset + length > target.stat().st_size or length != expected:
+            raise CimguardError(
+                f"{path}: external data for tensor {tensor.name!r} does not fit {info.location!r} "
+                f"(offset {offset}, length {length}, tensor needs {expected} bytes)"
+            )
+        load_external_data_for_tensor(tensor, str(folder))
+        # The data now lives in the proto; drop the reference so nothing reads the side file again.
+        tensor.data_location = onnx.TensorProto.DEFAULT
+        del tensor.external_data[:]
 
 
 def load_model(path: str | Path, *, verify_with: torch.Tensor | None = None) -> ImportedModel:
@@ -146,10 +208,15 @@ def load_model(path: str | Path, *, verify_with: torch.Tensor | None = None) -> 
     return imported
 
 
-def import_model(original: onnx.ModelProto, *, path: Path | None = None) -> ImportedModel:
-    """Convert an in-memory ONNX model (see :func:`load_model`)."""
+def import_model(original: onnx.ModelProto, *, path: Path | None = None, require_mapped: bool = True) -> ImportedModel:
+    """Convert an in-memory ONNX model (see :func:`load_model`).
+
+    ``require_mapped=False`` accepts networks with no crossbar layer (conformance
+    tests, ``inspect``); everything else in cimguard needs at least one.
+    """
     where = str(path) if path else "the model"
-    legal = legalise(original)
+    state = legalise_model(original)
+    legal = state.model
     _check_operators(legal, where)
     try:
         module = convert(legal)
@@ -161,14 +228,14 @@ def import_model(original: onnx.ModelProto, *, path: Path | None = None) -> Impo
     for p in module.parameters():
         p.requires_grad_(False)
     mapped = find_mapped_weights(legal, module)
-    if not mapped:
+    if not mapped and require_mapped:
         raise CimguardError(
             f"{where} has no crossbar-mappable layer (Conv, Gemm or MatMul with a constant weight)"
         )
     initializer_names = {init.name for init in legal.graph.initializer}
     inputs = tuple(_spec(v) for v in legal.graph.input if v.name not in initializer_names)
     outputs = tuple(_spec(v) for v in legal.graph.output)
-    return ImportedModel(path, original, legal, module, inputs, outputs, mapped)
+    return ImportedModel(path, original, legal, module, inputs, outputs, mapped, list(state.notes), dict(state.origins))
 
 
 def _check_operators(model: onnx.ModelProto, where: str) -> None:
@@ -238,14 +305,41 @@ def _spec(value: onnx.ValueInfoProto) -> TensorSpec:
 
 
 def run_onnxruntime(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    """Run ``model`` on ``x`` with onnxruntime's CPU provider; returns the first output."""
+    """Run ``model`` on ``x`` with onnxruntime's CPU provider; returns the first output.
+
+    onnxruntime implements opsets from 7 on; an older model is run as a copy upgraded
+    with ONNX's version converter (the model itself is not changed).
+    """
+    session = _ort_session(model)
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+def run_onnxruntime_all(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Run ``model`` with onnxruntime on named inputs; returns every output."""
+    return list(_ort_session(model).run(None, feeds))
+
+
+def _ort_session(model: onnx.ModelProto):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    input_name = session.get_inputs()[0].name
-    return session.run(None, {input_name: x})[0]
+    try:
+        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - onnxruntime's own exception types are not importable portably
+        opset = next((op.version for op in model.opset_import if op.domain in ("", "ai.onnx")), None)
+        if opset is None or opset >= _ORT_MIN_OPSET:
+            raise CimguardError(f"onnxruntime cannot run the model: {_first_line(exc)}") from None
+    upgraded = onnx.version_converter.convert_version(model, _ORT_UPGRADE_OPSET)
+    try:
+        return ort.InferenceSession(upgraded.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001
+        raise CimguardError(f"onnxruntime cannot run the model: {_first_line(exc)}") from None
+
+
+# onnxruntime has kernels from opset 7 on; older models are checked as an opset-11 copy.
+_ORT_MIN_OPSET = 7
+_ORT_UPGRADE_OPSET = 11
 
 
 def output_mismatch(reference: np.ndarray, actual: np.ndarray) -> float:

@@ -1,0 +1,208 @@
+"""``cimguard inspect MODEL.onnx``: what is in an ONNX file and how cimguard will see it."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+import numpy as np
+import onnx
+import torch
+
+from cimguard.errors import CimguardError
+from cimguard.model import TensorSpec, _spec, import_model, output_mismatch, read_onnx, run_onnxruntime_all
+from cimguard.report import to_jsonable
+
+#: Relative error (of the output scale) below which conversion counts as exact.
+EXACT_TOLERANCE = 1e-4
+
+
+@dataclass(frozen=True)
+class CrossbarLayer:
+    """One layer whose weight is programmed into a crossbar."""
+
+    node: str
+    op_type: str
+    weight: str
+    """The ONNX tensor holding the weight."""
+    shape: tuple[int, ...]
+    """Shape of the torch weight."""
+    weights: int
+    """Number of weights (crossbar cells per device slice)."""
+    stored_as: str
+    """Where the original file keeps it: an initializer, a Constant node, or a node export rewrites into a Constant."""
+
+
+@dataclass(frozen=True)
+class ConversionCheck:
+    """Torch vs onnxruntime on one random input."""
+
+    exact: bool
+    relative_error: float
+    """Largest |difference| over all outputs, relative to each output's scale."""
+    input_shapes: dict[str, tuple[int, ...]]
+    """The shapes used (dynamic axes set to 1)."""
+    tolerance: float = EXACT_TOLERANCE
+
+
+@dataclass
+class ModelInspection:
+    """Everything ``inspect`` reports (the JSON form is this record)."""
+
+    path: str
+    ir_version: int
+    opsets: dict[str, int]
+    producer: str
+    operators: dict[str, int]
+    """Operator counts of the original graph, most frequent first."""
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    parameters: int | None = None
+    """Elements of all floating-point constant tensors after legalisation (weights made by nodes included)."""
+    crossbar_layers: list[CrossbarLayer] = field(default_factory=list)
+    crossbar_weights: int = 0
+    legalisation: list[str] = field(default_factory=list)
+    converts: bool = False
+    conversion_error: str | None = None
+    check: ConversionCheck | None = None
+
+
+def inspect_model(path: str | Path, *, seed: int = 0) -> ModelInspection:
+    """Read, convert and check ``path``; conversion problems are reported in the record, not raised."""
+    path = Path(path)
+    original = read_onnx(path)
+    initializers = {init.name for init in original.graph.initializer}
+    producer = " ".join(part for part in (original.producer_name, original.producer_version) if part) or "unknown"
+    report = ModelInspection(
+        path=str(path),
+        ir_version=original.ir_version,
+        opsets={op.domain or "ai.onnx": op.version for op in original.opset_import},
+        producer=producer,
+        operators=dict(Counter(_label(node) for node in original.graph.node).most_common()),
+        inputs=[_spec(v) for v in original.graph.input if v.name not in initializers],
+        outputs=[_spec(v) for v in original.graph.output],
+    )
+    try:
+        imported = import_model(original, path=path, require_mapped=False)
+    except CimguardError as exc:
+        report.conversion_error = str(exc)
+        return report
+    from cimguard.export import weight_locations
+
+    report.converts = True
+    report.legalisation = list(imported.notes)
+    report.parameters = sum(
+        int(np.prod(init.dims)) for init in imported.legalised.graph.initializer
+        if onnx.helper.tensor_dtype_to_np_dtype(init.data_type).kind == "f"
+    )
+    try:
+        stored = {loc.torch_name: _stored_as(loc) for loc in weight_locations(imported)}
+    except CimguardError:
+        stored = {}
+    for mapped in imported.mapped:
+        report.crossbar_layers.append(CrossbarLayer(mapped.node, mapped.op_type, mapped.initializer, mapped.shape,
+                                                    mapped.numel, stored.get(mapped.torch_name, "unknown")))
+    report.crossbar_weights = sum(layer.weights for layer in report.crossbar_layers)
+    report.check = _check(imported, seed)
+    return report
+
+
+def _stored_as(location) -> str:
+    if location.kind == "initializer":
+        return "initializer"
+    if location.kind == "constant":
+        return f"Constant node {location.node!r}"
+    return f"{location.op_type} node {location.node!r} (export writes a Constant)"
+
+
+def _label(node: onnx.NodeProto) -> str:
+    return f"{node.domain}::{node.op_type}" if node.domain not in ("", "ai.onnx") else node.op_type
+
+
+def _random_input(spec: TensorSpec, generator: torch.Generator) -> np.ndarray:
+    shape = tuple(d if d is not None else 1 for d in spec.shape)
+    if spec.dtype in ("float", "float16", "double", "bfloat16"):
+        dtype = {"float": np.float32, "float16": np.float16, "double": np.float64}.get(spec.dtype, np.float32)
+        return torch.randn(shape, generator=generator).numpy().astype(dtype)
+    if spec.dtype == "bool":
+        return np.zeros(shape, dtype=bool)
+    if spec.dtype.startswith(("int", "uint")):
+        return np.zeros(shape, dtype=np.dtype(spec.dtype))
+    raise CimguardError(f"cannot make a random input for {spec.name!r} of type {spec.dtype}")
+
+
+def _check(imported, seed: int) -> ConversionCheck:
+    generator = torch.Generator().manual_seed(seed)
+    feeds = {spec.name: _random_input(spec, generator) for spec in imported.inputs}
+    with torch.no_grad():
+        ours = imported.module(*[torch.from_numpy(x) for x in feeds.values()])
+    ours = [ours] if isinstance(ours, torch.Tensor) else list(ours)
+    reference = run_onnxruntime_all(imported.onnx_model, feeds)
+    if len(ours) != len(reference):
+        error = float("inf")
+    else:
+        error = max(output_mismatch(ref, out.cpu().numpy()) for ref, out in zip(reference, ours))
+    return ConversionCheck(error <= EXACT_TOLERANCE, error, {k: tuple(v.shape) for k, v in feeds.items()})
+
+
+def _shape(spec: TensorSpec) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in spec.shape) + "]"
+
+
+def _print(report: ModelInspection) -> None:
+    opsets = ", ".join(f"{domain} {version}" for domain, version in report.opsets.items())
+    click.echo(f"model       {report.path}")
+    click.echo(f"format      IR {report.ir_version}, opset {opsets}, producer {report.producer}")
+    for kind, specs in (("input", report.inputs), ("output", report.outputs)):
+        for spec in specs:
+            click.echo(f"{kind:<11} {spec.name}: {spec.dtype} {_shape(spec)}")
+    operators = ", ".join(f"{op} {count}" for op, count in report.operators.items())
+    click.echo(f"operators   {sum(report.operators.values())} nodes: {operators}")
+    if not report.converts:
+        click.echo(f"conversion  FAILED: {report.conversion_error}")
+        return
+    click.echo(f"parameters  {report.parameters}")
+    if report.legalisation:
+        click.echo("legalised   " + "\n            ".join(report.legalisation))
+    else:
+        click.echo("legalised   nothing to change")
+    click.echo(f"crossbars   {len(report.crossbar_layers)} layers, {report.crossbar_weights} weights")
+    if report.crossbar_layers:
+        width = max(len(layer.node) for layer in report.crossbar_layers)
+        for layer in report.crossbar_layers:
+            shape = "x".join(str(d) for d in layer.shape)
+            click.echo(f"  {layer.node:<{width}}  {layer.op_type:<6} {shape:<16} {layer.weights:>10} weights  ({layer.stored_as})")
+    check = report.check
+    shapes = ", ".join(f"{name} {list(shape)}" for name, shape in check.input_shapes.items())
+    verdict = "exact" if check.exact else "NOT exact"
+    click.echo(f"conversion  {verdict}: max relative error {check.relative_error:.2e} vs onnxruntime "
+               f"(tolerance {check.tolerance:g}) on a random input {shapes}")
+
+
+@click.command(name="inspect")
+@click.argument("model_path", metavar="MODEL.onnx", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random check input.")
+def inspect_command(model_path: str, as_json: bool, seed: int) -> None:
+    """Opsets, operators, inputs/outputs, crossbar layers and whether conversion is exact.
+
+    Exits with status 1 when the model does not convert or the conversion is not exact.
+    """
+    report = inspect_model(model_path, seed=seed)
+    if as_json:
+        click.echo(json.dumps(to_jsonable(report), indent=2))
+    else:
+        _print(report)
+    if not report.converts:
+        raise CimguardError(report.conversion_error or "conversion failed")
+    if not report.check.exact:
+        raise CimguardError(
+            f"the converted model is not exact: relative error {report.check.relative_error:.2e} "
+            f"exceeds {report.check.tolerance:g}"
+        )
+
+
+COMMANDS = (inspect_command,)
