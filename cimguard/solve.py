@@ -138,7 +138,12 @@ class Solver:
     def solve(self, problem: AttackProblem, generator: torch.Generator) -> WorstCase:
         tracker = Tracker(problem, self, self.total_passes(problem), f"{type(self).__name__} thg={problem.thg:g}")
         try:
-            self.search(problem, generator, tracker)
+            if all(not bool((bound > 0).any()) for bound in problem.bounds.values()):
+                # An empty box (thg = 0): the unperturbed chip is the only candidate.
+                zeros = problem.crossbar.zeros()
+                tracker.record(zeros, accuracy(problem.crossbar, problem.data, zeros), empty_box=True)
+            else:
+                self.search(problem, generator, tracker)
         except KeyboardInterrupt:
             tracker.interrupted = True
         finally:
@@ -221,11 +226,13 @@ def project(perturbation: Perturbation, bounds: Perturbation) -> Perturbation:
 def linf_ratio(perturbation: Perturbation, bounds: Perturbation) -> float:
     """``max |ΔW| / bound`` over all weights: 1.0 means the box is reached (0-bound weights skipped)."""
     worst = 0.0
-    for name, value in perturbation.items():
-        bound = bounds[name]
-        mask = bound > 0
-        if bool(mask.any()):
-            worst = max(worst, float((value.abs()[mask] / bound[mask]).max()))
+    with torch.no_grad():
+        for name, value in perturbation.items():
+            if not value.numel():
+                continue
+            # 0/0 (a weight with no box that did not move) is NaN -> 0; x/0 stays inf (a violation).
+            ratio = value.abs().div_(bounds[name]).nan_to_num_(nan=0.0, posinf=float("inf"))
+            worst = max(worst, float(ratio.max()))
     return worst
 
 
@@ -241,6 +248,8 @@ class SolverRun:
     worst: WorstCase
     seconds: float
     options: dict[str, Any]
+    distance: float = 0.0
+    """``max |ΔW| / bound`` of the answer (1.0: on the box's surface)."""
 
     @property
     def accuracy(self) -> float:
@@ -281,7 +290,9 @@ def run_solver(
     seconds = time.perf_counter() - start
     if not isinstance(worst, WorstCase):
         raise CimguardError(f"solver {name!r} returned {type(worst).__name__}, not a WorstCase")
-    return SolverRun(name, problem.thg, verified(problem, worst, name), seconds, dataclasses.asdict(solver.config))
+    checked = verified(problem, worst, name)
+    return SolverRun(name, problem.thg, checked, seconds, dataclasses.asdict(solver.config),
+                     linf_ratio(checked.perturbation, problem.bounds))
 
 
 # -- saved perturbations ------------------------------------------------------------------------------
@@ -319,7 +330,7 @@ def load_perturbation(path: str | Path, crossbar: Crossbar | None = None) -> tup
             meta = json.loads(str(archive[_META_KEY]))
             arrays = {key[len(_DELTA_PREFIX):]: archive[key] for key in archive.files if key.startswith(_DELTA_PREFIX)}
     except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
-        raise CimguardError(f"{path} is not a cimguard perturbation file ({type(exc).__name__})") from None
+        raise CimguardError(f"{path} is not a cimguard perturbation file (not a readable .npz with metadata)") from None
     if meta.get("format") != PERTURBATION_FORMAT:
         raise CimguardError(f"{path} is not a cimguard perturbation file (format {meta.get('format')!r})")
     if crossbar is None:
@@ -335,3 +346,144 @@ def load_perturbation(path: str | Path, crossbar: Crossbar | None = None) -> tup
             raise CimguardError(f"{path}: layer {name} has shape {tuple(value.shape)}, the model has {tuple(nominal.shape)}")
         perturbation[name] = torch.from_numpy(value).to(device=crossbar.torch_device, dtype=nominal.dtype)
     return perturbation, meta
+
+
+# -- solver options from text -------------------------------------------------------------------------
+
+
+def solver_option_names(name: str) -> set[str]:
+    """The option (config field) names solver ``name`` understands."""
+    from cimguard.plugins import registry
+
+    return {f.name for f in dataclasses.fields(registry("solvers").get(name).Config)}
+
+
+def coerce_solver_options(name: str, raw: Mapping[str, Any]) -> dict[str, Any]:
+    """Text values (``--solver-param k=20``) typed by solver ``name``'s config; unknown fields are skipped."""
+    import typing
+
+    from cimguard.plugins import registry
+
+    config_class = registry("solvers").get(name).Config
+    hints = typing.get_type_hints(config_class)
+    result: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in hints or not isinstance(value, str):
+            if key in hints:
+                result[key] = value
+            continue
+        kind = hints[key]
+        try:
+            if kind is bool:
+                lowered = value.lower()
+                if lowered not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(value)
+                result[key] = lowered in ("true", "1", "yes")
+            elif kind in (int, float, str):
+                result[key] = kind(value)
+            else:
+                result[key] = value
+        except ValueError:
+            raise CimguardError(f"solver {name!r}: option {key} expects {getattr(kind, '__name__', kind)}, got {value!r}") from None
+    return result
+
+
+# -- sweeps over the write-verify threshold -----------------------------------------------------------
+
+
+@dataclass
+class ThgPoint:
+    """Clean, Monte Carlo and worst-case figures at one write-verify threshold."""
+
+    thg: float
+    clean: float
+    monte_carlo: Any | None
+    """:class:`cimguard.evaluate.MonteCarloStats` of chips drawn with this thg (None: skipped/interrupted)."""
+    runs: dict[str, SolverRun] = field(default_factory=dict)
+
+
+@dataclass
+class AttackSweep:
+    """Every solver at every thg on one model: what ``cimguard attack`` tables, plots and saves."""
+
+    metric: str
+    """``accuracy``, or ``agreement`` (with the clean model) in label-free mode."""
+    solvers: list[str]
+    points: list[ThgPoint]
+    interrupted: bool = False
+
+    def worst_run(self) -> SolverRun | None:
+        """The lowest-accuracy run at the largest thg that has one."""
+        for point in sorted(self.points, key=lambda p: p.thg, reverse=True):
+            if point.runs:
+                return min(point.runs.values(), key=lambda run: run.accuracy)
+        return None
+
+    def to_record(self) -> dict[str, Any]:
+        """The JSON form (perturbations left out; the trace of every run kept)."""
+        points = []
+        for point in self.points:
+            runs = {}
+            for name, run in point.runs.items():
+                runs[name] = {
+                    "accuracy": run.accuracy,
+                    "interrupted": run.worst.interrupted,
+                    "seconds": run.seconds,
+                    "distance": run.distance,
+                    "options": run.options,
+                    "trace": run.worst.trace,
+                }
+            points.append({"thg": point.thg, "clean": point.clean, "monte_carlo": point.monte_carlo, "worst_case": runs})
+        return {"metric": self.metric, "solvers": self.solvers, "interrupted": self.interrupted, "points": points}
+
+
+def crossbar_at(crossbar: Crossbar, thg: float) -> Crossbar:
+    """The same mapping on the same device with write-verify threshold ``thg`` (for Monte Carlo)."""
+    device = crossbar.device
+    if device.config.thg == thg:
+        return crossbar
+    try:
+        new_device = type(device)(dataclasses.replace(device.config, thg=thg))
+    except TypeError as exc:
+        raise CimguardError(f"device {type(device).__name__} cannot be rebuilt with thg={thg:g}: {exc}") from None
+    return Crossbar(crossbar.imported, new_device, crossbar.config, source_weights=crossbar.source_weights)
+
+
+def attack_sweep(
+    crossbar: Crossbar,
+    data: EvalData,
+    thgs: list[float],
+    solvers: list[str],
+    *,
+    samples: int = 100,
+    seed: int = 0,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+    progress: bool = False,
+) -> AttackSweep:
+    """Clean, Monte Carlo (``samples`` chips; 0 skips it) and every solver at every ``thg``.
+
+    A Ctrl-C stops the sweep: the interrupted solver's best chip so far is kept and
+    the result is marked interrupted.
+    """
+    from cimguard.evaluate import monte_carlo
+
+    clean = accuracy(crossbar, data)
+    sweep = AttackSweep("agreement" if data.label_free else "accuracy", list(solvers), [])
+    for thg in thgs:
+        chip = crossbar_at(crossbar, thg)
+        point = ThgPoint(thg, clean, None)
+        sweep.points.append(point)
+        try:
+            if samples > 0:
+                point.monte_carlo = monte_carlo(chip, data, samples, seed, progress=progress)
+        except KeyboardInterrupt:
+            sweep.interrupted = True
+            return sweep
+        problem = make_problem(chip, data, thg)
+        for name in solvers:
+            run = run_solver(name, problem, seed, (options or {}).get(name), progress=progress)
+            point.runs[name] = run
+            if run.worst.interrupted:
+                sweep.interrupted = True
+                return sweep
+    return sweep

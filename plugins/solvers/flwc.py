@@ -25,8 +25,6 @@ from cimguard.solve import (
     Tracker,
     linf_ratio,
     margin_gradient_with_accuracy,
-    project,
-    sign_step,
 )
 from cimguard.evaluate import accuracy
 
@@ -58,26 +56,31 @@ def sign_descent(
     stop_at_bound: bool = False,
     label: str = "flwc",
     schedule=None,
-) -> Perturbation:
+) -> tuple[Perturbation, int]:
     """Projected sign-gradient descent on the summed margin; every iterate goes to ``tracker``.
 
     ``schedule(t)`` (optional) scales the step at iteration ``t``.  Returns the last
-    iterate.  Iterate ``t`` is scored from the logits of the gradient pass at ``t``;
+    iterate and the number of steps taken.  Iterate ``t`` is scored from the logits of the gradient pass at ``t``;
     the final iterate costs one extra forward pass.
     """
     delta = {name: value.clone() for name, value in start.items()}
+    taken = 0
     for t in range(steps):
-        if stop_at_bound and linf_ratio(delta, problem.bounds) >= 1.0 - 1e-6:
+        distance = linf_ratio(delta, problem.bounds)
+        if stop_at_bound and distance >= 1.0 - 1e-6:
             break
         grads, margin, acc = margin_gradient_with_accuracy(problem.crossbar, problem.data, delta, kappa)
         tracker.advance()
-        tracker.record(delta, acc, phase=label, iteration=t, margin=margin,
-                       distance=linf_ratio(delta, problem.bounds))
+        tracker.record(delta, acc, phase=label, iteration=t, margin=margin, distance=distance)
         scale = 1.0 if schedule is None else schedule(t)
-        delta = project(sign_step(delta, grads, {n: s * scale for n, s in step.items()}), problem.bounds)
+        with torch.no_grad():  # in place: this is sign_step + project without new full-size tensors
+            for name, value in delta.items():
+                value.addcmul_(torch.sign(grads[name]), step[name], value=-scale)
+                torch.clamp(value, -problem.bounds[name], problem.bounds[name], out=value)
+        taken += 1
     final = accuracy(problem.crossbar, problem.data, delta)
     tracker.record(delta, final, phase=label, iteration="final", distance=linf_ratio(delta, problem.bounds))
-    return delta
+    return delta, taken
 
 
 def flwc_step(problem: AttackProblem, k: float) -> Perturbation:

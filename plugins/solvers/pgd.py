@@ -3,8 +3,10 @@
 A stronger, slower search than F-LWC for the same box ``|ΔW| <= bound``:
 
 1. the first start *is* F-LWC: the same sign steps of ``bound / k`` from ``ΔW = 0``
-   with the same stop rule (so the best chip it sees is never worse than F-LWC's,
-   by construction), then it continues from the best chip so far with decaying steps;
+   until the box is reached (F-LWC's stop rule).  F-LWC with the same ``k`` and ``κ``
+   and any budget sees a prefix of this trajectory, so pgd's answer is never worse
+   than flwc's, by construction.  It then continues from the best chip so far with
+   decaying steps until the start has used ``iterations`` steps;
 2. every further restart starts from a uniform random point of the box and runs
    the decaying schedule;
 3. the best chip over all starts is returned.
@@ -15,6 +17,7 @@ times, evenly over the phase; every iterate is projected back into the box.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -22,7 +25,7 @@ import torch
 from cimguard.errors import CimguardError
 from cimguard.hookspecs import hookimpl
 from cimguard.solve import AttackProblem, Solver, SolverConfig, Tracker
-from cimguard_plugins.solvers.flwc import FLWC, FLWCConfig, flwc_step, sign_descent
+from cimguard_plugins.solvers.flwc import flwc_step, sign_descent
 
 
 @dataclass(frozen=True)
@@ -30,7 +33,8 @@ class PGDConfig(SolverConfig):
     """PGD options (``iterations`` is the budget of sign steps *per start*)."""
 
     iterations: int = 60
-    """Sign steps per start (each is one pass over the evaluation data)."""
+    """Sign steps per start (each is one pass over the evaluation data); the first start
+    always completes its F-LWC phase (about ``k`` steps) even when this is smaller."""
     restarts: int = 2
     """Random starts after the first (F-LWC) start."""
     k: float = 10.0
@@ -59,17 +63,19 @@ class PGD(Solver):
     summary = "projected sign-gradient descent, step decay, random restarts; first start = F-LWC"
 
     def total_passes(self, problem: AttackProblem) -> int:
-        return self.config.iterations * (1 + self.config.restarts)
+        first = max(self.config.iterations, math.ceil(self.config.k) + 1)
+        return first + self.config.iterations * self.config.restarts
 
     def search(self, problem: AttackProblem, generator: torch.Generator, tracker: Tracker) -> None:
         config = self.config
         config.validate()
         kappa = config.kappa
-        # Start 1: exactly F-LWC (same config, same code), so pgd <= flwc holds by construction.
-        flwc = FLWC(FLWCConfig(iterations=config.iterations, kappa=kappa, k=config.k))
-        flwc_passes = min(config.iterations, flwc.total_passes(problem))
-        sign_descent(problem, problem.crossbar.zeros(), config.iterations, flwc_step(problem, config.k), kappa,
-                     tracker, stop_at_bound=True, label="start 0 (flwc)")
+        # Start 0 is the whole F-LWC trajectory (same k, κ, code and stop rule).  F-LWC with
+        # any budget sees a prefix of it, so pgd's best is never worse than flwc's.
+        # (+1: float rounding may leave the k-th iterate a hair inside the box; the stop rule decides.)
+        _, flwc_passes = sign_descent(problem, problem.crossbar.zeros(), math.ceil(config.k) + 1,
+                                      flwc_step(problem, config.k), kappa, tracker, stop_at_bound=True,
+                                      label="start 0 (flwc)")
         decay_step = {name: bound * config.step for name, bound in problem.bounds.items()}
         remaining = config.iterations - flwc_passes
         if remaining > 0 and tracker.best is not None:

@@ -1,0 +1,257 @@
+"""``cimguard attack``: worst-case search over write-verify thresholds, next to clean and Monte Carlo accuracy."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from cimguard.cli_options import model_option, seed_option, setup_from_options, setup_options
+from cimguard.errors import CimguardError
+
+DEFAULT_THG = "0.005,0.01,0.02,0.03"
+
+
+def parse_thg_list(text: str) -> list[float]:
+    """``"0.01,0.03"`` -> ``[0.01, 0.03]`` (finite, >= 0, sorted, no duplicates)."""
+    values = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            value = float(part)
+        except ValueError:
+            raise CimguardError(f"--thg expects comma-separated numbers, got {part!r}") from None
+        if not math.isfinite(value) or value < 0:
+            raise CimguardError(f"--thg values must be finite and >= 0 (level units), got {part}")
+        values.append(value)
+    if not values:
+        raise CimguardError("--thg needs at least one threshold, e.g. --thg 0.01,0.03")
+    return sorted(set(values))
+
+
+def parse_solvers(values: tuple[str, ...]) -> list[str]:
+    """Repeatable and comma-separated ``--solver``; every name must be registered."""
+    from cimguard.plugins import registry
+
+    names: list[str] = []
+    for value in values:
+        for name in (part.strip() for part in value.split(",")):
+            if name and name not in names:
+                registry("solvers").get(name)  # one-line error naming the known solvers
+                names.append(name)
+    if not names:
+        raise CimguardError("--solver needs at least one solver name")
+    return names
+
+
+def parse_solver_params(pairs: tuple[str, ...], solvers: list[str], iterations: int | None) -> dict[str, dict[str, Any]]:
+    """``--solver-param [SOLVER.]FIELD=VALUE`` typed per solver; a field no chosen solver has is an error."""
+    from cimguard.solve import coerce_solver_options, solver_option_names
+
+    raw: dict[str, dict[str, Any]] = {name: {} for name in solvers}
+    if iterations is not None:
+        for name in solvers:
+            raw[name]["iterations"] = iterations
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise CimguardError(f"--solver-param expects [SOLVER.]FIELD=VALUE, got {pair!r}")
+        target, dot, field_name = key.rpartition(".")
+        targets = [target] if dot else solvers
+        if dot and target not in solvers:
+            raise CimguardError(f"--solver-param {pair!r} names solver {target!r}, which is not in --solver")
+        takers = [name for name in targets if field_name in solver_option_names(name)]
+        if not takers:
+            known = sorted(set().union(*(solver_option_names(name) for name in targets)))
+            raise CimguardError(f"--solver-param: no chosen solver has an option {field_name!r} (options: {', '.join(known)})")
+        for name in takers:
+            raw[name][field_name] = value.strip()
+    return {name: coerce_solver_options(name, options) for name, options in raw.items()}
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@click.command(name="attack")
+@model_option
+@setup_options
+@click.option("--solver", "solver_names", multiple=True, default=("flwc",), show_default=True,
+              help="Worst-case solver(s): repeat or comma-separate (see `cimguard plugins`).")
+@click.option("--thg", "thg_text", default=DEFAULT_THG, show_default=True,
+              help="Write-verify thresholds to sweep, in level units, comma-separated.")
+@click.option("--iterations", type=click.IntRange(min=1), default=None,
+              help="Passes over the evaluation data per solver (per start for pgd); default: each solver's own.")
+@click.option("--solver-param", "solver_params", multiple=True, metavar="[SOLVER.]FIELD=VALUE",
+              help="Set one solver option, e.g. flwc.k=20 or pgd.restarts=4 (repeatable).")
+@click.option("--samples", type=click.IntRange(min=0), default=100, show_default=True,
+              help="Monte Carlo chips per thg (0 skips Monte Carlo).")
+@seed_option
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
+              help="Write accuracy vs thg to a new .png/.pdf/.svg file.")
+@click.option("--save-perturbation", "save_path", type=click.Path(dir_okay=False), default=None,
+              help="Write the worst ΔW found at the largest thg to a new .npz file (replay with --replay).")
+@click.option("--sensitivity", is_flag=True,
+              help="Per-layer sensitivity: each layer's own worst case (first solver, largest thg).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              help="Write the full report to a new JSON file.")
+@click.option("--replay", "replay_path", type=click.Path(dir_okay=False), default=None,
+              help="Re-evaluate a saved perturbation (.npz) instead of searching.")
+@click.pass_context
+def attack(ctx, model, data, device_name, device_params, device_file, weight_bits, label_free, verify, torch_device,
+           max_samples, solver_names, thg_text, iterations, solver_params, samples, seed, plot_path, save_path,
+           sensitivity, json_path, replay_path) -> None:
+    """Worst-case accuracy under bounded device variation (one chip: one ΔW for every input).
+
+    For every --thg: the clean chip, Monte Carlo chips (mean and KPP percentiles) and
+    the worst chip each --solver finds inside the write-verify box. Ctrl-C stops the
+    search and reports the best chip found so far.
+    """
+    from cimguard.report import check_new_output, write_json
+
+    if replay_path is not None:
+        _replay(ctx, replay_path, model, data, device_name, device_params, device_file, weight_bits, label_free,
+                verify, torch_device, max_samples)
+        return
+    thgs = parse_thg_list(thg_text)
+    solvers = parse_solvers(solver_names)
+    options = parse_solver_params(solver_params, solvers, iterations)
+    outputs = [path for path in (json_path, plot_path, save_path) if path is not None]
+    for path in outputs:
+        check_new_output(path)
+    if len({Path(path).resolve() for path in outputs}) < len(outputs):
+        raise CimguardError("--json, --plot and --save-perturbation must name different files")
+    if plot_path is not None and Path(plot_path).suffix.lower() not in (".png", ".pdf", ".svg"):
+        raise CimguardError(f"plot file {plot_path} must end in .png, .pdf or .svg")
+    if save_path is not None and Path(save_path).suffix != ".npz":
+        raise CimguardError(f"perturbation file {save_path} must end in .npz")
+
+    from cimguard.evaluate import float_accuracy
+    from cimguard.solve import attack_sweep, save_perturbation
+
+    setup = setup_from_options(model, data, device_name, device_params, device_file, weight_bits, label_free,
+                               verify, torch_device, max_samples)
+    progress = sys.stderr.isatty()
+    sweep = attack_sweep(setup.crossbar, setup.data, thgs, solvers, samples=samples, seed=seed, options=options,
+                         progress=progress)
+    _print_header(setup, sweep, samples, seed)
+    _print_table(sweep)
+
+    rows = None
+    if sensitivity and not sweep.interrupted:
+        from cimguard.sensitivity import layer_sensitivity
+
+        rows = layer_sensitivity(setup.crossbar, setup.data, thgs[-1], solvers[0], seed, options[solvers[0]],
+                                 progress=progress)
+        _print_sensitivity(rows, solvers[0], thgs[-1], sweep.metric)
+        sweep.interrupted = any(row.interrupted for row in rows)
+
+    if plot_path is not None:
+        from cimguard.plot import plot_attack_sweep
+
+        plot_attack_sweep(sweep, plot_path)
+        click.echo(f"wrote {plot_path}")
+    worst = sweep.worst_run()
+    if save_path is not None and worst is not None:
+        save_perturbation(save_path, worst.worst.perturbation, {
+            "model": str(setup.model_path), "model_sha256": _sha256(setup.model_path), "data": data,
+            "device": device_name, "device_params": list(device_params), "device_file": device_file,
+            "weight_bits": weight_bits, "label_free": setup.data.label_free, "max_samples": max_samples,
+            "thg": worst.thg, "solver": worst.solver, "seed": seed, "metric": sweep.metric,
+            "accuracy": worst.accuracy, "interrupted": worst.worst.interrupted, "options": worst.options,
+        })
+        click.echo(f"wrote {save_path} ({worst.solver} at thg {worst.thg:g}, {sweep.metric} {worst.accuracy:.4f})")
+    if json_path is not None:
+        record = {
+            "setup": setup.describe(), "seed": seed, "samples": samples, "thg": thgs,
+            "float_accuracy": float_accuracy(setup.crossbar, setup.data), **sweep.to_record(),
+            "sensitivity": rows,
+        }
+        write_json(json_path, record)
+        click.echo(f"wrote {json_path}")
+    if sweep.interrupted:
+        click.echo("Interrupted: the table holds the best chips found before Ctrl-C.", err=True)
+        ctx.exit(130)
+
+
+def _print_header(setup, sweep, samples: int, seed: int) -> None:
+    click.echo(f"model   {setup.model_path}")
+    click.echo(f"data    {setup.dataset.description}" + ("  [label-free: agreement with the clean model]"
+                                                         if setup.data.label_free else ""))
+    click.echo(f"device  {setup.device_name}, {setup.crossbar.num_weights} weights in {len(setup.crossbar.layers)} "
+               f"layers, {setup.crossbar.config.weight_bits}-bit weights on {setup.crossbar.slices} devices each")
+    click.echo(f"seed    {seed}; Monte Carlo {samples} chips per thg; worst case: one ΔW shared by all "
+               f"{len(setup.data.labels)} inputs")
+    click.echo("")
+
+
+def _print_table(sweep) -> None:
+    header = ["thg", "clean", "MC mean", "KPP 1%", "KPP 10%"] + [f"worst {name}" for name in sweep.solvers]
+    table = []
+    for point in sweep.points:
+        mc = point.monte_carlo
+        row = [f"{point.thg:g}", f"{point.clean:.4f}"]
+        row += [f"{mc.mean:.4f}", f"{mc.percentiles['1']:.4f}", f"{mc.percentiles['10']:.4f}"] if mc else ["-"] * 3
+        for name in sweep.solvers:
+            run = point.runs.get(name)
+            row.append("-" if run is None else f"{run.accuracy:.4f}" + ("*" if run.worst.interrupted else ""))
+        table.append(row)
+    widths = [max(len(row[i]) for row in [header, *table]) for i in range(len(header))]
+    click.echo(f"{sweep.metric} per write-verify threshold (thg, level units)")
+    for row in [header, *table]:
+        click.echo("  ".join(cell.rjust(width) for cell, width in zip(row, widths)))
+    if any(run.worst.interrupted for point in sweep.points for run in point.runs.values()):
+        click.echo("* interrupted: best chip found before Ctrl-C")
+
+
+def _print_sensitivity(rows, solver: str, thg: float, metric: str) -> None:
+    click.echo("")
+    click.echo(f"per-layer sensitivity: worst case of each layer alone ({solver}, thg {thg:g}), most damaging first")
+    width = max(len(row.layer) for row in rows)
+    click.echo(f"{'layer':<{width}}  {'kind':<6}  {'weights':>8}  {metric:>9}  {'drop':>7}")
+    for row in rows:
+        click.echo(f"{row.layer:<{width}}  {row.op_type:<6}  {row.weights:>8}  {row.accuracy:>9.4f}  {row.drop:>7.4f}"
+                   + ("  (interrupted)" if row.interrupted else ""))
+
+
+def _replay(ctx, replay_path, model, data, device_name, device_params, device_file, weight_bits, label_free, verify,
+            torch_device, max_samples) -> None:
+    """Rebuild the saved setup (options given on the command line win) and re-score the saved ΔW."""
+    from click.core import ParameterSource
+
+    from cimguard.evaluate import accuracy
+    from cimguard.solve import WorstCase, load_perturbation, make_problem, verified
+
+    _, meta = load_perturbation(replay_path)
+
+    def pick(param: str, given: Any, key: str) -> Any:
+        return given if ctx.get_parameter_source(param) != ParameterSource.DEFAULT else meta.get(key, given)
+
+    model = pick("model", model, "model")
+    setup = setup_from_options(
+        model, pick("data", data, "data"), pick("device_name", device_name, "device"),
+        tuple(pick("device_params", device_params, "device_params")), pick("device_file", device_file, "device_file"),
+        pick("weight_bits", weight_bits, "weight_bits"), pick("label_free", label_free, "label_free"), verify,
+        torch_device, pick("max_samples", max_samples, "max_samples"),
+    )
+    if meta.get("model_sha256") and _sha256(setup.model_path) != meta["model_sha256"]:
+        raise CimguardError(f"{replay_path} was found on a different model file than {setup.model_path} (hash differs)")
+    perturbation, _ = load_perturbation(replay_path, setup.crossbar)
+    thg = float(meta["thg"])
+    problem = make_problem(setup.crossbar, setup.data, thg)
+    checked = verified(problem, WorstCase(perturbation, float("nan")), f"replay of {replay_path}")
+    metric = "agreement" if setup.data.label_free else "accuracy"
+    click.echo(f"replayed {replay_path}: {meta.get('solver')} worst case at thg {thg:g} on {setup.model_path}")
+    saved = float(meta.get("accuracy", float("nan")))
+    clean = accuracy(setup.crossbar, setup.data)
+    click.echo(f"{metric} now {checked.accuracy:.4f} (saved {saved:.4f}); clean chip {clean:.4f}")
+
+
+COMMANDS = (attack,)

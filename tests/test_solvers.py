@@ -1,0 +1,255 @@
+"""Worst-case solvers (lwc, flwc, pgd), the core's check, Ctrl-C, sensitivity and saved perturbations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cimguard.errors import CimguardError
+from cimguard.evaluate import accuracy, monte_carlo
+from cimguard.plugins import registry
+from cimguard.solve import (
+    WorstCase,
+    linf_ratio,
+    load_perturbation,
+    make_problem,
+    margin_gradient,
+    margin_gradient_with_accuracy,
+    run_solver,
+    save_perturbation,
+    verified,
+)
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    """The default setup: embedded LeNet on digits, gaussian device (thg 0.03), on the CPU."""
+    from cimguard.pipeline import build_setup
+
+    return build_setup(None, torch_device="cpu")
+
+
+@pytest.fixture(scope="module")
+def small():
+    """The shipped model on the first 96 evaluation samples (fast solver checks)."""
+    from cimguard.pipeline import build_setup
+
+    return build_setup(None, torch_device="cpu", max_samples=96)
+
+
+@pytest.fixture(scope="module")
+def shipped_runs(shipped):
+    problem = make_problem(shipped.crossbar, shipped.data, 0.03)
+    flwc = run_solver("flwc", problem, seed=0)
+    pgd = run_solver("pgd", problem, seed=0, options={"iterations": 15, "restarts": 1})
+    return problem, flwc, pgd
+
+
+def test_solvers_are_registered():
+    names = registry("solvers").names()
+    assert {"lwc", "flwc", "pgd"} <= set(names)
+
+
+def test_done_when_shipped_model_at_thg_003(shipped, shipped_runs):
+    """The paper's finding: worst case collapses accuracy, random chips barely move it."""
+    problem, flwc, pgd = shipped_runs
+    clean = accuracy(shipped.crossbar, shipped.data)
+    assert clean > 0.95
+    stats = monte_carlo(shipped.crossbar, shipped.data, samples=30, seed=0, progress=False)
+    assert abs(stats.mean - clean) <= 0.02
+    assert flwc.accuracy < 0.5
+    assert pgd.accuracy < 0.5
+    assert pgd.accuracy <= flwc.accuracy
+    for run in (flwc, pgd):
+        assert linf_ratio(run.worst.perturbation, problem.bounds) <= 1.0 + 1e-6
+        assert not run.worst.interrupted
+
+
+def test_flwc_trace_and_stop_rule(shipped, shipped_runs):
+    problem, flwc, _ = shipped_runs
+    trace = flwc.worst.trace
+    # k = 10 steps of bound/10 reach the box, then one final scoring record.
+    assert [record["iteration"] for record in trace] == list(range(10)) + ["final"]
+    assert trace[0]["accuracy"] == pytest.approx(accuracy(shipped.crossbar, shipped.data))
+    assert trace[0]["distance"] == 0.0
+    assert trace[-1]["distance"] == pytest.approx(1.0)
+    # The answer is the best chip the trace saw (the first one reaching that accuracy),
+    # and the core recomputed the same accuracy.
+    best = min(trace, key=lambda record: record["accuracy"])
+    assert flwc.accuracy == pytest.approx(best["accuracy"])
+    assert flwc.distance == pytest.approx(best["distance"], abs=1e-6)
+
+
+def test_pgd_first_start_replays_flwc_exactly(shipped_runs):
+    _, flwc, pgd = shipped_runs
+    flwc_accuracies = [record["accuracy"] for record in flwc.worst.trace]
+    first = [record["accuracy"] for record in pgd.worst.trace if record["phase"] == "start 0 (flwc)"]
+    assert first == flwc_accuracies
+    phases = {record["phase"] for record in pgd.worst.trace}
+    assert phases == {"start 0 (flwc)", "start 0 (decay)", "start 1"}
+
+
+@pytest.mark.parametrize("flwc_budget, pgd_budget", [(100, 8), (3, 2)])
+def test_pgd_never_worse_than_flwc(small, flwc_budget, pgd_budget):
+    """Whatever the budgets: pgd's first start is F-LWC run to the box, flwc sees a prefix of it."""
+    problem = make_problem(small.crossbar, small.data, 0.01)
+    flwc = run_solver("flwc", problem, seed=3, options={"k": 5, "iterations": flwc_budget})
+    pgd = run_solver("pgd", problem, seed=3, options={"k": 5, "iterations": pgd_budget, "restarts": 1})
+    assert pgd.accuracy <= flwc.accuracy
+
+
+def test_lwc_searches_c_and_stays_in_the_box(small):
+    problem = make_problem(small.crossbar, small.data, 0.03)
+    run = run_solver("lwc", problem, seed=0, options={"iterations": 12, "passes": 2, "c0": 1e-3})
+    trace = [record for record in run.worst.trace if record["record"] == "run"]
+    assert len(trace) == 6  # 12 passes / 2 per run
+    assert len(run.worst.trace) == 6 * 3  # and each pass's projected iterate is scored too
+    cs = [record["c"] for record in trace]
+    # The paper's search: c x10 until a run reaches the box, then bisect (below: inside, above: reached).
+    expected, inside, outside = [1e-3], None, None
+    for record in trace[:-1]:
+        if record["distance"] >= 1.0:
+            outside = record["c"]
+        else:
+            inside = record["c"]
+        expected.append(expected[-1] * 10 if outside is None else ((inside or 0.0) + outside) / 2)
+    assert cs == pytest.approx(expected)
+    assert cs[1] == pytest.approx(1e-2)  # the first run, c = 1e-3, stays well inside the box
+    assert any(record["distance"] >= 1.0 for record in trace)
+    assert linf_ratio(run.worst.perturbation, problem.bounds) <= 1.0 + 1e-6
+    assert run.accuracy < accuracy(small.crossbar, small.data)
+
+
+def test_verified_rejects_out_of_box_answers_and_recomputes_accuracy(small):
+    problem = make_problem(small.crossbar, small.data, 0.01)
+    outside = {name: 2 * bound for name, bound in problem.bounds.items()}
+    with pytest.raises(CimguardError, match="invalid worst case.*exceeds the write-verify bound"):
+        verified(problem, WorstCase(outside, 0.0), "bad")
+    inside = {name: 0.5 * bound for name, bound in problem.bounds.items()}
+    checked = verified(problem, WorstCase(inside, -1.0), "liar")
+    assert checked.accuracy == pytest.approx(accuracy(small.crossbar, small.data, inside))
+    # Never clipped: the perturbation is returned as given.
+    assert all(torch.equal(checked.perturbation[n], inside[n]) for n in inside)
+
+
+def test_margin_gradient_with_accuracy_matches_the_plain_one(small):
+    delta = small.crossbar.zeros()
+    grads, total, acc = margin_gradient_with_accuracy(small.crossbar, small.data, delta)
+    plain, plain_total = margin_gradient(small.crossbar, small.data, delta)
+    assert total == pytest.approx(plain_total)
+    assert acc == pytest.approx(accuracy(small.crossbar, small.data))
+    assert all(torch.allclose(grads[n], plain[n]) for n in grads)
+
+
+class _StopAfter:
+    def __init__(self, records: int) -> None:
+        self.records, self.seen = records, 0
+
+    def __call__(self, record) -> None:
+        self.seen += 1
+        if self.seen >= self.records:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize(
+    "solver, options",
+    [("flwc", {}), ("pgd", {"iterations": 6, "restarts": 1}), ("lwc", {"iterations": 8, "passes": 2, "c0": 0.1})],
+)
+def test_ctrl_c_returns_best_so_far_marked_interrupted(small, solver, options):
+    problem = make_problem(small.crossbar, small.data, 0.03)
+    stop = _StopAfter(4 if solver != "lwc" else 2)
+    run = run_solver(solver, problem, seed=0, options=options, callbacks=(stop,))
+    assert run.worst.interrupted
+    assert len(run.worst.trace) == stop.records
+    assert run.accuracy == pytest.approx(min(record["accuracy"] for record in run.worst.trace))
+    assert linf_ratio(run.worst.perturbation, problem.bounds) <= 1.0 + 1e-6
+
+
+def test_ctrl_c_before_any_candidate_gives_the_clean_chip(small, monkeypatch):
+    import cimguard_plugins.solvers.flwc as flwc_module
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(flwc_module, "margin_gradient_with_accuracy", interrupted)
+    problem = make_problem(small.crossbar, small.data, 0.03)
+    run = run_solver("flwc", problem)
+    assert run.worst.interrupted
+    assert run.accuracy == pytest.approx(accuracy(small.crossbar, small.data))
+    assert linf_ratio(run.worst.perturbation, problem.bounds) == 0.0
+
+
+def test_layer_confined_problem_leaves_other_layers_untouched(small):
+    from cimguard.sensitivity import layer_sensitivity
+
+    first = small.crossbar.names[0]
+    problem = make_problem(small.crossbar, small.data, 0.03, layers=(first,))
+    run = run_solver("flwc", problem)
+    assert all(float(run.worst.perturbation[name].abs().max()) == 0.0 for name in small.crossbar.names if name != first)
+    rows = layer_sensitivity(small.crossbar, small.data, 0.03, "flwc", options={"k": 3, "iterations": 3})
+    assert sorted(row.layer for row in rows) == sorted(small.crossbar.names)
+    assert [row.accuracy for row in rows] == sorted(row.accuracy for row in rows)
+    clean = accuracy(small.crossbar, small.data)
+    assert all(row.drop == pytest.approx(clean - row.accuracy) for row in rows)
+    # The two big layers matter far more than the 144-weight first convolution.
+    by_name = {row.layer: row for row in rows}
+    assert by_name[small.crossbar.names[0]].drop < rows[0].drop
+    with pytest.raises(CimguardError, match="unknown layer"):
+        make_problem(small.crossbar, small.data, 0.03, layers=("nope",))
+
+
+def test_saved_perturbation_round_trip(small, tmp_path):
+    problem = make_problem(small.crossbar, small.data, 0.02)
+    run = run_solver("flwc", problem, options={"k": 4})
+    path = save_perturbation(tmp_path / "w.npz", run.worst.perturbation, {"thg": 0.02, "accuracy": run.accuracy})
+    loaded, meta = load_perturbation(path, small.crossbar)
+    assert meta["thg"] == 0.02 and meta["format"] == "cimguard-perturbation-1"
+    assert accuracy(small.crossbar, small.data, loaded) == run.accuracy
+    with pytest.raises(CimguardError, match="already exists"):
+        save_perturbation(path, run.worst.perturbation, {})
+    with pytest.raises(CimguardError, match="must end in .npz"):
+        save_perturbation(tmp_path / "w.txt", run.worst.perturbation, {})
+    other = tmp_path / "other.npz"
+    np.savez(other, x=np.zeros(3))
+    with pytest.raises(CimguardError, match="not a cimguard perturbation file"):
+        load_perturbation(other)
+
+
+def test_solver_config_errors_are_one_line(small):
+    problem = make_problem(small.crossbar, small.data, 0.03)
+    with pytest.raises(CimguardError, match="k must be > 0"):
+        run_solver("flwc", problem, options={"k": 0})
+    with pytest.raises(CimguardError, match="unknown solver 'nope'"):
+        run_solver("nope", problem)
+
+
+def test_solvers_work_on_an_imported_resnet18_label_free(tmp_path):
+    """Any imported network: torchvision's ResNet-18 (random weights), exported to ONNX here."""
+    import warnings
+
+    import torchvision
+
+    from cimguard.pipeline import build_setup
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None).eval()
+    onnx_path = tmp_path / "resnet18.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, torch.randn(1, 3, 32, 32), str(onnx_path), dynamo=False, opset_version=17,
+                          input_names=["x"], output_names=["logits"],
+                          dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}})
+    data_path = tmp_path / "inputs.npz"
+    np.savez(data_path, x=np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32))
+    setup = build_setup(onnx_path, data=str(data_path), torch_device="cpu")
+    assert setup.data.label_free
+    assert len(setup.crossbar.layers) == 21  # 20 convolutions + the classifier
+    assert accuracy(setup.crossbar, setup.data) == 1.0  # agreement of the clean chip with itself
+    problem = make_problem(setup.crossbar, setup.data, 0.03)
+    flwc = run_solver("flwc", problem, options={"k": 1})
+    pgd = run_solver("pgd", problem, options={"k": 1, "iterations": 1, "restarts": 0})
+    for run in (flwc, pgd):
+        assert linf_ratio(run.worst.perturbation, problem.bounds) <= 1.0 + 1e-6
+        assert len(run.worst.trace) == 2
+    assert pgd.accuracy <= flwc.accuracy < 1.0
