@@ -10,10 +10,9 @@ from pathlib import Path
 import click
 import numpy as np
 import onnx
-import torch
 
 from cimguard.errors import CimguardError
-from cimguard.model import TensorSpec, _spec, import_model, output_mismatch, read_onnx, run_onnxruntime_all
+from cimguard.model import TensorSpec, _spec, import_model, onnxruntime_mismatch, random_inputs, read_onnx
 from cimguard.report import to_jsonable
 
 #: Relative error (of the output scale) below which conversion counts as exact.
@@ -122,29 +121,9 @@ def _label(node: onnx.NodeProto) -> str:
     return f"{node.domain}::{node.op_type}" if node.domain not in ("", "ai.onnx") else node.op_type
 
 
-def _random_input(spec: TensorSpec, generator: torch.Generator) -> np.ndarray:
-    shape = tuple(d if d is not None else 1 for d in spec.shape)
-    if spec.dtype in ("float", "float16", "double", "bfloat16"):
-        dtype = {"float": np.float32, "float16": np.float16, "double": np.float64}.get(spec.dtype, np.float32)
-        return torch.randn(shape, generator=generator).numpy().astype(dtype)
-    if spec.dtype == "bool":
-        return np.zeros(shape, dtype=bool)
-    if spec.dtype.startswith(("int", "uint")):
-        return np.zeros(shape, dtype=np.dtype(spec.dtype))
-    raise CimguardError(f"cannot make a random input for {spec.name!r} of type {spec.dtype}")
-
-
 def _check(imported, seed: int) -> ConversionCheck:
-    generator = torch.Generator().manual_seed(seed)
-    feeds = {spec.name: _random_input(spec, generator) for spec in imported.inputs}
-    with torch.no_grad():
-        ours = imported.module(*[torch.from_numpy(x) for x in feeds.values()])
-    ours = [ours] if isinstance(ours, torch.Tensor) else list(ours)
-    reference = run_onnxruntime_all(imported.onnx_model, feeds)
-    if len(ours) != len(reference):
-        error = float("inf")
-    else:
-        error = max(output_mismatch(ref, out.cpu().numpy()) for ref, out in zip(reference, ours))
+    feeds = random_inputs(imported.inputs, seed)
+    error = onnxruntime_mismatch(imported.onnx_model, imported.module, feeds)
     return ConversionCheck(error <= EXACT_TOLERANCE, error, {k: tuple(v.shape) for k, v in feeds.items()})
 
 

@@ -94,6 +94,8 @@ def read_npz(path: str | Path) -> Dataset:
         array = content[key]
         if not np.issubdtype(array.dtype, np.number) or array.ndim < 2:
             raise CimguardError(f"{path}: array {key!r} must be numeric with a batch axis, got {array.dtype} {array.shape}")
+        if array.shape[0] == 0:
+            raise CimguardError(f"{path}: array {key!r} holds no samples")
         return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
 
     def as_labels(key: str, count: int | None) -> torch.Tensor | None:

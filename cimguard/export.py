@@ -26,7 +26,7 @@ import torch
 from onnx import helper, numpy_helper
 
 from cimguard.errors import CimguardError
-from cimguard.model import ImportedModel, output_mismatch, run_onnxruntime
+from cimguard.model import ImportedModel, onnxruntime_mismatch, random_inputs
 from cimguard.report import check_new_output, write_new_file
 
 
@@ -140,15 +140,6 @@ def _rewrite_as_constant(node: onnx.NodeProto, value: np.ndarray, legalised: onn
     _set_constant_value(node, value, dtype)
 
 
-def default_check_input(imported: ImportedModel, seed: int = 0) -> torch.Tensor | None:
-    """A seeded random input for the model's single float input (dynamic axes set to 1), or ``None``."""
-    if len(imported.inputs) != 1 or imported.inputs[0].dtype not in ("float", "float16", "double"):
-        return None
-    shape = tuple(d if d is not None else 1 for d in imported.inputs[0].shape)
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randn(shape, generator=generator)
-
-
 def export_onnx(
     imported: ImportedModel,
     weights: Mapping[str, torch.Tensor],
@@ -161,29 +152,21 @@ def export_onnx(
 
     The exported model must reproduce the torch model run with ``weights`` on
     ``check_inputs`` (relative to output scale), or nothing is written.  Without
-    ``check_inputs`` a seeded random input of the model's input shape is used (models
-    whose input is not a single float tensor are then written unchecked).  The input
+    ``check_inputs`` seeded random inputs of the model's input shapes are used.  The input
     file is never overwritten and an existing file is never replaced.
     """
     path = check_new_output(path, inputs=(imported.path,) if imported.path else ())
     model = with_weights(imported, weights)
-    if check_inputs is None:
-        check_inputs = default_check_input(imported)
     if check_inputs is not None:
-        from torch.func import functional_call
-
-        x = check_inputs.detach().cpu().float()
-        module = imported.module
-        device = next(iter(imported.weights().values())).device
-        with torch.no_grad():
-            ours = functional_call(module, {k: v.to(device) for k, v in weights.items()}, (x.to(device),), strict=False)
-        ours = ours if isinstance(ours, torch.Tensor) else ours[0]
-        error = output_mismatch(ours.cpu().numpy(), run_onnxruntime(model, x.numpy()))
-        if not error <= tolerance:
-            raise CimguardError(
-                f"the exported model does not reproduce the torch model in onnxruntime "
-                f"(relative difference {error:.3g}); nothing was written"
-            )
+        feeds = {imported.input.name: check_inputs.detach().cpu().float().numpy()}
+    else:
+        feeds = random_inputs(imported.inputs)
+    error = onnxruntime_mismatch(model, imported.module, feeds, weights)
+    if not error <= tolerance:
+        raise CimguardError(
+            f"the exported model does not reproduce the torch model in onnxruntime "
+            f"(relative difference {error:.3g}); nothing was written"
+        )
     try:
         data = model.SerializeToString()
     except ValueError as exc:

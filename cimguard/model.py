@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -352,12 +352,52 @@ def output_mismatch(reference: np.ndarray, actual: np.ndarray) -> float:
     return float(np.abs(reference - actual).max(initial=0.0)) / scale
 
 
+def random_inputs(specs: Sequence[TensorSpec], seed: int = 0) -> dict[str, np.ndarray]:
+    """Seeded inputs for every spec (dynamic axes set to 1): normal floats, zero integers and booleans."""
+    generator = torch.Generator().manual_seed(seed)
+    feeds = {}
+    for spec in specs:
+        shape = tuple(d if d is not None else 1 for d in spec.shape)
+        if spec.dtype in ("float", "float16", "double", "bfloat16"):
+            dtype = {"float16": np.float16, "double": np.float64}.get(spec.dtype, np.float32)
+            feeds[spec.name] = torch.randn(shape, generator=generator).numpy().astype(dtype)
+        elif spec.dtype == "bool" or spec.dtype.startswith(("int", "uint")):
+            feeds[spec.name] = np.zeros(shape, dtype=np.dtype(spec.dtype))
+        else:
+            raise CimguardError(f"cannot make a random input for {spec.name!r} of type {spec.dtype}")
+    return feeds
+
+
+def onnxruntime_mismatch(
+    model: onnx.ModelProto,
+    module: nn.Module,
+    feeds: dict[str, np.ndarray],
+    weights: Mapping[str, torch.Tensor] | None = None,
+) -> float:
+    """Largest difference, relative to output scale, between ``module`` and onnxruntime running ``model``.
+
+    Every output is compared; ``weights`` (by torch name) replace the module's own
+    for the torch side, which is how export checks a model with new weights.
+    """
+    state = list(module.parameters()) + list(module.buffers())
+    device = state[0].device if state else torch.device("cpu")
+    args = [torch.from_numpy(np.ascontiguousarray(x)).to(device) for x in feeds.values()]
+    with torch.no_grad():
+        if weights is None:
+            ours = module(*args)
+        else:
+            replaced = {name: value.to(device) for name, value in weights.items()}
+            ours = torch.func.functional_call(module, replaced, tuple(args), strict=False)
+    ours = [ours] if isinstance(ours, torch.Tensor) else list(ours)
+    reference = run_onnxruntime_all(model, feeds)
+    if len(ours) != len(reference):
+        return float("inf")
+    return max(output_mismatch(ref, out.cpu().numpy()) for ref, out in zip(reference, ours))
+
+
 def verify_against_onnxruntime(imported: ImportedModel, x: torch.Tensor, tolerance: float = 1e-4) -> float:
     """Compare the torch model with onnxruntime on ``x``; raise on mismatch, return the relative error."""
-    with torch.no_grad():
-        ours = _first_output(imported.module(x.cpu().float()))
-    reference = run_onnxruntime(imported.onnx_model, x.cpu().float().numpy())
-    error = output_mismatch(reference, ours.cpu().numpy())
+    error = onnxruntime_mismatch(imported.onnx_model, imported.module, {imported.input.name: x.cpu().float().numpy()})
     if not error <= tolerance:
         raise CimguardError(
             f"the converted model disagrees with onnxruntime: max |difference| is {error:.3g} of the output scale "

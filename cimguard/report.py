@@ -8,7 +8,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from cimguard.errors import CimguardError
 
@@ -41,6 +41,37 @@ def check_new_output(path: str | Path, *, inputs: tuple[str | Path, ...] = ()) -
     return path
 
 
+#: File suffixes a figure can be written as.
+PLOT_SUFFIXES: tuple[str, ...] = (".png", ".pdf", ".svg")
+
+
+def check_outputs(
+    outputs: Mapping[str, str | Path | None],
+    *,
+    suffixes: Mapping[str, tuple[str, ...]] | None = None,
+    inputs: tuple[str | Path, ...] = (),
+) -> None:
+    """Check a command's output options before any work starts.
+
+    ``outputs`` maps an option name (``"--json"``) to its path (``None`` when not
+    given); ``suffixes`` lists the allowed suffixes per option.  Every path must be
+    new, not an input, have an allowed suffix, and differ from the others.
+    """
+    given = {option: Path(path) for option, path in outputs.items() if path is not None}
+    for option, path in given.items():
+        allowed = (suffixes or {}).get(option)
+        if allowed and path.suffix.lower() not in allowed:
+            raise CimguardError(f"{option} file {path} must end in {', '.join(allowed[:-1])} or {allowed[-1]}"
+                                if len(allowed) > 1 else f"{option} file {path} must end in {allowed[0]}")
+        check_new_output(path, inputs=inputs)
+    seen: dict[Path, str] = {}
+    for option, path in given.items():
+        resolved = path.resolve()
+        if resolved in seen:
+            raise CimguardError(f"{seen[resolved]} and {option} name the same file; give each its own path")
+        seen[resolved] = option
+
+
 def write_new_file(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Create ``path`` atomically and only if it does not exist.
 
@@ -53,6 +84,10 @@ def write_new_file(path: str | Path, write: Callable[[Path], None]) -> Path:
     tmp = Path(tmp_name)
     try:
         write(tmp)
+        # mkstemp creates the file private (0600); give it the permissions a plain open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         try:
             os.link(tmp, path)
         except FileExistsError:

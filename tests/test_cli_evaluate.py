@@ -159,3 +159,29 @@ def test_gemm_model_label_free(invoke, tmp_path):
     result = invoke("evaluate", "--model", model, "--data", data, "--samples", "4")
     assert result.exit_code == 0, result.output
     assert "clean chip agreement" in result.output
+
+
+def test_malformed_options_are_one_line(invoke):
+    result = invoke("evaluate", "--samples", "0")
+    assert result.exit_code == 2
+    assert result.output.strip() == "Error: Invalid value for '--samples': 0 is not in the range x>=1."
+    result = invoke("evaluate", "--no-such-option")
+    assert result.exit_code == 2 and result.output.strip() == "Error: No such option '--no-such-option'."
+
+
+def test_npz_without_samples(invoke, tmp_path):
+    data = tmp_path / "empty.npz"
+    np.savez(data, x=np.zeros((0, 1, 8, 8), np.float32))
+    assert "array 'x' holds no samples" in _error(invoke("evaluate", "--data", data))
+
+
+def test_reports_are_readable_like_any_new_file(invoke, tmp_path):
+    import os
+    import stat
+
+    out = tmp_path / "r.json"
+    assert invoke("evaluate", "--samples", "2", "--json", out).exit_code == 0
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]  # no temporary left behind

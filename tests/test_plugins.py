@@ -114,3 +114,18 @@ def test_readme_plugin_sigma_grows_with_level(installed_readme_plugin, monkeypat
     device = LinearSigmaDevice()
     sigma = device.programming_sigma(torch.tensor([0.0, 1.0]))
     assert sigma.tolist() == pytest.approx([0.05, 0.15])
+
+
+def test_a_broken_entry_point_plugin_is_reported_not_fatal(tmp_path):
+    site = tmp_path / "site"
+    info = site / "broken_cimguard_plugin-0.2.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-cimguard-plugin\nVersion: 0.2\n")
+    (info / "entry_points.txt").write_text("[cimguard]\nbroken = module_that_does_not_exist\n")
+    run = _cimguard(site, "plugins")
+    assert run.returncode == 0, run.stderr
+    assert run.stderr.strip() == (
+        "warning: plugin broken was not loaded (ModuleNotFoundError: No module named 'module_that_does_not_exist')"
+    )
+    assert "broken (entry point)\n  not loaded: ModuleNotFoundError" in run.stdout
+    assert "cimguard_plugins.devices.gaussian (built-in)" in run.stdout
