@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import click
 
+from cimguard.cli_attack import parse_thg_list, solver_options, solvers_from_options
 from cimguard.cli_options import seed_option, setup_from_options, setup_options
 from cimguard.errors import CimguardError
 
-#: Solvers ``compare`` runs when ``--solvers`` is not given (those that are registered).
-DEFAULT_COMPARE_SOLVERS: tuple[str, ...] = ("flwc", "pgd")
-
+if TYPE_CHECKING:
+    from cimguard.solve import AttackSweep
 
 # -- harden -------------------------------------------------------------------------------------
 
@@ -22,7 +23,7 @@ DEFAULT_COMPARE_SOLVERS: tuple[str, ...] = ("flwc", "pgd")
 @click.command()
 @click.argument("model", required=False, type=click.Path(dir_okay=False))
 @click.option("--trainer", "trainer_name", default="atrice", show_default=True, help="Hardening trainer (see `cimguard plugins`).")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="New ONNX file to write (never overwritten).")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="New .onnx file to write (never overwritten).")
 @setup_options
 @click.option("--thg", type=click.FloatRange(min=0), default=None, help="Write-verify threshold in level units (default: the device's).")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Training epochs (default: the trainer's).")
@@ -30,7 +31,7 @@ DEFAULT_COMPARE_SOLVERS: tuple[str, ...] = ("flwc", "pgd")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Mini-batch size.")
 @click.option("--alpha", type=click.FloatRange(min=0), default=None, help="atrice: weight of the adversarial loss.")
 @click.option("--sigma", type=click.FloatRange(min=0), default=None, help="trice/atrice: sigma of the RCG noise (level units).")
-@click.option("--threshold", type=float, default=None, help="trice/atrice: RCG censoring threshold (units of sigma).")
+@click.option("--threshold", type=float, default=None, help="trice/atrice: RCG censoring threshold (units of sigma; inf: none).")
 @click.option("--eta-train", type=click.FloatRange(min=0), default=None, help="atrice: adversarial step in level units (default: 1.5 x thg).")
 @seed_option
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None, help="Checkpoint file, rewritten after every epoch.")
@@ -47,8 +48,10 @@ def harden(model, trainer_name, output, data, device_name, device_params, device
     from cimguard.data import fit_to_model
     from cimguard.evaluate import accuracy
     from cimguard.export import export_onnx
+    from cimguard.pipeline import default_model
     from cimguard.plugins import registry
-    from cimguard.report import check_new_output, write_json
+    from cimguard.report import check_outputs, write_json
+    from cimguard.train import check_checkpoint
 
     if label_free:
         raise CimguardError("harden trains on labelled data; --label-free does not apply")
@@ -57,19 +60,12 @@ def harden(model, trainer_name, output, data, device_name, device_params, device
         trainer_name, epochs=epochs, lr=lr, batch_size=batch_size, alpha=alpha, sigma=sigma, threshold=threshold,
         eta_train=eta_train, seed=seed,
     )
-    # Every refusal happens before any training starts.
-    from cimguard.pipeline import default_model
-
-    inputs = (model if model else default_model(),)
-    check_new_output(output, inputs=inputs)
-    if json_path:
-        check_new_output(json_path, inputs=inputs)
-        if Path(json_path).resolve() == Path(output).resolve():
-            raise CimguardError("--json and -o name the same file")
-    if checkpoint is not None:
-        _check_checkpoint(checkpoint, resume, inputs + (output,))
-    elif resume:
-        raise CimguardError("--resume needs --checkpoint PATH (the checkpoint of the interrupted run)")
+    # Every refusal happens before any training starts.  The checkpoint rules are the
+    # trainer's own (checked again by Trainer.fit); with --resume the checkpoint is an input.
+    check_checkpoint(checkpoint, resume)
+    inputs = (model if model else default_model(),) + ((checkpoint,) if resume else ())
+    check_outputs({"-o": output, "--json": json_path, "--checkpoint": None if resume else checkpoint},
+                  suffixes={"-o": (".onnx",)}, inputs=(*inputs, data, device_file))
 
     setup = setup_from_options(model, data, device_name, device_params, device_file, weight_bits, False, verify,
                                torch_device, max_samples, thg)
@@ -101,95 +97,115 @@ def harden(model, trainer_name, output, data, device_name, device_params, device
         click.echo(f"wrote {json_path}")
 
 
-def _check_checkpoint(checkpoint: str, resume: bool, others: tuple[str, ...]) -> None:
-    path = Path(checkpoint)
-    for other in others:
-        if Path(other).resolve() == path.resolve():
-            raise CimguardError(f"--checkpoint must be a file of its own, not {other}")
-    if resume:
-        if not path.is_file():
-            raise CimguardError(f"cannot resume: checkpoint {path} does not exist")
-    elif path.exists():
-        raise CimguardError(f"checkpoint {path} already exists; pass --resume to continue from it or choose a new path")
-    elif not path.parent.exists():
-        raise CimguardError(f"checkpoint folder {path.parent} does not exist")
-
-
 # -- compare ------------------------------------------------------------------------------------
 
 
 @dataclass
 class ModelComparison:
-    """One model evaluated at one write-verify threshold."""
+    """One model at one write-verify threshold: a row of the ``compare`` table."""
 
     model: str
     thg: float
     clean: float
-    monte_carlo_mean: float
-    monte_carlo_p1: float
+    monte_carlo_mean: float | None
+    """``None`` when Monte Carlo was skipped (``--samples 0``) or interrupted."""
+    monte_carlo_p1: float | None
     worst_case: dict[str, float] = field(default_factory=dict)
-    """Verified worst-case accuracy by solver name."""
+    """Verified worst-case accuracy (agreement in label-free mode) by solver name."""
 
 
-def compare_models(
+@dataclass
+class Comparison:
+    """Every model's :class:`~cimguard.solve.AttackSweep` (the same sweep ``cimguard attack`` runs) and its rows."""
+
+    metric: str
+    """``accuracy``, or ``agreement`` with each model's clean chip in label-free mode."""
+    solvers: list[str]
+    """The solvers every model was attacked with, in table order."""
+    sweeps: list[tuple[str, AttackSweep]]
+    """``(model label, AttackSweep)`` in the order the models were given."""
+    interrupted: bool = False
+    """Ctrl-C stopped the comparison; later models (and thresholds) are missing."""
+
+    @property
+    def rows(self) -> list[ModelComparison]:
+        """One :class:`ModelComparison` per model and thg, in sweep order."""
+        rows = []
+        for label, sweep in self.sweeps:
+            for point in sweep.points:
+                mc = point.monte_carlo
+                rows.append(ModelComparison(
+                    label, point.thg, point.clean, mc.mean if mc else None, mc.percentiles["1"] if mc else None,
+                    {name: run.accuracy for name, run in point.runs.items()},
+                ))
+        return rows
+
+
+def compare_sweeps(
     models: Sequence[str | Path | None],
     thgs: Sequence[float],
     solvers: Sequence[str],
     *,
     data: str = "digits",
     device: str = "gaussian",
-    device_params: dict[str, Any] | None = None,
+    device_params: Mapping[str, Any] | None = None,
     device_file: str | None = None,
     weight_bits: int = 8,
+    label_free: bool = False,
     samples: int = 100,
     seed: int = 0,
-    solver_options: dict[str, Any] | None = None,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
     torch_device: str = "auto",
     max_samples: int | None = None,
     labels: Sequence[str] | None = None,
     verify: bool = False,
     progress: bool = False,
-) -> list[ModelComparison]:
-    """Evaluate every model with the same data, device, thresholds, solvers and seeds."""
-    import dataclasses
+) -> Comparison:
+    """Run :func:`cimguard.solve.attack_sweep` once per model, with the same data, device, thg values,
+    solvers, solver options (``{solver: {field: value}}``) and seeds.
 
-    from cimguard.crossbar import Crossbar, CrossbarConfig
-    from cimguard.device import create_device
-    from cimguard.evaluate import accuracy, monte_carlo
+    Each model gets exactly the numbers ``cimguard attack`` would report for it.  A
+    Ctrl-C stops the comparison: the models done so far (and the interrupted one's
+    partial sweep) are returned, marked interrupted.
+    """
+    from cimguard.crossbar import CrossbarConfig
     from cimguard.pipeline import build_setup
-    from cimguard.plugins import registry
-    from cimguard.solve import make_problem, run_solver
+    from cimguard.solve import attack_sweep, build_solvers
 
-    for name in solvers:
-        registry("solvers").get(name)
     if not thgs:
         raise CimguardError("give at least one thg value")
+    build_solvers(list(solvers), options)  # unknown solvers and bad settings fail before any work
     labels = list(labels) if labels is not None else [str(m) for m in models]
-    rows: list[ModelComparison] = []
+    comparison = Comparison("agreement" if label_free else "accuracy", list(solvers), [])
     for label, model in zip(labels, models):
         setup = build_setup(model, data, device, dict(device_params or {}), device_file,
-                            CrossbarConfig(weight_bits=weight_bits), verify=verify, torch_device=torch_device,
-                            max_samples=max_samples)
-        clean = accuracy(setup.crossbar, setup.data)
-        for thg in thgs:
-            # The same device at this threshold: Monte Carlo chips are truncated at thg, the solvers' box is thg.
-            device_at = create_device(device, dict(device_params or {}) | {"thg": thg}, device_file=device_file)
-            crossbar = Crossbar(setup.imported, device_at, dataclasses.replace(setup.crossbar.config))
-            stats = monte_carlo(crossbar, setup.data, samples, seed, progress=progress)
-            row = ModelComparison(label, thg, clean, stats.mean, stats.percentiles["1"])
-            for solver in solvers:
-                run = run_solver(solver, make_problem(crossbar, setup.data, thg), seed, solver_options, progress=progress)
-                row.worst_case[solver] = run.accuracy
-            rows.append(row)
-    return rows
+                            CrossbarConfig(weight_bits=weight_bits), label_free=label_free, verify=verify,
+                            torch_device=torch_device, max_samples=max_samples)
+        sweep = attack_sweep(setup.crossbar, setup.data, list(thgs), list(solvers), samples=samples, seed=seed,
+                             options=options, progress=progress)
+        comparison.sweeps.append((label, sweep))
+        if sweep.interrupted:
+            comparison.interrupted = True
+            break
+    return comparison
 
 
-def format_comparison(rows: Sequence[ModelComparison]) -> list[str]:
-    """The side-by-side table, one line per model and threshold."""
-    solvers = list(rows[0].worst_case) if rows else []
+def compare_models(models: Sequence[str | Path | None], thgs: Sequence[float], solvers: Sequence[str],
+                   **kwargs: Any) -> list[ModelComparison]:
+    """The table rows of :func:`compare_sweeps` (same arguments), for scripts that only need the numbers."""
+    return compare_sweeps(models, thgs, solvers, **kwargs).rows
+
+
+def format_comparison(rows: Sequence[ModelComparison], solvers: Sequence[str] | None = None) -> list[str]:
+    """The side-by-side table, one line per model and threshold ("-": not measured)."""
+    solvers = list(solvers) if solvers is not None else (list(rows[0].worst_case) if rows else [])
+
+    def number(value: float | None) -> str:
+        return "-" if value is None else f"{value:.4f}"
+
     headers = ["model", "thg", "clean", "MC mean", "MC p1"] + [f"worst {s}" for s in solvers]
-    table = [[r.model, f"{r.thg:g}", f"{r.clean:.4f}", f"{r.monte_carlo_mean:.4f}", f"{r.monte_carlo_p1:.4f}"]
-             + [f"{r.worst_case[s]:.4f}" for s in solvers] for r in rows]
+    table = [[r.model, f"{r.thg:g}", number(r.clean), number(r.monte_carlo_mean), number(r.monte_carlo_p1)]
+             + [number(r.worst_case.get(s)) for s in solvers] for r in rows]
     widths = [max(len(h), *(len(line[i]) for line in table)) for i, h in enumerate(headers)]
     lines = ["  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(headers, widths)))]
     for line in table:
@@ -197,74 +213,62 @@ def format_comparison(rows: Sequence[ModelComparison]) -> list[str]:
     return lines
 
 
-def _parse_thgs(text: str) -> list[float]:
-    values = []
-    for part in text.split(","):
-        try:
-            value = float(part)
-        except ValueError:
-            raise CimguardError(f"--thg expects a comma-separated list of numbers, got {part.strip()!r}") from None
-        if not 0 <= value < float("inf"):
-            raise CimguardError(f"--thg values must be finite and >= 0, got {value}")
-        values.append(value)
-    return values
-
-
 @click.command()
 @click.argument("models", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @setup_options
-@click.option("--thg", "thg_text", default="0.01,0.02,0.03", show_default=True, help="Comma-separated write-verify thresholds.")
-@click.option("--solvers", "solver_text", default=None, help="Comma-separated solvers (default: flwc,pgd where registered).")
-@click.option("--iterations", type=click.IntRange(min=1), default=None, help="Solver iteration budget (default: each solver's).")
-@click.option("--samples", type=click.IntRange(min=1), default=100, show_default=True, help="Monte Carlo chips per threshold.")
+@solver_options()
+@click.option("--thg", "thg_text", default="0.01,0.02,0.03", show_default=True,
+              help="Write-verify thresholds, in level units, comma-separated.")
+@click.option("--samples", type=click.IntRange(min=0), default=100, show_default=True,
+              help="Monte Carlo chips per thg; 0 skips Monte Carlo (worst case only, the table shows '-').")
 @seed_option
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None, help="Write a figure (.png/.pdf/.svg).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the results to a new JSON file.")
-def compare(models, data, device_name, device_params, device_file, weight_bits, label_free, verify, torch_device,
-            max_samples, thg_text, solver_text, iterations, samples, seed, plot_path, json_path) -> None:
-    """Evaluate MODELS side by side: clean, Monte Carlo and worst-case accuracy at each thg."""
-    import dataclasses
+@click.pass_context
+def compare(ctx, models, data, device_name, device_params, device_file, weight_bits, label_free, verify, torch_device,
+            max_samples, solver_names, iterations, solver_params, thg_text, samples, seed, plot_path, json_path) -> None:
+    """Evaluate MODELS side by side: clean, Monte Carlo and worst-case accuracy at each thg.
 
+    Every model runs the same sweep as `cimguard attack` (same device, thg values,
+    solvers, solver options and seeds).
+    """
     from cimguard.device import parse_param_overrides
-    from cimguard.plugins import registry
-    from cimguard.report import check_new_output, write_json
+    from cimguard.report import PLOT_SUFFIXES, check_outputs, write_json
 
-    if label_free:
-        raise CimguardError("compare measures accuracy against labels; --label-free does not apply")
-    thgs = _parse_thgs(thg_text)
-    if solver_text is None:
-        known = set(registry("solvers").names())
-        solvers = [s for s in DEFAULT_COMPARE_SOLVERS if s in known]
-    else:
-        solvers = [s.strip() for s in solver_text.split(",") if s.strip()]
-        for name in solvers:
-            registry("solvers").get(name)
-    outputs = [p for p in (plot_path, json_path) if p]
-    if len({str(Path(p).resolve()) for p in outputs}) < len(outputs):
-        raise CimguardError("--plot and --json name the same file")
-    for path in outputs:
-        check_new_output(path, inputs=tuple(models))
-    if plot_path and Path(plot_path).suffix.lower() not in (".png", ".pdf", ".svg"):
-        raise CimguardError(f"plot file {plot_path} must end in .png, .pdf or .svg")
+    # Every check before any work, as `attack` does: thresholds, solvers (built, so their settings
+    # are validated), outputs.
+    thgs = parse_thg_list(thg_text)
+    solvers, options = solvers_from_options(solver_names, iterations, solver_params)
+    check_outputs({"--plot": plot_path, "--json": json_path}, suffixes={"--plot": PLOT_SUFFIXES},
+                  inputs=(*models, data, device_file))
     params = dict(parse_param_overrides(device_params))
-    rows = compare_models(
+    comparison = compare_sweeps(
         list(models), thgs, solvers, data=data, device=device_name, device_params=params, device_file=device_file,
-        weight_bits=weight_bits, samples=samples, seed=seed,
-        solver_options={"iterations": iterations} if iterations else None, torch_device=torch_device,
-        max_samples=max_samples, verify=verify, progress=sys.stderr.isatty(),
+        weight_bits=weight_bits, label_free=label_free, samples=samples, seed=seed, options=options,
+        torch_device=torch_device, max_samples=max_samples, verify=verify, progress=sys.stderr.isatty(),
     )
-    click.echo(f"device {device_name}, {samples} Monte Carlo chips, seed {seed}; solvers: {', '.join(solvers) or 'none'}")
-    for line in format_comparison(rows):
+    rows = comparison.rows
+    monte_carlo = f"{samples} Monte Carlo chips per thg" if samples else "no Monte Carlo"
+    click.echo(f"device {device_name}, {monte_carlo}, seed {seed}; solvers: {', '.join(solvers)}; "
+               f"{comparison.metric}" + (" with each model's clean chip" if label_free else ""))
+    for line in format_comparison(rows, solvers):
         click.echo(line)
     if plot_path:
         from cimguard.plot import plot_comparison, save_figure
 
-        save_figure(plot_comparison(rows), plot_path)
+        save_figure(plot_comparison(rows, metric=comparison.metric), plot_path)
         click.echo(f"wrote {plot_path}")
     if json_path:
-        write_json(json_path, {"device": device_name, "device_params": params, "samples": samples, "seed": seed,
-                               "solvers": solvers, "thg": thgs, "rows": [dataclasses.asdict(r) for r in rows]})
+        write_json(json_path, {
+            "device": device_name, "device_params": params, "samples": samples, "seed": seed, "thg": thgs,
+            "metric": comparison.metric, "solvers": solvers, "interrupted": comparison.interrupted,
+            "rows": [dataclasses.asdict(r) for r in rows],
+            "sweeps": [{"model": label, **sweep.to_record()} for label, sweep in comparison.sweeps],
+        })
         click.echo(f"wrote {json_path}")
+    if comparison.interrupted:
+        click.echo("Interrupted: the table holds the results found before Ctrl-C.", err=True)
+        ctx.exit(130)
 
 
 COMMANDS = (harden, compare)

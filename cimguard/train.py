@@ -206,13 +206,9 @@ class Trainer:
             progress: show a progress bar.
             on_epoch_end: called after each epoch's checkpoint is written.
         """
+        checkpoint = check_checkpoint(checkpoint, resume)
         x, y = _check_training_data(crossbar, x, y)
-        checkpoint = Path(checkpoint) if checkpoint is not None else None
         fingerprint = _fingerprint(crossbar, x, y)
-        if checkpoint is not None and not resume and checkpoint.exists():
-            raise CimguardError(f"checkpoint {checkpoint} already exists; pass --resume to continue from it or choose a new path")
-        if resume and checkpoint is None:
-            raise CimguardError("--resume needs --checkpoint PATH (the checkpoint of the interrupted run)")
 
         run = self.new_run(crossbar)
         resumed_from = None
@@ -298,8 +294,6 @@ class Trainer:
             "extra": _plain(run.extra),
             "history": run.history,
         }
-        if not path.parent.exists():
-            raise CimguardError(f"checkpoint folder {path.parent} does not exist")
         # Written beside the target and renamed over it, so an interruption never leaves half a checkpoint.
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
@@ -310,8 +304,6 @@ class Trainer:
             Path(tmp_name).unlink(missing_ok=True)
 
     def _load(self, run: Run, path: Path, fingerprint: str) -> None:
-        if not path.is_file():
-            raise CimguardError(f"cannot resume: checkpoint {path} does not exist")
         try:
             # On the CPU: generator states must stay CPU byte tensors; weights and Adam's
             # moments are moved to the parameters' device as they are copied in.
@@ -339,6 +331,28 @@ class Trainer:
         run.extra = dict(state["extra"])
         run.epoch = int(state["epoch"])
         run.history = list(state["history"])
+
+
+def check_checkpoint(checkpoint: str | Path | None, resume: bool) -> Path | None:
+    """The checkpoint rules, checked before any work (by :meth:`Trainer.fit` and early by the CLI).
+
+    Without ``resume`` the checkpoint is a new output: it must not exist (a run never
+    overwrites another run's checkpoint) and its folder must.  With ``resume`` it is
+    an input and must exist.
+    """
+    if checkpoint is None:
+        if resume:
+            raise CimguardError("--resume needs --checkpoint PATH (the checkpoint of the interrupted run)")
+        return None
+    path = Path(checkpoint)
+    if resume:
+        if not path.is_file():
+            raise CimguardError(f"cannot resume: checkpoint {path} does not exist")
+    elif path.exists():
+        raise CimguardError(f"checkpoint {path} already exists; pass --resume to continue from it or choose a new path")
+    elif not path.parent.is_dir():
+        raise CimguardError(f"checkpoint folder {path.parent} does not exist")
+    return path
 
 
 class VanillaTrainer(Trainer):
@@ -370,6 +384,15 @@ def rcg_perturbation(chip: Crossbar, sigma: float, threshold: float, generator: 
     The censoring acts on each device's conductance deviation (a device cannot end
     more than ``s·σ`` levels above its target), so through the crossbar formula
     ``ΔW = sign(W) · s_fs · Σ_i Δg_i 2**(-iB)`` it scales with the layer's full scale.
+
+    This differs on purpose from the authors' code, which draws one ``ε`` per *weight*,
+    censors it, and adds ``s_L · σ · ε'`` with no sign: there the clipped tail is "the
+    weight grows more positive".  Here the noise is what the devices do, as for every
+    other chip cimguard simulates, so the clipped tail is "a device's conductance
+    overshoots its target", which makes ``|W|`` grow (``sign(W)``) and the mean
+    shift shrinks ``|W|``.  Both are right-censored Gaussians of the same σ and
+    threshold; they differ in which direction of ΔW is clipped and in the spread over
+    slices (see docs/hardening.md).
     """
     perturbation = {}
     for name, layer in chip.layers.items():
@@ -389,10 +412,18 @@ def rcg_mean_perturbation(chip: Crossbar, sigma: float, threshold: float) -> Per
 
 
 def check_rcg(sigma: float, threshold: float) -> None:
+    """Refuse RCG parameters that cannot give finite noise.
+
+    A threshold of ``+inf`` is allowed (no censoring: plain Gaussian noise); ``-inf``
+    would censor every draw to ``-inf`` and train to NaN, so it is refused here,
+    before any work, rather than surfacing later as a broken export.
+    """
     if not sigma >= 0 or math.isinf(sigma):
         raise CimguardError(f"sigma must be a finite number >= 0 (level units), got {sigma}")
-    if math.isnan(threshold):
-        raise CimguardError("the censoring threshold must be a number (in units of sigma)")
+    if math.isnan(threshold) or threshold == -math.inf:
+        raise CimguardError(
+            f"the censoring threshold must be a number or +inf (in units of sigma), got {threshold}"
+        )
 
 
 # -- helpers --------------------------------------------------------------------------------

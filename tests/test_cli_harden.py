@@ -103,13 +103,42 @@ def test_input_file_is_never_the_output(invoke, default_model_path, tmp_path):
     (("--trainer", "noise", "--alpha", "0.5"), "trainer 'noise' has no option alpha"),
     (("--resume",), "--resume needs --checkpoint"),
     (("--trainer", "trice", "--threshold", "nan"), "threshold"),
+    (("--trainer", "atrice", "--threshold", "-inf"), "censoring threshold must be a number or +inf"),
+    (("--trainer", "atrice", "--alpha", "nan"), "alpha must be a finite number"),
+    (("--trainer", "atrice", "--alpha", "inf"), "alpha must be a finite number"),
+    (("--trainer", "atrice", "--eta-train", "nan"), "eta_train"),
+    (("--trainer", "trice", "--sigma", "nan"), "sigma"),
+    (("--checkpoint", "missing.pt", "--resume"), "cannot resume: checkpoint"),
+    (("--checkpoint", "no/such/folder/ck.pt"), "checkpoint folder"),
+    (("--json", "no/such/folder/r.json"), "output folder"),
 ])
-def test_bad_harden_options(invoke, tmp_path, args, message):
+def test_bad_harden_options(invoke, tmp_path, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
     result = invoke("harden", "-o", tmp_path / "out.onnx", *args)
     assert result.exit_code == 1
     assert message in result.output
+    assert len(result.output.strip().splitlines()) == 1 and result.output.startswith("Error: ")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_positive_infinite_threshold_is_plain_gaussian():
+    from cimguard_plugins.trainers.atrice import ATriceConfig, ATriceTrainer
+
+    assert ATriceTrainer(ATriceConfig(threshold=float("inf"))).config.threshold == float("inf")
+
+
+@pytest.mark.parametrize("outputs, message", [
+    ({"-o": "out.txt"}, "-o file out.txt must end in .onnx"),
+    ({"-o": "out.onnx", "--json": "out.onnx"}, "-o and --json name the same file"),
+    ({"-o": "out.onnx", "--checkpoint": "out.onnx"}, "-o and --checkpoint name the same file"),
+])
+def test_output_paths_are_checked_before_training(invoke, tmp_path, monkeypatch, outputs, message):
+    monkeypatch.chdir(tmp_path)
+    result = invoke("harden", *[item for pair in outputs.items() for item in pair])
+    assert result.exit_code == 1
+    assert message in result.output
     assert len(result.output.strip().splitlines()) == 1
-    assert not (tmp_path / "out.onnx").exists()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_existing_checkpoint_without_resume_is_refused(invoke, tmp_path):
@@ -117,6 +146,22 @@ def test_existing_checkpoint_without_resume_is_refused(invoke, tmp_path):
     checkpoint.write_bytes(b"x")
     result = invoke("harden", "-o", tmp_path / "out.onnx", "--checkpoint", checkpoint)
     assert result.exit_code == 1 and "pass --resume" in result.output
+    assert checkpoint.read_bytes() == b"x"
+
+
+def test_resumed_checkpoint_is_an_input_not_an_output(invoke, tmp_path):
+    # With --resume the checkpoint must exist, and no output may be written over it.
+    checkpoint = tmp_path / "ck.onnx"
+    checkpoint.write_bytes(b"x")
+    result = invoke("harden", "-o", checkpoint, "--checkpoint", checkpoint, "--resume")
+    assert result.exit_code == 1 and "refusing to overwrite the input file" in result.output
+    result = invoke("harden", "-o", tmp_path / "out.onnx", "--json", checkpoint, "--checkpoint", checkpoint, "--resume")
+    assert result.exit_code == 1 and "refusing to overwrite the input file" in result.output
+    assert checkpoint.read_bytes() == b"x"
+    # Past the output checks, the trainer itself refuses a file that is not a checkpoint.
+    result = invoke("harden", "-o", tmp_path / "out.onnx", "--checkpoint", checkpoint, "--resume")
+    assert result.exit_code == 1 and "not a cimguard training checkpoint" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.onnx"]
 
 
 def test_interrupted_harden_resumes_to_the_same_file(invoke, tmp_path, monkeypatch):
@@ -165,14 +210,17 @@ def hardened_model(tmp_path_factory, default_model_path):
 
 def test_compare_table_json_and_plot(invoke, default_model_path, hardened_model, tmp_path):
     report, figure = tmp_path / "c.json", tmp_path / "c.png"
-    result = invoke("compare", default_model_path, hardened_model, "--thg", "0.01,0.03", "--solvers", "flwc",
+    result = invoke("compare", default_model_path, hardened_model, "--thg", "0.03,0.01", "--solver", "flwc",
                     "--samples", "5", "--json", report, "--plot", figure)
     assert result.exit_code == 0, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert any("worst flwc" in line for line in lines)
-    rows = json.loads(report.read_text())["rows"]
+    record = json.loads(report.read_text())
+    assert record["metric"] == "accuracy" and record["solvers"] == ["flwc"] and record["thg"] == [0.01, 0.03]
+    rows = record["rows"]
     assert [(r["model"].endswith("hardened.onnx"), r["thg"]) for r in rows] == [
         (False, 0.01), (False, 0.03), (True, 0.01), (True, 0.03)]
+    assert [sweep["model"] for sweep in record["sweeps"]] == [str(default_model_path), str(hardened_model)]
     assert figure.stat().st_size > 1000
     by = {(r["model"].endswith("hardened.onnx"), r["thg"]): r for r in rows}
     # The hardened model resists the same worst-case search far better.
@@ -181,23 +229,96 @@ def test_compare_table_json_and_plot(invoke, default_model_path, hardened_model,
         assert 0 <= r["worst_case"]["flwc"] <= r["monte_carlo_p1"] <= r["monte_carlo_mean"] <= 1
 
 
-def test_compare_defaults_to_flwc_and_pgd(invoke, default_model_path):
-    result = invoke("compare", default_model_path, "--thg", "0.02", "--samples", "2", "--iterations", "2",
+def test_compare_reports_what_attack_reports(invoke, default_model_path, tmp_path):
+    # compare runs attack's own sweep per model: same device, thg, solver options and seeds, same numbers.
+    common = ("--thg", "0.02", "--solver", "flwc,pgd", "--solver-param", "pgd.restarts=1", "--iterations", "2",
+              "--samples", "3", "--max-samples", "60", "--seed", "4")
+    attacked = invoke("attack", "--model", default_model_path, *common, "--json", tmp_path / "a.json")
+    assert attacked.exit_code == 0, attacked.output
+    compared = invoke("compare", default_model_path, *common, "--json", tmp_path / "c.json")
+    assert compared.exit_code == 0, compared.output
+    point = json.loads((tmp_path / "a.json").read_text())["points"][0]
+    row = json.loads((tmp_path / "c.json").read_text())["rows"][0]
+    assert row["clean"] == point["clean"]
+    assert row["monte_carlo_mean"] == point["monte_carlo"]["mean"]
+    assert row["monte_carlo_p1"] == point["monte_carlo"]["percentiles"]["1"]
+    assert row["worst_case"] == {name: run["accuracy"] for name, run in point["worst_case"].items()}
+    assert list(row["worst_case"]) == ["flwc", "pgd"]
+
+
+def test_compare_solver_default_and_zero_samples_match_attack(invoke, default_model_path):
+    result = invoke("compare", default_model_path, "--thg", "0.02", "--samples", "0", "--iterations", "2",
                     "--max-samples", "50")
     assert result.exit_code == 0, result.output
-    assert "worst flwc" in result.output and "worst pgd" in result.output
+    assert "worst flwc" in result.output and "worst pgd" not in result.output  # attack's default solver
+    assert "no Monte Carlo" in result.output
+    table_row = [line for line in result.output.splitlines() if line.strip().endswith(tuple("0123456789"))][-1]
+    assert table_row.split()[3:5] == ["-", "-"]  # MC mean and p1 skipped, as attack --samples 0 does
+
+
+def test_interrupted_compare_reports_the_models_done(invoke, default_model_path, tmp_path, monkeypatch):
+    import cimguard.solve as solve
+
+    real = solve.attack_sweep
+
+    def interrupted_sweep(*args, **kwargs):
+        sweep = real(*args, **kwargs)
+        sweep.interrupted = True  # as if Ctrl-C hit at the end of the first model's sweep
+        return sweep
+
+    monkeypatch.setattr(solve, "attack_sweep", interrupted_sweep)
+    second = tmp_path / "second.onnx"
+    second.write_bytes(default_model_path.read_bytes())
+    result = invoke("compare", default_model_path, second, "--thg", "0.01", "--samples", "0", "--iterations", "1",
+                    "--max-samples", "30", "--json", tmp_path / "c.json")
+    assert result.exit_code == 130
+    record = json.loads((tmp_path / "c.json").read_text())
+    assert record["interrupted"] is True
+    assert [row["model"] for row in record["rows"]] == [str(default_model_path)]
+
+
+def test_compare_label_free_reports_agreement(invoke, default_model_path, tmp_path):
+    report = tmp_path / "c.json"
+    result = invoke("compare", default_model_path, "--label-free", "--thg", "0.01", "--samples", "2",
+                    "--iterations", "1", "--max-samples", "40", "--json", report)
+    assert result.exit_code == 0, result.output
+    record = json.loads(report.read_text())
+    assert record["metric"] == "agreement"
+    assert record["rows"][0]["clean"] == 1.0  # agreement of the clean chip with itself
+
+
+def test_comparison_plot_labels_the_metric():
+    from cimguard.cli_harden import ModelComparison
+    from cimguard.plot import plot_comparison
+
+    rows = [ModelComparison("a.onnx", 0.01, 1.0, 0.99, 0.98, {"flwc": 0.5}),
+            ModelComparison("a.onnx", 0.03, 1.0, None, None, {"flwc": 0.2})]
+    assert plot_comparison(rows).axes[0].get_ylabel() == "accuracy"
+    figure = plot_comparison(rows, metric="agreement")
+    assert figure.axes[0].get_ylabel() == "agreement"
+    lines = {line.get_label(): list(line.get_xdata()) for line in figure.axes[0].get_lines()}
+    assert lines == {"a.onnx: MC 1st pct": [0.01], "a.onnx: worst (flwc)": [0.01, 0.03]}
 
 
 @pytest.mark.parametrize("args, message", [
-    (("--thg", "0.01,abc"), "comma-separated list"),
+    (("--thg", "0.01,abc"), "--thg expects comma-separated numbers"),
     (("--thg", "-1"), ">= 0"),
-    (("--solvers", "flwc,nope"), "unknown solver 'nope'"),
-    (("--plot", "x.txt"), ".png"),
+    (("--thg", "-inf"), ">= 0"),
+    (("--solver", "flwc,nope"), "unknown solver 'nope'"),
+    (("--solver", "flwc", "--solver-param", "nope=1"), "no chosen solver has an option 'nope'"),
+    (("--solver-param", "flwc.k=nan"), "solver 'flwc'"),
+    (("--plot", "x.txt"), "--plot file x.txt must end in .png, .pdf or .svg"),
+    (("--plot", "x.png", "--json", "x.png"), "--plot and --json name the same file"),
+    (("--samples", "-1"), "--samples"),
 ])
-def test_bad_compare_options(invoke, default_model_path, tmp_path, args, message):
+def test_bad_compare_options(invoke, default_model_path, tmp_path, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
     result = invoke("compare", default_model_path, *args)
-    assert result.exit_code == 1
+    assert result.exit_code != 0
     assert message in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and message in errors[0]
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_compare_refuses_existing_outputs(invoke, default_model_path, tmp_path):
@@ -205,6 +326,7 @@ def test_compare_refuses_existing_outputs(invoke, default_model_path, tmp_path):
     report.write_text("{}")
     result = invoke("compare", default_model_path, "--json", report)
     assert result.exit_code == 1 and "already exists" in result.output
+    assert len(result.output.strip().splitlines()) == 1
     assert report.read_text() == "{}"
 
 

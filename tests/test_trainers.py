@@ -184,8 +184,18 @@ def test_atrice_adversarial_update_is_applied_to_the_weights(setup, training):
 # -- TRICE search -------------------------------------------------------------------------------
 
 
-def test_trice_search_scores_candidates_on_a_training_validation_split(setup, training):
-    config = TriceConfig(epochs=1, sigmas=(0.05, 0.4), thresholds=(1.0,), search_epochs=1, search_chips=4)
+def test_trice_search_scores_candidates_on_a_training_validation_split(setup, training, monkeypatch):
+    import cimguard_plugins.trainers.trice as trice
+
+    reports = []
+
+    def spy(*args, **kwargs):
+        reports.append(trice_monte_carlo(*args, **kwargs))
+        return reports[-1]
+
+    trice_monte_carlo = trice.monte_carlo
+    monkeypatch.setattr(trice, "monte_carlo", spy)
+    config = TriceConfig(epochs=1, sigmas=(0.05, 0.4), thresholds=(1.0,), search_epochs=1, search_chips=4, kpp=10)
     trainer = TriceTrainer(config)
     x, y = training
     x_fit, y_fit, validation = trainer._split(setup.crossbar, x, y)
@@ -194,6 +204,9 @@ def test_trice_search_scores_candidates_on_a_training_validation_split(setup, tr
     result = trainer.fit(setup.crossbar, x, y)
     search = result.chosen["search"]
     assert [(row["sigma"], row["threshold"]) for row in search] == [(0.05, 1.0), (0.4, 1.0)]
+    # The score is the Monte Carlo report's own KPP 10 of each candidate's chips.
+    assert [row["kpp"] for row in search] == [stats.percentiles["10"] for stats in reports]
+    assert [row["mean"] for row in search] == [stats.mean for stats in reports]
     best = max(search, key=lambda row: (row["kpp"], row["mean"]))
     assert (result.chosen["sigma"], result.chosen["threshold"]) == (best["sigma"], best["threshold"])
     assert all(0 <= row["kpp"] <= row["mean"] <= 1 for row in search)
@@ -202,8 +215,10 @@ def test_trice_search_scores_candidates_on_a_training_validation_split(setup, tr
 def test_trice_candidate_set_is_bounded():
     with pytest.raises(CimguardError, match="bounded"):
         TriceTrainer(TriceConfig(sigmas=tuple(0.01 * i for i in range(1, 11)), thresholds=(0.0, 1.0, 2.0)))
-    with pytest.raises(CimguardError, match="percentile"):
-        TriceTrainer(TriceConfig(kpp=120))
+    for kpp in (120, 5, float("nan")):
+        with pytest.raises(CimguardError, match="percentile"):
+            TriceTrainer(TriceConfig(kpp=kpp))
+    assert TriceTrainer(TriceConfig(kpp=50)).config.kpp == 50
 
 
 # -- checkpoints and resume -----------------------------------------------------------------
@@ -251,6 +266,10 @@ def test_checkpoint_misuse_is_refused(setup, training, tmp_path):
         trainer.fit(setup.crossbar, training[0][:100], training[1][:100], checkpoint=checkpoint, resume=True)
     with pytest.raises(CimguardError, match="does not exist"):
         trainer.fit(setup.crossbar, *training, checkpoint=tmp_path / "missing.pt", resume=True)
+    with pytest.raises(CimguardError, match="needs --checkpoint"):
+        trainer.fit(setup.crossbar, *training, resume=True)
+    with pytest.raises(CimguardError, match="checkpoint folder"):
+        trainer.fit(setup.crossbar, *training, checkpoint=tmp_path / "no" / "ck.pt")
     (tmp_path / "junk.pt").write_text("not a checkpoint")
     with pytest.raises(CimguardError, match="not a cimguard training checkpoint"):
         trainer.fit(setup.crossbar, *training, checkpoint=tmp_path / "junk.pt", resume=True)
@@ -280,6 +299,34 @@ def test_options_are_checked():
         ATriceTrainer(ATriceConfig(alpha=-1))
     with pytest.raises(CimguardError, match="sigma"):
         ATriceTrainer(ATriceConfig(sigma=float("nan")))
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"threshold": -math.inf}, "threshold"),
+    ({"threshold": math.nan}, "threshold"),
+    ({"sigma": math.inf}, "sigma"),
+    ({"alpha": math.nan}, "alpha"),
+    ({"alpha": math.inf}, "alpha"),
+    ({"eta_train": math.nan}, "eta_train"),
+    ({"eta_train": math.inf}, "eta_train"),
+    ({"kappa": math.nan}, "kappa"),
+    ({"lr": math.nan}, "learning rate"),
+])
+def test_non_numbers_are_refused_before_training(options, message):
+    with pytest.raises(CimguardError, match=message):
+        ATriceTrainer(ATriceConfig(**options))
+
+
+def test_censoring_threshold_minus_infinity_is_refused_in_every_trainer(setup):
+    with pytest.raises(CimguardError, match="threshold"):
+        TriceTrainer(TriceConfig(sigma=0.2, threshold=-math.inf))
+    with pytest.raises(CimguardError, match="threshold"):
+        TriceTrainer(TriceConfig(thresholds=(1.0, -math.inf)))
+    # +inf is allowed: no censoring, plain Gaussian noise with a finite mean (zero).
+    ATriceTrainer(ATriceConfig(threshold=math.inf))
+    assert rcg_mean(0.2, math.inf) == 0.0
+    noise = rcg_perturbation(setup.crossbar, 0.2, math.inf, setup.crossbar.generator(0))
+    assert all(bool(torch.isfinite(delta).all()) for delta in noise.values())
 
 
 def test_atrice_without_write_verify_needs_an_explicit_step(default_model_path, training):

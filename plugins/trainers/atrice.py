@@ -52,8 +52,10 @@ class ATriceConfig(TrainerConfig):
     def validate(self) -> None:
         super().validate()
         check_rcg(self.sigma, self.threshold)
-        if not self.alpha >= 0:
-            raise CimguardError(f"alpha must be >= 0, got {self.alpha}")
+        if not 0 <= self.alpha < float("inf"):
+            raise CimguardError(f"alpha must be a finite number >= 0, got {self.alpha}")
+        if not 0 <= self.kappa < float("inf"):
+            raise CimguardError(f"kappa must be a finite number >= 0, got {self.kappa}")
         if self.eta_train is not None and not 0 <= self.eta_train < float("inf"):
             raise CimguardError(f"eta_train must be a finite number >= 0 (level units), got {self.eta_train}")
 

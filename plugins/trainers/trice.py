@@ -22,12 +22,11 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
 from cimguard.crossbar import Crossbar
 from cimguard.errors import CimguardError
-from cimguard.evaluate import EvalData, monte_carlo
+from cimguard.evaluate import KPP_PERCENTILES, EvalData, monte_carlo
 from cimguard.hookspecs import hookimpl
 from cimguard.train import Run, Trainer, TrainerConfig, check_rcg, rcg_perturbation
 
@@ -52,7 +51,8 @@ class TriceConfig(TrainerConfig):
     search_chips: int = 50
     """Monte Carlo chips that score each candidate."""
     kpp: float = 1.0
-    """The percentile of Monte Carlo accuracy that scores a candidate (1: the 1st percentile)."""
+    """The percentile of Monte Carlo accuracy that scores a candidate (1: the 1st percentile); one
+    of the percentiles ``cimguard.evaluate.monte_carlo`` reports (1, 10, 50), read from its result."""
     validation_fraction: float = 0.2
     """Share of the training split held out to score candidates."""
 
@@ -72,8 +72,9 @@ class TriceConfig(TrainerConfig):
                 check_rcg(sigma, threshold)
         if self.search_epochs < 1 or self.search_chips < 1:
             raise CimguardError("search_epochs and search_chips must be >= 1")
-        if not 0 <= self.kpp <= 100:
-            raise CimguardError(f"kpp is a percentile between 0 and 100, got {self.kpp}")
+        if self.kpp not in KPP_PERCENTILES:
+            reported = ", ".join(f"{p:g}" for p in KPP_PERCENTILES)
+            raise CimguardError(f"kpp must be one of the Monte Carlo report's percentiles ({reported}), got {self.kpp:g}")
         if not 0 < self.validation_fraction < 1:
             raise CimguardError(f"validation_fraction must be between 0 and 1, got {self.validation_fraction}")
 
@@ -103,7 +104,9 @@ class TriceTrainer(Trainer):
                 result = candidate.fit(crossbar, x_fit, y_fit, progress=False)
                 chip = crossbar.remapped(result.weights)
                 stats = monte_carlo(chip, validation, config.search_chips, config.seed, progress=False)
-                kpp = float(np.percentile(np.asarray(stats.accuracies), config.kpp))
+                # The Monte Carlo report's own percentile, so the search scores exactly what
+                # `cimguard evaluate` / `attack` report as KPP for the same chips.
+                kpp = stats.percentiles[f"{config.kpp:g}"]
                 table.append({"sigma": sigma, "threshold": threshold, "kpp": kpp, "mean": stats.mean})
                 if progress:
                     from tqdm.auto import tqdm
