@@ -27,6 +27,9 @@ class CimguardGroup(click.Group):
             return super().invoke(ctx)
         except CimguardError as exc:
             raise click.ClickException(str(exc)) from None
+        except click.UsageError as exc:
+            # Click's usage errors come with a usage banner over several lines; keep one.
+            raise _OneLineUsageError(exc.format_message()) from None
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
             ctx.exit(130)
@@ -41,10 +44,20 @@ class CimguardGroup(click.Group):
             ) from None
 
 
+class _OneLineUsageError(click.ClickException):
+    """A malformed command line: one line, and click's usual exit status 2."""
+
+    exit_code = 2
+
+
 @click.group(cls=CimguardGroup)
 @click.version_option(__version__, prog_name="cimguard")
 def cli() -> None:
     """Worst-case evaluation and hardening of ONNX networks on compute-in-memory accelerators."""
+    from cimguard.plugins import load_errors
+
+    for name, reason in load_errors.items():
+        click.echo(f"warning: plugin {name} was not loaded ({reason})", err=True)
 
 
 @cli.command(name="plugins")
@@ -60,6 +73,9 @@ def plugins_command(as_json: bool) -> None:
     for row in rows:
         origin = "built-in" if row["builtin"] else f"entry point{' ' + row['version'] if row['version'] else ''}"
         click.echo(f"{row['name']} ({origin})")
+        if row.get("error"):
+            click.echo(f"  not loaded: {row['error']}")
+            continue
         click.echo(f"  hooks: {', '.join(row['hooks'])}")
         for kind, names in row["registers"].items():
             click.echo(f"  {kind}: {', '.join(names)}")
@@ -72,14 +88,22 @@ def plugins_command(as_json: bool) -> None:
 @click.option("--samples", type=click.IntRange(min=1), default=100, show_default=True, help="Monte Carlo chips.")
 @seed_option
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the full report to a new JSON file.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
+              help="Draw the Monte Carlo accuracy histogram to a new .png/.pdf/.svg file.")
 def evaluate(model, data, device_name, device_params, device_file, weight_bits, label_free, verify, torch_device,
-             max_samples, thg, samples, seed, json_path) -> None:
+             max_samples, thg, samples, seed, json_path, plot_path) -> None:
     """Clean and Monte Carlo accuracy of a model on simulated CiM chips."""
     from cimguard.evaluate import accuracy, float_accuracy, monte_carlo
     from cimguard.report import check_new_output, write_json
 
     if json_path:
         check_new_output(json_path)
+    if plot_path:
+        check_new_output(plot_path)
+        if json_path and os.path.abspath(json_path) == os.path.abspath(plot_path):
+            raise CimguardError("--json and --plot name the same file; give each its own path")
+        if plot_path.lower().rsplit(".", 1)[-1] not in ("png", "pdf", "svg"):
+            raise CimguardError(f"plot file {plot_path} must end in .png, .pdf or .svg")
     setup = setup_from_options(model, data, device_name, device_params, device_file, weight_bits, label_free,
                                verify, torch_device, max_samples, thg)
     clean = accuracy(setup.crossbar, setup.data)
@@ -106,6 +130,12 @@ def evaluate(model, data, device_name, device_params, device_file, weight_bits, 
     if json_path:
         write_json(json_path, report)
         click.echo(f"\nwrote {json_path}")
+    if plot_path:
+        from cimguard.plot import plot_monte_carlo
+
+        plot_monte_carlo(stats, clean, plot_path, metric=metric,
+                         title=f"{setup.model_path.name} on {setup.device_name}, {stats.samples} chips")
+        click.echo(f"{'' if json_path else chr(10)}wrote {plot_path}")
 
 
 def _ordinal(number: str) -> str:
@@ -115,6 +145,10 @@ def _ordinal(number: str) -> str:
 
 # built-in commands (one import line each; the module's command is added below)
 _BUILTIN_COMMAND_MODULES: tuple[str, ...] = (
+    "cimguard.cli_devices",
+    "cimguard.cli_harden",
+    "cimguard.cli_attack",
+    "cimguard.cli_inspect",
 )
 
 

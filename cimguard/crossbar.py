@@ -19,12 +19,16 @@ as a separate device, as in the authors' reference code.
 
 A perturbation is plain data: ``{torch_name: ΔW}``.  Evaluating a chip never
 mutates the model; it calls the module functionally with ``W_q + ΔW``.
+
+Sampling is done on one flat layout of every device of every mapped layer
+(``(M, total weights)``), prepared once per crossbar, so one chip is a handful of
+tensor operations whatever the number of layers (see :meth:`Crossbar.sample_flat`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Callable, Mapping
 
 import torch
 from torch.func import functional_call
@@ -98,6 +102,7 @@ class Crossbar:
         self._significance = torch.tensor(
             [2.0 ** (-i * bits) for i in range(1, self.slices + 1)], device=self.torch_device
         )
+        self._flat: _FlatLayout | None = None
 
     def remapped(self, weights: Mapping[str, torch.Tensor]) -> "Crossbar":
         """The same model, device and layout with other weight values programmed."""
@@ -168,10 +173,44 @@ class Crossbar:
     # -- chips ----------------------------------------------------------------------------------
     def sample(self, generator: torch.Generator | None = None) -> Perturbation:
         """ΔW of one simulated chip: every device of every layer drawn from the device model."""
+        return self.unflatten(self.sample_flat(generator))
+
+    def sample_flat(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        """ΔW of one chip as one flat vector over all mapped weights (layer order of :attr:`names`).
+
+        Same formula as :meth:`weight_delta`, applied to all layers at once:
+        ``ΔW = sign(W) · s_fs · Σ_i Δg_i 2**(-iB)`` with ``Δg`` from the device's prepared sampler.
+        """
+        flat = self._flat_layout()
+        deviation = flat.draw(generator)  # (M, total weights), level units
+        return torch.matmul(self._significance.to(deviation.dtype), deviation).mul_(flat.factor)
+
+    def unflatten(self, flat_delta: torch.Tensor) -> Perturbation:
+        """Split a flat vector (from :meth:`sample_flat`) into ``{name: tensor shaped like W}`` views."""
+        layout = self._flat_layout()
         return {
-            name: self.weight_delta(name, self.device.sample_deviation(layer.levels, generator))
-            for name, layer in self.layers.items()
+            name: flat_delta[start:stop].view(shape) for name, (start, stop, shape) in layout.spans.items()
         }
+
+    def chip_weights(self, flat_delta: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``W_q + ΔW`` for every mapped layer from a flat ΔW: one addition for the whole chip."""
+        return self.unflatten(self._flat_layout().nominal + flat_delta)
+
+    def _flat_layout(self) -> "_FlatLayout":
+        if self._flat is None:
+            m = self.slices
+            spans: dict[str, tuple[int, int, torch.Size]] = {}
+            start = 0
+            for name, layer in self.layers.items():
+                spans[name] = (start, start + layer.nominal.numel(), layer.nominal.shape)
+                start += layer.nominal.numel()
+            levels = torch.cat([layer.levels.reshape(m, -1) for layer in self.layers.values()], dim=1)
+            factor = torch.cat(
+                [(layer.sign * (layer.scale * self.full_scale_factor)).reshape(-1) for layer in self.layers.values()]
+            )
+            nominal = torch.cat([layer.nominal.reshape(-1) for layer in self.layers.values()])
+            self._flat = _FlatLayout(spans, factor, nominal, self.device.sampler(levels))
+        return self._flat
 
     def zeros(self) -> Perturbation:
         return {name: torch.zeros_like(layer.nominal) for name, layer in self.layers.items()}
@@ -192,10 +231,28 @@ class Crossbar:
             name: layer.nominal if perturbation is None else layer.nominal + perturbation[name]
             for name, layer in self.layers.items()
         }
-        output = functional_call(self.imported.module, weights, (x,), strict=False)
+        return self.logits_for_weights(x, weights)
+
+    def logits_for_weights(self, x: torch.Tensor, weights: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Model output on ``x`` with the mapped weights replaced by ``weights`` (e.g. :meth:`chip_weights`)."""
+        output = functional_call(self.imported.module, dict(weights), (x,), strict=False)
         if not isinstance(output, torch.Tensor):
             output = output[0]
         return output
+
+
+@dataclass
+class _FlatLayout:
+    """Every mapped weight of a crossbar in one flat vector, with the prepared device sampler."""
+
+    spans: dict[str, tuple[int, int, torch.Size]]
+    """``name -> (start, stop, shape)`` of each layer in the flat vector."""
+    factor: torch.Tensor
+    """``sign(W) · s_fs`` per weight."""
+    nominal: torch.Tensor
+    """``W_q`` per weight."""
+    draw: Callable[[torch.Generator | None], torch.Tensor]
+    """One chip's device deviations, shape ``(M, total weights)``, level units."""
 
 
 def check_within_bounds(perturbation: Mapping[str, torch.Tensor], bounds: Mapping[str, torch.Tensor], *, slack: float = 1e-6) -> None:

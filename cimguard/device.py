@@ -5,6 +5,21 @@ quantities handed between a device and the crossbar are in *level units* (one
 level = the conductance step ``(g_max_us - g_min_us) / (levels - 1)``), so the
 crossbar can turn them into weight perturbations without knowing the physics.
 Devices that are characterised in µS convert with :meth:`Device.to_levels`.
+
+A device's life has two stages, and the order matters:
+
+1. *programming* with write-verify: one programming attempt deviates by
+   ``N(0, programming_sigma(level))``; program-and-verify repeats it until
+   ``|deviation| <= thg``, so the accepted deviation is that normal truncated to
+   ``[-thg, thg]`` (exact inverse-CDF sampling, no rejection loop);
+2. *after programming* (optional): drift and read noise act on the programmed
+   conductance.  They happen after write-verify, so they are **not** truncated.
+
+Monte Carlo draws millions of devices per chip, so the hot path is prepared once
+per crossbar (:meth:`Device.sampler`): everything that depends only on the target
+levels is computed up front, and one chip costs one uniform draw, one ``erfinv``
+and a few multiplies per device.  ``sample_deviation`` runs the same code, so both
+give identical numbers for the same generator.
 """
 
 from __future__ import annotations
@@ -15,7 +30,7 @@ import tomllib
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Mapping
 
 import torch
 
@@ -52,13 +67,30 @@ class DeviceConfig:
         return 2**self.bits_per_device
 
 
+#: Devices per block when a CPU sampler draws a large crossbar (256 KiB of float32 per temporary).
+SAMPLER_BLOCK = 1 << 16
+
+DeviationSampler = Callable[[torch.Generator | None], torch.Tensor]
+"""``draw(generator) -> deviation``: one chip's deviations (level units) for fixed target levels."""
+
+AfterProgramming = Callable[[torch.Tensor, torch.Generator | None], torch.Tensor]
+"""``apply(deviation, generator) -> deviation``: drift/read noise for fixed target levels."""
+
+
+def check_non_negative(name: str, value: float, unit: str = "") -> None:
+    """One-line error for a parameter that must be a number ``>= 0`` (NaN rejected)."""
+    if math.isnan(value) or value < 0:
+        raise CimguardError(f"{name} must be >= 0{' (' + unit + ')' if unit else ''}, got {value}")
+
+
 class Device:
     """Base class of device models.
 
     Subclasses set ``Config`` to their frozen config dataclass and override
     :meth:`programming_sigma` (level units, may depend on the target level).
     Devices whose state changes after programming (drift, read noise) override
-    :meth:`after_programming`.
+    :meth:`prepare_after_programming` (fast: constants computed once per crossbar)
+    or, more simply, :meth:`after_programming`.
     """
 
     Config: ClassVar[type[DeviceConfig]] = DeviceConfig
@@ -84,9 +116,7 @@ class Device:
         device lands within ``thg``: the accepted deviation is the programming
         distribution truncated to ``[-thg, thg]``.
         """
-        sigma = self.programming_sigma(target_levels)
-        bound = self.config.thg
-        return truncated_normal(torch.zeros_like(sigma), sigma, -bound, bound, generator)
+        return self._programming_sampler(target_levels)(generator)
 
     def after_programming(
         self, target_levels: torch.Tensor, deviation: torch.Tensor, generator: torch.Generator | None = None
@@ -95,11 +125,82 @@ class Device:
 
         The default device is stable: it returns ``deviation`` unchanged.
         """
-        return deviation
+        apply = self.prepare_after_programming(target_levels)
+        return deviation if apply is None else apply(deviation, generator)
+
+    def prepare_after_programming(self, target_levels: torch.Tensor) -> AfterProgramming | None:
+        """Drift/read noise for fixed target levels, prepared once; ``None`` for a stable device."""
+        return None
 
     def sample_deviation(self, target_levels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Deviation (level units) of devices programmed to ``target_levels`` when they are read."""
-        return self.after_programming(target_levels, self.program(target_levels, generator), generator)
+        return self.sampler(target_levels)(generator)
+
+    def sampler(self, target_levels: torch.Tensor) -> DeviationSampler:
+        """Prepare to draw many chips for fixed ``target_levels``; ``draw(generator)`` gives one chip.
+
+        ``sampler(levels)(g)`` and ``sample_deviation(levels, g)`` are the same numbers.
+        On CPU, more than :data:`SAMPLER_BLOCK` devices are drawn block by block (in a
+        fixed order) so that every temporary of the device's arithmetic stays in cache.
+        """
+        count = target_levels.numel()
+        if target_levels.device.type != "cpu" or count <= SAMPLER_BLOCK:
+            return self._block_sampler(target_levels)
+        flat = target_levels.reshape(-1)
+        spans = [(start, min(start + SAMPLER_BLOCK, count)) for start in range(0, count, SAMPLER_BLOCK)]
+        blocks = [self._block_sampler(flat[start:stop]) for start, stop in spans]
+
+        def draw(generator: torch.Generator | None) -> torch.Tensor:
+            out = torch.empty(count, dtype=target_levels.dtype)
+            for (start, stop), block in zip(spans, blocks):
+                out[start:stop] = block(generator)
+            return out.view(target_levels.shape)
+
+        return draw
+
+    def _block_sampler(self, target_levels: torch.Tensor) -> DeviationSampler:
+        program = self._programming_sampler(target_levels)
+        if type(self).after_programming is not Device.after_programming:
+            # A subclass that overrides after_programming directly (the simple way) keeps working.
+            def after(deviation: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+                return self.after_programming(target_levels, deviation, generator)
+
+            apply: AfterProgramming | None = after
+        else:
+            apply = self.prepare_after_programming(target_levels)
+        if apply is None:
+            return program
+        return lambda generator: apply(program(generator), generator)
+
+    def _programming_sampler(self, target_levels: torch.Tensor) -> DeviationSampler:
+        """Write-verified programming, with every per-device constant computed here, once."""
+        sigma = self.programming_sigma(target_levels).to(target_levels.dtype)
+        if bool((sigma < 0).any()) or bool(sigma.isnan().any()):
+            raise CimguardError(f"{type(self).__name__} gave a negative or NaN programming sigma")
+        bound = float(self.config.thg)
+        shape, device, dtype = target_levels.shape, target_levels.device, target_levels.dtype
+        if math.isinf(bound):
+            def draw_plain(generator: torch.Generator | None) -> torch.Tensor:
+                return torch.empty(shape, device=device, dtype=dtype).normal_(generator=generator).mul_(sigma)
+
+            return draw_plain
+        # Truncated to [-b, b]: x = sqrt(2)·σ·erfinv(e·v), v ~ U(-1, 1), e = erf(b / (sqrt(2)·σ)).
+        # e is capped just below 1 so erfinv stays finite when the window is wide (|x| <= 5.3σ then).
+        sigma64 = sigma.double()
+        if sigma64.numel() and bool((sigma64 == sigma64.reshape(-1)[0]).all()):
+            # One σ for every device (e.g. gaussian): scalars instead of per-device tensors, less memory traffic.
+            sigma64 = sigma64.reshape(-1)[0]
+        width = torch.special.erf(bound / (math.sqrt(2.0) * sigma64.clamp_min(1e-300)))
+        width = width.clamp(max=1.0 - 2.0**-24).to(dtype)
+        scale = (math.sqrt(2.0) * sigma64).to(dtype)
+        if width.dim() == 0:
+            width, scale = float(width), float(scale)  # type: ignore[assignment]
+
+        def draw_verified(generator: torch.Generator | None) -> torch.Tensor:
+            v = torch.empty(shape, device=device, dtype=dtype).uniform_(-1.0, 1.0, generator=generator)
+            return v.mul_(width).erfinv_().mul_(scale).clamp_(-bound, bound)
+
+        return draw_verified
 
     def deviation_bound(self) -> float:
         """The largest ``|deviation|`` (level units) the worst-case solvers must consider."""

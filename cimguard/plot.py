@@ -31,3 +31,112 @@ def save_figure(figure, path: str | Path) -> Path:
 
         raise CimguardError(f"plot file {path} must end in .png, .pdf or .svg")
     return write_new_file(path, lambda tmp: figure.savefig(tmp, format=suffix, dpi=150))
+
+
+# -- compare (cimguard compare): worst-case and Monte Carlo accuracy of several models over thg --------
+
+
+def plot_comparison(rows, *, metric: str = "accuracy"):
+    """``metric`` against thg, one colour per model: solid worst case per solver, dashed Monte Carlo 1st percentile.
+
+    ``rows`` are :class:`cimguard.cli_harden.ModelComparison` records; ``metric`` is
+    ``accuracy``, or ``agreement`` in label-free mode.  Points not measured (Monte Carlo
+    skipped, a solver interrupted) are left out.
+    """
+    figure, axes = new_figure()
+    models = list(dict.fromkeys(row.model for row in rows))
+    solvers = list(dict.fromkeys(solver for row in rows for solver in row.worst_case))
+    markers = "osd^v<>"
+    for index, model in enumerate(models):
+        mine = sorted((row for row in rows if row.model == model), key=lambda row: row.thg)
+        colour = f"C{index % 10}"
+        label = Path(model).name if model else "model"
+        monte_carlo = [(row.thg, row.monte_carlo_p1) for row in mine if row.monte_carlo_p1 is not None]
+        if monte_carlo:
+            axes.plot(*zip(*monte_carlo), linestyle="--", color=colour, label=f"{label}: MC 1st pct")
+        for number, solver in enumerate(solvers):
+            worst = [(row.thg, row.worst_case[solver]) for row in mine if solver in row.worst_case]
+            if worst:
+                axes.plot(*zip(*worst), marker=markers[number % len(markers)], color=colour,
+                          label=f"{label}: worst ({solver})")
+    axes.set_xlabel("write-verify threshold thg (levels)")
+    axes.set_ylabel(metric)
+    axes.set_ylim(0, 1.02)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize="small")
+    return figure
+
+
+# -- evaluate --plot (cimguard evaluate): Monte Carlo accuracy histogram ------------------------------
+
+
+def plot_monte_carlo(stats, clean_accuracy: float, path=None, *, metric: str = "accuracy", title: str = ""):
+    """Histogram of chip accuracies (``stats``: a MonteCarloStats) with KPP percentiles and the clean chip.
+
+    Writes a new file when ``path`` is given; returns the figure.
+    """
+    import numpy as np
+
+    figure, axes = new_figure()
+    values = np.asarray(stats.accuracies, dtype=float)
+    # Accuracies are multiples of 1/len(data): centre one bin on each step, unless that needs > 40 bins.
+    distinct = np.unique(values)
+    step = float(np.diff(distinct).min()) if len(distinct) > 1 else 0.01
+    count = int(round((distinct[-1] - distinct[0]) / step)) + 1
+    edges = (
+        np.linspace(distinct[0] - step / 2, distinct[-1] + step / 2, count + 1)
+        if count <= 40
+        else np.linspace(distinct[0], distinct[-1], 41)
+    )
+    axes.hist(values, bins=edges, color="C0", alpha=0.75, label=f"{stats.samples} chips (seed {stats.seed})")
+    for index, (percentile, value) in enumerate(stats.percentiles.items()):
+        axes.axvline(value, color=f"C{index + 1}", linestyle="--", label=f"KPP p{percentile}: {value:.4f}")
+    axes.axvline(clean_accuracy, color="black", linewidth=2, label=f"clean chip: {clean_accuracy:.4f}")
+    axes.set_xlabel(f"chip {metric}")
+    axes.set_ylabel("chips")
+    if title:
+        axes.set_title(title, fontsize="medium")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize="small", loc="upper left")
+    if path is not None:
+        save_figure(figure, path)
+    return figure
+
+
+# -- worst-case sweeps (cimguard attack) ----------------------------------------------------------
+
+
+def plot_attack_sweep(sweep, path=None):
+    """Accuracy vs write-verify threshold: clean, Monte Carlo mean and KPP band, each solver's worst case.
+
+    ``sweep`` is a :class:`cimguard.solve.AttackSweep`; with ``path`` the figure is also written there.
+    """
+    figure, axes = new_figure()
+    points = sorted(sweep.points, key=lambda point: point.thg)
+    thgs = [point.thg for point in points]
+    axes.plot(thgs, [point.clean for point in points], color="black", linestyle="--", label="clean chip", zorder=3)
+    with_mc = [point for point in points if point.monte_carlo is not None]
+    if with_mc:
+        mc_thg = [point.thg for point in with_mc]
+        axes.plot(mc_thg, [point.monte_carlo.mean for point in with_mc], marker="o", color="tab:blue",
+                  label=f"Monte Carlo mean ({with_mc[0].monte_carlo.samples} chips)")
+        low = [point.monte_carlo.percentiles.get("1", point.monte_carlo.min) for point in with_mc]
+        axes.fill_between(mc_thg, low, [point.monte_carlo.mean for point in with_mc], color="tab:blue", alpha=0.2,
+                          label="KPP 1st percentile to mean")
+    markers = "svD^<>p*h"
+    colours = ("tab:red", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
+    for index, name in enumerate(sweep.solvers):
+        solved = [point for point in points if name in point.runs]
+        if solved:
+            axes.plot([point.thg for point in solved], [point.runs[name].accuracy for point in solved],
+                      marker=markers[index % len(markers)], color=colours[index % len(colours)],
+                      label=f"worst case ({name})")
+    axes.set_xlabel("write-verify threshold thg (levels)")
+    axes.set_ylabel(sweep.metric)
+    axes.set_ylim(-0.02, 1.02)
+    axes.grid(True, alpha=0.3)
+    figure.legend(loc="outside lower center", ncols=3, fontsize="small")
+    axes.set_title(f"{sweep.metric.capitalize()} vs write-verify threshold" + (" (interrupted)" if sweep.interrupted else ""))
+    if path is not None:
+        save_figure(figure, path)
+    return figure

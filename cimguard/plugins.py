@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import os
 from dataclasses import dataclass, field
 from typing import Any, Generic, Iterator, TypeVar
@@ -15,10 +16,17 @@ from cimguard.errors import CimguardError
 #: Built-in plugins, imported exactly as a third-party plugin would be.
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "cimguard_plugins.devices.gaussian",
+    "cimguard_plugins.devices.pcm",
+    "cimguard_plugins.devices.rram",
+    "cimguard_plugins.devices.fefet",
     "cimguard_plugins.datasets.digits",
     "cimguard_plugins.datasets.npz",
     "cimguard_plugins.solvers.flwc",
     "cimguard_plugins.solvers.pgd",
+    "cimguard_plugins.solvers.lwc",
+    "cimguard_plugins.trainers.noise",
+    "cimguard_plugins.trainers.trice",
+    "cimguard_plugins.trainers.atrice",
 )
 
 #: Set to any non-empty value to skip loading plugins from the ``cimguard``
@@ -69,14 +77,42 @@ class Registry(Generic[T]):
         return iter(self.names())
 
 
+#: Entry-point plugins that could not be loaded: ``{name: one-line reason}``.
+load_errors: dict[str, str] = {}
+#: Versions of the distributions that provided entry-point plugins, by plugin name.
+_versions: dict[str, str] = {}
+
+
 def _new_manager() -> pluggy.PluginManager:
     manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
     manager.add_hookspecs(hookspecs)
     for module_name in BUILTIN_PLUGINS:
         manager.register(importlib.import_module(module_name), name=module_name)
     if not os.environ.get(DISABLE_AUTOLOAD_ENV):
-        manager.load_setuptools_entrypoints(hookspecs.PROJECT_NAME)
+        _load_entry_points(manager)
     return manager
+
+
+def _load_entry_points(manager: pluggy.PluginManager) -> None:
+    """Register the ``cimguard`` entry-point plugins.
+
+    Unlike ``load_setuptools_entrypoints`` this keeps going past a plugin that
+    fails to import or validate: one broken third-party package must not take the
+    whole tool (``cimguard --help`` included) down with a traceback.
+    """
+    load_errors.clear()
+    _versions.clear()
+    for dist in importlib.metadata.distributions():
+        for entry_point in dist.entry_points:
+            if entry_point.group != hookspecs.PROJECT_NAME or manager.has_plugin(entry_point.name):
+                continue
+            try:
+                manager.register(entry_point.load(), name=entry_point.name)
+            except Exception as exc:  # noqa: BLE001 - any failure of third-party code is reported, not raised
+                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                load_errors[entry_point.name] = f"{type(exc).__name__}: {reason}".rstrip(": ")
+                continue
+            _versions[entry_point.name] = dist.version
 
 
 pm: pluggy.PluginManager = _new_manager()
@@ -127,16 +163,17 @@ def describe_plugins() -> list[dict[str, Any]]:
             names = [name for name, owner in registry(kind).owners.items() if owner == label]
             if names:
                 registered[kind] = sorted(names)
-        dist = next((d for p, d in pm.list_plugin_distinfo() if p is plugin), None)
         rows.append(
             {
                 "name": label,
                 "builtin": label in BUILTIN_PLUGINS,
-                "version": getattr(dist, "version", None) if dist else None,
+                "version": _versions.get(label),
                 "hooks": hooks,
                 "registers": registered,
             }
         )
+    for name, reason in load_errors.items():
+        rows.append({"name": name, "builtin": False, "version": None, "hooks": [], "registers": {}, "error": reason})
     return sorted(rows, key=lambda row: (not row["builtin"], row["name"]))
 
 
