@@ -6,7 +6,7 @@ import hashlib
 import math
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import click
 
@@ -76,6 +76,43 @@ def parse_solver_params(pairs: tuple[str, ...], solvers: list[str], iterations: 
     return {name: coerce_solver_options(name, options) for name, options in raw.items()}
 
 
+def solver_options(default: tuple[str, ...] = ("flwc",)) -> Callable:
+    """Decorator: ``--solver``, ``--iterations`` and ``--solver-param``, spelled the same in every command.
+
+    The command receives ``solver_names``, ``iterations`` and ``solver_params``; turn them into
+    validated solver names and options with :func:`solvers_from_options`.
+    """
+
+    def decorate(command: Callable) -> Callable:
+        command = click.option(
+            "--solver-param", "solver_params", multiple=True, metavar="[SOLVER.]FIELD=VALUE",
+            help="Set one solver option, e.g. flwc.k=20 or pgd.restarts=4 (repeatable; without SOLVER. it "
+                 "goes to every chosen solver that has FIELD).")(command)
+        command = click.option(
+            "--iterations", type=click.IntRange(min=1), default=None,
+            help="Passes over the evaluation data per solver (per start for pgd); default: each solver's own.")(command)
+        return click.option(
+            "--solver", "solver_names", multiple=True, default=default, show_default=True,
+            help="Worst-case solver(s): repeat or comma-separate (see `cimguard plugins`).")(command)
+
+    return decorate
+
+
+def solvers_from_options(solver_names: tuple[str, ...], iterations: int | None,
+                         solver_params: tuple[str, ...]) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """The values of :func:`solver_options` as solver names and typed options, every solver built once.
+
+    Building validates each solver's settings, so a bad value (``flwc.k=nan``) is a one-line
+    error before any Monte Carlo or search work starts.
+    """
+    from cimguard.solve import build_solvers
+
+    names = parse_solvers(solver_names)
+    options = parse_solver_params(solver_params, names, iterations)
+    build_solvers(names, options)
+    return names, options
+
+
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -83,16 +120,11 @@ def _sha256(path: Path) -> str:
 @click.command(name="attack")
 @model_option
 @setup_options
-@click.option("--solver", "solver_names", multiple=True, default=("flwc",), show_default=True,
-              help="Worst-case solver(s): repeat or comma-separate (see `cimguard plugins`).")
+@solver_options()
 @click.option("--thg", "thg_text", default=DEFAULT_THG, show_default=True,
               help="Write-verify thresholds to sweep, in level units, comma-separated.")
-@click.option("--iterations", type=click.IntRange(min=1), default=None,
-              help="Passes over the evaluation data per solver (per start for pgd); default: each solver's own.")
-@click.option("--solver-param", "solver_params", multiple=True, metavar="[SOLVER.]FIELD=VALUE",
-              help="Set one solver option, e.g. flwc.k=20 or pgd.restarts=4 (repeatable).")
 @click.option("--samples", type=click.IntRange(min=0), default=100, show_default=True,
-              help="Monte Carlo chips per thg (0 skips Monte Carlo).")
+              help="Monte Carlo chips per thg; 0 skips Monte Carlo (worst case only, the table shows '-').")
 @seed_option
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Write accuracy vs thg to a new .png/.pdf/.svg file.")
@@ -114,24 +146,18 @@ def attack(ctx, model, data, device_name, device_params, device_file, weight_bit
     the worst chip each --solver finds inside the write-verify box. Ctrl-C stops the
     search and reports the best chip found so far.
     """
-    from cimguard.report import check_new_output, write_json
+    from cimguard.report import PLOT_SUFFIXES, check_outputs, write_json
 
     if replay_path is not None:
         _replay(ctx, replay_path, model, data, device_name, device_params, device_file, weight_bits, label_free,
                 verify, torch_device, max_samples)
         return
+    # Every check before any work: thresholds, solvers (built, so their settings are validated), outputs.
     thgs = parse_thg_list(thg_text)
-    solvers = parse_solvers(solver_names)
-    options = parse_solver_params(solver_params, solvers, iterations)
-    outputs = [path for path in (json_path, plot_path, save_path) if path is not None]
-    for path in outputs:
-        check_new_output(path)
-    if len({Path(path).resolve() for path in outputs}) < len(outputs):
-        raise CimguardError("--json, --plot and --save-perturbation must name different files")
-    if plot_path is not None and Path(plot_path).suffix.lower() not in (".png", ".pdf", ".svg"):
-        raise CimguardError(f"plot file {plot_path} must end in .png, .pdf or .svg")
-    if save_path is not None and Path(save_path).suffix != ".npz":
-        raise CimguardError(f"perturbation file {save_path} must end in .npz")
+    solvers, options = solvers_from_options(solver_names, iterations, solver_params)
+    check_outputs({"--json": json_path, "--plot": plot_path, "--save-perturbation": save_path},
+                  suffixes={"--plot": PLOT_SUFFIXES, "--save-perturbation": (".npz",)},
+                  inputs=(model, data, device_file))
 
     from cimguard.evaluate import float_accuracy
     from cimguard.solve import attack_sweep, save_perturbation
@@ -187,8 +213,8 @@ def _print_header(setup, sweep, samples: int, seed: int) -> None:
                                                          if setup.data.label_free else ""))
     click.echo(f"device  {setup.device_name}, {setup.crossbar.num_weights} weights in {len(setup.crossbar.layers)} "
                f"layers, {setup.crossbar.config.weight_bits}-bit weights on {setup.crossbar.slices} devices each")
-    click.echo(f"seed    {seed}; Monte Carlo {samples} chips per thg; worst case: one ΔW shared by all "
-               f"{len(setup.data.labels)} inputs")
+    monte_carlo = f"Monte Carlo {samples} chips per thg" if samples else "Monte Carlo skipped (--samples 0)"
+    click.echo(f"seed    {seed}; {monte_carlo}; worst case: one ΔW shared by all {len(setup.data.labels)} inputs")
     click.echo("")
 
 

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 from cimguard.crossbar import Crossbar
 from cimguard.evaluate import EvalData, accuracy
-from cimguard.solve import make_problem, run_solver
+from cimguard.solve import build_solver, make_problem, run_solver
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,7 @@ def layer_sensitivity(
 
     Stops after the layer being searched when the search is interrupted (Ctrl-C).
     """
+    build_solver(solver, options)  # a bad option fails here, before any search
     clean = accuracy(crossbar, data)
     rows = []
     for name, layer in crossbar.layers.items():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +59,18 @@ class SolverConfig:
     """Iteration budget (each iteration is one pass over the evaluation data)."""
     kappa: float = 0.0
     """Confidence margin κ of the Carlini–Wagner loss."""
+
+    def validate(self) -> None:
+        """Raise :class:`CimguardError` for values no search can use (subclasses extend it)."""
+        if self.iterations < 0:
+            raise CimguardError(f"iterations must be >= 0, got {self.iterations}")
+        if not is_finite(self.kappa) or self.kappa < 0:
+            raise CimguardError(f"kappa must be a finite number >= 0, got {self.kappa}")
+
+
+def is_finite(value: Any) -> bool:
+    """True for a real number that is neither NaN nor infinite (what every numeric option must be)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 TraceCallback = Callable[[dict[str, Any]], None]
@@ -119,7 +132,12 @@ class Solver:
     summary: ClassVar[str] = ""
 
     def __init__(self, config: SolverConfig | None = None) -> None:
-        self.config = config if config is not None else self.Config()
+        config = config if config is not None else self.Config()
+        if not isinstance(config, self.Config):
+            raise TypeError(f"{type(self).__name__} needs a {self.Config.__name__}, got {type(config).__name__}")
+        # Validate here, not in search(): a bad option must fail before any work (Monte Carlo, other solvers).
+        config.validate()
+        self.config = config
         #: Show a tqdm progress bar (passes over the evaluation data).
         self.progress: bool = False
         #: Called with every trace record; raising ``KeyboardInterrupt`` stops the search cleanly.
@@ -269,6 +287,22 @@ def make_problem(crossbar: Crossbar, data: EvalData, thg: float | None = None,
     return AttackProblem(crossbar, data, bounds, thg)
 
 
+def build_solver(name: str, options: Mapping[str, Any] | None = None) -> Solver:
+    """Look up solver ``name`` and build it with ``options`` (validated: a bad value is a one-line error)."""
+    from cimguard.plugins import registry
+
+    solver_class = registry("solvers").get(name)
+    try:
+        return solver_class.from_options(**dict(options or {}))
+    except CimguardError as exc:
+        raise CimguardError(f"solver {name!r}: {exc}") from None
+
+
+def build_solvers(names: list[str], options: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Solver]:
+    """Build (and so validate) every solver before any work starts."""
+    return {name: build_solver(name, (options or {}).get(name)) for name in names}
+
+
 def run_solver(
     name: str,
     problem: AttackProblem,
@@ -279,10 +313,7 @@ def run_solver(
     callbacks: tuple[TraceCallback, ...] = (),
 ) -> SolverRun:
     """Look up solver ``name``, run it, and return its answer after the core's independent check."""
-    from cimguard.plugins import registry
-
-    solver_class = registry("solvers").get(name)
-    solver = solver_class.from_options(**dict(options or {}))
+    solver = build_solver(name, options)
     solver.progress = progress
     solver.callbacks.extend(callbacks)
     start = time.perf_counter()
@@ -329,7 +360,7 @@ def load_perturbation(path: str | Path, crossbar: Crossbar | None = None) -> tup
         with np.load(path, allow_pickle=False) as archive:
             meta = json.loads(str(archive[_META_KEY]))
             arrays = {key[len(_DELTA_PREFIX):]: archive[key] for key in archive.files if key.startswith(_DELTA_PREFIX)}
-    except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError, KeyError, json.JSONDecodeError):
         raise CimguardError(f"{path} is not a cimguard perturbation file (not a readable .npz with metadata)") from None
     if meta.get("format") != PERTURBATION_FORMAT:
         raise CimguardError(f"{path} is not a cimguard perturbation file (format {meta.get('format')!r})")
@@ -467,6 +498,7 @@ def attack_sweep(
     """
     from cimguard.evaluate import monte_carlo
 
+    build_solvers(list(solvers), options)  # a bad solver option fails here, before Monte Carlo
     clean = accuracy(crossbar, data)
     sweep = AttackSweep("agreement" if data.label_free else "accuracy", list(solvers), [])
     for thg in thgs:

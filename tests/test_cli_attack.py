@@ -52,13 +52,39 @@ def test_sweep_table_plot_json_and_replay(invoke, tmp_path):
     assert again.exit_code == 1 and "already exists" in again.output
 
 
+def test_solver_options_helper_is_reusable():
+    """Other commands (compare) reuse the same --solver/--iterations/--solver-param options and parsing."""
+    import click
+    from click.testing import CliRunner
+
+    from cimguard.cli_attack import solver_options, solvers_from_options
+    from cimguard.errors import CimguardError
+
+    @click.command()
+    @solver_options(default=("pgd",))
+    def probe(solver_names, iterations, solver_params):
+        names, options = solvers_from_options(solver_names, iterations, solver_params)
+        click.echo(f"{names} {options}")
+
+    result = CliRunner().invoke(probe, ["--solver", "flwc", "--solver", "pgd,flwc", "--iterations", "7",
+                                        "--solver-param", "stop_at_bound=false", "--solver-param", "pgd.k=4"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == ("['flwc', 'pgd'] {'flwc': {'iterations': 7, 'stop_at_bound': False}, "
+                                     "'pgd': {'iterations': 7, 'stop_at_bound': False, 'k': 4.0}}")
+    assert "['pgd']" in CliRunner().invoke(probe, []).output
+    with pytest.raises(CimguardError, match="solver 'pgd': k must be a finite number > 0, got nan"):
+        solvers_from_options(("pgd",), None, ("k=nan",))
+
+
 def test_label_free_reports_agreement_and_sensitivity(invoke):
-    result = invoke("attack", *SMALL, "--label-free", "--thg", "0.03", "--samples", "2", "--iterations", "3",
+    result = invoke("attack", *SMALL, "--label-free", "--thg", "0.03", "--samples", "0", "--iterations", "3",
                     "--sensitivity")
     assert result.exit_code == 0, result.output
     assert "agreement per write-verify threshold" in result.output
+    assert "Monte Carlo skipped (--samples 0)" in result.output
     rows = _table_rows(result.output)
     assert float(rows["0.03"][0]) == 1.0  # the clean chip agrees with itself
+    assert rows["0.03"][1:4] == ["-", "-", "-"]  # no Monte Carlo columns with --samples 0
     assert float(rows["0.03"][-1]) < 1.0
     assert "per-layer sensitivity" in result.output
     assert result.output.count(".weight") == 4
@@ -75,13 +101,29 @@ def test_label_free_reports_agreement_and_sensitivity(invoke):
         (("--solver-param", "flwc.k=abc"), "option k expects float"),
         (("--solver-param", "pgd.k=3"), "names solver 'pgd', which is not in --solver"),
         (("--solver-param", "k"), "expects [SOLVER.]FIELD=VALUE"),
-        (("--plot", "out.txt"), "must end in .png, .pdf or .svg"),
-        (("--save-perturbation", "out.txt"), "must end in .npz"),
+        (("--solver-param", "flwc.k=nan"), "solver 'flwc': k must be a finite number > 0, got nan"),
+        (("--solver-param", "k=inf"), "solver 'flwc': k must be a finite number > 0, got inf"),
+        (("--solver", "flwc,pgd", "--solver-param", "pgd.step=-1"), "solver 'pgd': step must be a finite number > 0"),
+        (("--solver", "lwc", "--solver-param", "c0=nan"), "solver 'lwc': c0 must be a finite number > 0"),
+        (("--solver-param", "kappa=-1"), "solver 'flwc': kappa must be a finite number >= 0"),
+        (("--solver-param", "iterations=1.5"), "option iterations expects int"),
+        (("--plot", "out.txt"), "--plot file out.txt must end in .png, .pdf or .svg"),
+        (("--save-perturbation", "out.txt"), "--save-perturbation file out.txt must end in .npz"),
         (("--replay", "missing.npz"), "does not exist"),
-        (("--json", "out.npz", "--save-perturbation", "out.npz"), "must name different files"),
+        (("--json", "out.npz", "--save-perturbation", "out.npz"),
+         "--json and --save-perturbation name the same file; give each its own path"),
     ],
 )
 def test_bad_input_is_one_line(invoke, tmp_path, monkeypatch, args, message):
+    import cimguard.cli_attack
+    import cimguard.evaluate
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("bad input must be refused before any setup or Monte Carlo work")
+
+    # Every check runs before the model is even loaded.
+    monkeypatch.setattr(cimguard.cli_attack, "setup_from_options", no_work)
+    monkeypatch.setattr(cimguard.evaluate, "monte_carlo", no_work)
     monkeypatch.chdir(tmp_path)
     result = invoke("attack", *SMALL, *args)
     assert result.exit_code == 1

@@ -11,6 +11,7 @@ from cimguard.evaluate import accuracy, monte_carlo
 from cimguard.plugins import registry
 from cimguard.solve import (
     WorstCase,
+    build_solver,
     linf_ratio,
     load_perturbation,
     make_problem,
@@ -99,6 +100,22 @@ def test_pgd_never_worse_than_flwc(small, flwc_budget, pgd_budget):
     assert pgd.accuracy <= flwc.accuracy
 
 
+def test_pgd_matches_flwc_without_the_stop_rule(small):
+    """With stop_at_bound=false on both (and flwc's budget within pgd's), pgd's first start is flwc's run."""
+    problem = make_problem(small.crossbar, small.data, 0.01)
+    options = {"k": 4, "iterations": 9, "stop_at_bound": False}
+    flwc = run_solver("flwc", problem, seed=1, options=options)
+    pgd = run_solver("pgd", problem, seed=1, options={**options, "restarts": 1})
+    flwc_accuracies = [record["accuracy"] for record in flwc.worst.trace]
+    assert len(flwc_accuracies) == 10  # no stop at the box (reached after 4 steps): all 9 steps + final
+    first = [record["accuracy"] for record in pgd.worst.trace if record["phase"] == "start 0 (flwc)"]
+    assert first == flwc_accuracies
+    assert pgd.accuracy <= flwc.accuracy
+    # A shorter flwc run is a prefix too.
+    short = run_solver("flwc", problem, seed=1, options={**options, "iterations": 6})
+    assert pgd.accuracy <= short.accuracy
+
+
 def test_lwc_searches_c_and_stays_in_the_box(small):
     problem = make_problem(small.crossbar, small.data, 0.03)
     run = run_solver("lwc", problem, seed=0, options={"iterations": 12, "passes": 2, "c0": 1e-3})
@@ -113,12 +130,34 @@ def test_lwc_searches_c_and_stays_in_the_box(small):
             outside = record["c"]
         else:
             inside = record["c"]
-        expected.append(expected[-1] * 10 if outside is None else ((inside or 0.0) + outside) / 2)
+        # Geometric bisection: c grows by x10, so the midpoint is taken in log c.
+        if outside is None:
+            expected.append(expected[-1] * 10)
+        elif inside is None:
+            expected.append(expected[-1] / 10)
+        else:
+            expected.append((inside * outside) ** 0.5)
     assert cs == pytest.approx(expected)
+    assert any(abs(np.log10(c) - round(np.log10(c))) > 0.1 for c in cs)  # the search did bisect
     assert cs[1] == pytest.approx(1e-2)  # the first run, c = 1e-3, stays well inside the box
     assert any(record["distance"] >= 1.0 for record in trace)
     assert linf_ratio(run.worst.perturbation, problem.bounds) <= 1.0 + 1e-6
     assert run.accuracy < accuracy(small.crossbar, small.data)
+
+
+def test_lwc_run_starts_from_the_given_chip(small):
+    """warm_start: a run begins at the best chip so far (u = ΔW / bound), zero-bound layers stay at 0."""
+    from cimguard.solve import Tracker
+
+    first = small.crossbar.names[1]
+    problem = make_problem(small.crossbar, small.data, 0.03, layers=(first,))
+    solver = build_solver("lwc", {"passes": 1, "score_passes": False})
+    start = {name: -0.5 * bound for name, bound in problem.bounds.items()}
+    tracker = Tracker(problem, solver, None, "test")
+    delta, reached = solver._run(problem, small.crossbar.generator(0), tracker, 0.0, 1e-9, 0, start)
+    assert reached == pytest.approx(0.5, abs=1e-4)
+    assert all(torch.allclose(delta[n], start[n], atol=1e-6) for n in delta)
+    assert all(float(delta[n].abs().max()) == 0.0 for n in delta if n != first)
 
 
 def test_verified_rejects_out_of_box_answers_and_recomputes_accuracy(small):
@@ -216,12 +255,51 @@ def test_saved_perturbation_round_trip(small, tmp_path):
         load_perturbation(other)
 
 
-def test_solver_config_errors_are_one_line(small):
+@pytest.mark.parametrize(
+    "solver, options, message",
+    [
+        ("flwc", {"k": 0}, "k must be a finite number > 0, got 0"),
+        ("flwc", {"k": float("nan")}, "k must be a finite number > 0, got nan"),
+        ("flwc", {"k": float("inf")}, "k must be a finite number > 0, got inf"),
+        ("flwc", {"iterations": -1}, "iterations must be >= 0"),
+        ("flwc", {"kappa": float("nan")}, "kappa must be a finite number >= 0"),
+        ("pgd", {"k": float("inf")}, "k must be a finite number > 0"),
+        ("pgd", {"step": float("nan")}, "step must be a finite number > 0"),
+        ("pgd", {"restarts": -1}, "restarts and halvings must be >= 0"),
+        ("lwc", {"c0": float("inf")}, "c0 must be a finite number > 0"),
+        ("lwc", {"lr": float("nan")}, "lr must be a finite number >= 0"),
+        ("lwc", {"tol": -1.0}, "tol must be a finite number >= 0"),
+        ("lwc", {"passes": 0}, "runs, passes and batch_size must be >= 1"),
+    ],
+)
+def test_solver_settings_are_checked_when_built(solver, options, message):
+    """Validation happens in Solver.__init__, so a bad value fails before any search work."""
+    with pytest.raises(CimguardError, match=f"^solver '{solver}': {message}"):
+        build_solver(solver, options)
+    solver_class = registry("solvers").get(solver)
+    with pytest.raises(CimguardError, match=message):
+        solver_class(solver_class.Config(**options))
+
+
+def test_unknown_solver_and_bad_options_fail_before_work(small, monkeypatch):
+    import cimguard.evaluate
+    from cimguard.sensitivity import layer_sensitivity
+    from cimguard.solve import attack_sweep
+
     problem = make_problem(small.crossbar, small.data, 0.03)
-    with pytest.raises(CimguardError, match="k must be > 0"):
-        run_solver("flwc", problem, options={"k": 0})
     with pytest.raises(CimguardError, match="unknown solver 'nope'"):
         run_solver("nope", problem)
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started before the solver settings were checked")
+
+    monkeypatch.setattr(cimguard.evaluate, "monte_carlo", no_work)
+    with pytest.raises(CimguardError, match="solver 'pgd': k must be"):
+        attack_sweep(small.crossbar, small.data, [0.01], ["flwc", "pgd"], samples=5,
+                     options={"pgd": {"k": float("nan")}})
+    monkeypatch.setattr("cimguard.sensitivity.run_solver", no_work)
+    with pytest.raises(CimguardError, match="solver 'flwc': k must be"):
+        layer_sensitivity(small.crossbar, small.data, 0.03, "flwc", options={"k": -1.0})
 
 
 def test_solvers_work_on_an_imported_resnet18_label_free(tmp_path):

@@ -11,6 +11,7 @@ the gradient pass itself, so the trace costs no extra forward passes.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +24,7 @@ from cimguard.solve import (
     Solver,
     SolverConfig,
     Tracker,
+    is_finite,
     linf_ratio,
     margin_gradient_with_accuracy,
 )
@@ -33,16 +35,20 @@ from cimguard.evaluate import accuracy
 class FLWCConfig(SolverConfig):
     """F-LWC options (``iterations`` is the budget of sign steps)."""
 
+    iterations: int = 60
+    """Budget of sign steps (each one pass over the data); with ``stop_at_bound`` the box ends the
+    search after about ``k`` steps.  The same default as ``pgd`` so that their guarantee holds with
+    ``stop_at_bound=false`` too."""
     k: float = 10.0
     """Steps to cross the box: the step is ``η = bound / k`` (the authors use 10 or 20)."""
     stop_at_bound: bool = True
-    """Stop once ``max |ΔW|`` reaches the bound (the paper's rule); False: use the whole budget."""
+    """Stop once ``max |ΔW|`` reaches the bound (the paper's rule); False: use the whole budget.
+    ``pgd`` is guaranteed no worse than ``flwc`` only when both use the same value (see ``pgd``)."""
 
     def validate(self) -> None:
-        if not self.k > 0:
-            raise CimguardError(f"flwc: k must be > 0, got {self.k}")
-        if self.iterations < 0:
-            raise CimguardError(f"flwc: iterations must be >= 0, got {self.iterations}")
+        super().validate()
+        if not is_finite(self.k) or self.k <= 0:
+            raise CimguardError(f"k must be a finite number > 0, got {self.k}")
 
 
 def sign_descent(
@@ -95,11 +101,10 @@ class FLWC(Solver):
     def total_passes(self, problem: AttackProblem) -> int:
         config = self.config
         if config.stop_at_bound:
-            return min(config.iterations, int(torch.ceil(torch.tensor(config.k)).item()))
+            return min(config.iterations, math.ceil(config.k))
         return config.iterations
 
     def search(self, problem: AttackProblem, generator: torch.Generator, tracker: Tracker) -> None:
-        self.config.validate()
         sign_descent(problem, problem.crossbar.zeros(), self.config.iterations, flwc_step(problem, self.config.k),
                      self.config.kappa, tracker, stop_at_bound=self.config.stop_at_bound)
 

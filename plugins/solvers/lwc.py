@@ -1,14 +1,18 @@
 """``lwc``: Lagrangian worst-case search (LWC) with the Carlini–Wagner margin and Adam.
 
 For a multiplier ``c`` one *run* minimises, with Adam over ``u = ΔW / bound``
-(``u`` starts at 0 each run, mini-batches of the evaluation set, ``passes`` passes)::
+(from the best chip so far with ``warm_start``, else from 0; mini-batches of the
+evaluation set, ``passes`` passes)::
 
     c · Σ_batch margin(W + ΔW)  +  D(u),     D(u) = thg · Σ u²   (CW-style squared distance)
 
 The run's *achieved distance* is ``d = max |u|`` (1.0 = the write-verify box).  The
 multiplier is searched as in Yan, Hu, Shi, TCAD 2024: ``c ← 10 c`` until a run
 reaches the box, then bisection between the last ``c`` that stayed inside and the
-first that reached it; the search stops early when ``|d − 1| · thg < tol``.
+first that reached it; the search stops early when ``|d − 1| · thg < tol``.  Since
+``c`` moves by factors of 10, the bisection is geometric (``c = √(inside · outside)``,
+and ``c ← c / 10`` while no run has stayed inside).  With ``warm_start`` (default) a
+run starts from the best chip found so far instead of ``ΔW = 0``.
 Every run's answer is projected into the box (a no-op for runs that stayed
 inside) and scored, as is (``score_passes``, default on) the projected iterate after
 every pass; the best chip seen is returned.  Scoring more than the run ends costs one
@@ -32,7 +36,7 @@ import torch
 from cimguard.errors import CimguardError
 from cimguard.evaluate import accuracy
 from cimguard.hookspecs import hookimpl
-from cimguard.solve import AttackProblem, Solver, SolverConfig, Tracker, linf_ratio, margin_loss, project
+from cimguard.solve import AttackProblem, Perturbation, Solver, SolverConfig, Tracker, is_finite, linf_ratio, margin_loss, project
 
 
 @dataclass(frozen=True)
@@ -57,12 +61,20 @@ class LWCConfig(SolverConfig):
     """Stop the search when ``|d − 1| · thg`` is below this (authors: 1e-5)."""
     score_passes: bool = True
     """Also score the projected iterate after every pass (one more forward pass each), not only each run's end."""
+    warm_start: bool = True
+    """Start each run from the best chip found so far (False: from ``ΔW = 0``, as the authors)."""
 
     def validate(self) -> None:
-        if self.iterations < 0 or self.runs < 1 or self.passes < 1 or self.batch_size < 1:
-            raise CimguardError("lwc: iterations must be >= 0 and runs, passes, batch_size >= 1")
-        if not self.c0 > 0 or self.lr < 0 or self.tol < 0:
-            raise CimguardError(f"lwc: need c0 > 0, lr >= 0, tol >= 0 (got c0={self.c0}, lr={self.lr}, tol={self.tol})")
+        super().validate()
+        if self.runs < 1 or self.passes < 1 or self.batch_size < 1:
+            raise CimguardError(f"runs, passes and batch_size must be >= 1, got {self.runs}, {self.passes}, "
+                                f"{self.batch_size}")
+        if not is_finite(self.c0) or self.c0 <= 0:
+            raise CimguardError(f"c0 must be a finite number > 0, got {self.c0}")
+        if not is_finite(self.lr) or self.lr < 0:
+            raise CimguardError(f"lr must be a finite number >= 0 (0: automatic), got {self.lr}")
+        if not is_finite(self.tol) or self.tol < 0:
+            raise CimguardError(f"tol must be a finite number >= 0, got {self.tol}")
 
 
 class LWC(Solver):
@@ -74,7 +86,6 @@ class LWC(Solver):
 
     def search(self, problem: AttackProblem, generator: torch.Generator, tracker: Tracker) -> None:
         config = self.config
-        config.validate()
         n = len(problem.data.labels)
         steps_per_run = config.passes * math.ceil(n / config.batch_size)
         lr = config.lr or 2.6 / steps_per_run
@@ -84,7 +95,8 @@ class LWC(Solver):
             if budget < config.passes:
                 break
             budget -= config.passes
-            delta, reached = self._run(problem, generator, tracker, c, lr, run)
+            start = tracker.best if config.warm_start else None
+            delta, reached = self._run(problem, generator, tracker, c, lr, run, start)
             feasible = project(delta, problem.bounds)
             acc = accuracy(problem.crossbar, problem.data, feasible)
             tracker.record(feasible, acc, record="run", run=run, c=c, distance=reached, lr=lr)
@@ -94,17 +106,26 @@ class LWC(Solver):
                 outside = c
             else:
                 inside = c
+            # c moves by factors of 10, so the bisection is geometric: the midpoint in log c.
             if outside is None:
                 c *= 10.0
+            elif inside is None:
+                c /= 10.0
             else:
-                c = ((inside or 0.0) + outside) / 2.0
+                c = math.sqrt(inside * outside)
 
     def _run(self, problem: AttackProblem, generator: torch.Generator, tracker: Tracker, c: float, lr: float,
-             run: int):
+             run: int, start: Perturbation | None = None):
+        """One Adam run at multiplier ``c`` from ``start`` (feasible; None: ``ΔW = 0``)."""
         bounds = problem.bounds
-        scale = {name: bound.clamp_min(torch.finfo(bound.dtype).tiny) for name, bound in bounds.items()}
         live = {name: bound > 0 for name, bound in bounds.items()}
-        u = {name: torch.zeros_like(bound, requires_grad=True) for name, bound in bounds.items()}
+        u = {}
+        for name, bound in bounds.items():
+            if start is None:
+                u[name] = torch.zeros_like(bound, requires_grad=True)
+            else:  # u = ΔW / bound; weights with a zero bound stay at 0
+                ratio = torch.where(live[name], start[name] / torch.where(live[name], bound, 1.0), 0.0)
+                u[name] = ratio.detach().clone().requires_grad_(True)
         optimiser = torch.optim.Adam(list(u.values()), lr=lr)
         x_all, y_all = problem.data.x, problem.data.labels
         done = 0
@@ -129,7 +150,6 @@ class LWC(Solver):
             done += 1
         with torch.no_grad():
             delta = {name: (u[name] * bounds[name]).detach() for name in u}
-        del scale
         return delta, linf_ratio(delta, bounds)
 
 

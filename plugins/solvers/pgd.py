@@ -2,14 +2,23 @@
 
 A stronger, slower search than F-LWC for the same box ``|ΔW| <= bound``:
 
-1. the first start *is* F-LWC: the same sign steps of ``bound / k`` from ``ΔW = 0``
-   until the box is reached (F-LWC's stop rule).  F-LWC with the same ``k`` and ``κ``
-   and any budget sees a prefix of this trajectory, so pgd's answer is never worse
-   than flwc's, by construction.  It then continues from the best chip so far with
+1. the first start *is* F-LWC with the same ``k``, ``κ`` and ``stop_at_bound``: the same
+   sign steps of ``bound / k`` from ``ΔW = 0``, by the same code, for up to
+   ``max(iterations, ⌈k⌉ + 1)`` steps (with ``stop_at_bound``, until the box is reached,
+   normally after ``⌈k⌉`` steps).  It then continues from the best chip so far with
    decaying steps until the start has used ``iterations`` steps;
 2. every further restart starts from a uniform random point of the box and runs
    the decaying schedule;
 3. the best chip over all starts is returned.
+
+**When pgd ≤ flwc is guaranteed.**  Both keep the best chip they score, so pgd is
+never worse than an ``flwc`` run whose iterates are a prefix of pgd's first start:
+same ``k``, ``κ`` and ``stop_at_bound``, and flwc stops no later than pgd's F-LWC phase,
+i.e. ``flwc.iterations <= max(pgd.iterations, ⌈k⌉ + 1)`` or (with ``stop_at_bound``) the
+phase reaches the box.  The defaults (both ``stop_at_bound=true``, both 60 iterations)
+satisfy it; so does ``cimguard attack --iterations N`` with unprefixed ``--solver-param
+k=…``/``stop_at_bound=…``, which set both solvers alike.  An flwc run without the stop
+rule and a longer budget than pgd's explores corners pgd never visits and may do better.
 
 The step of the decaying phase starts at ``step · bound`` and halves ``halvings``
 times, evenly over the phase; every iterate is projected back into the box.
@@ -24,7 +33,7 @@ import torch
 
 from cimguard.errors import CimguardError
 from cimguard.hookspecs import hookimpl
-from cimguard.solve import AttackProblem, Solver, SolverConfig, Tracker
+from cimguard.solve import AttackProblem, Solver, SolverConfig, Tracker, is_finite
 from cimguard_plugins.solvers.flwc import flwc_step, sign_descent
 
 
@@ -39,16 +48,22 @@ class PGDConfig(SolverConfig):
     """Random starts after the first (F-LWC) start."""
     k: float = 10.0
     """Step of the first start's F-LWC phase: ``bound / k`` (as ``flwc``'s ``k``)."""
+    stop_at_bound: bool = True
+    """The first start's F-LWC phase stops at the box (as ``flwc``'s option); False: it uses
+    the whole first start, like ``flwc`` with ``stop_at_bound=false``."""
     step: float = 0.25
     """First step of the decaying phase, as a fraction of the bound."""
     halvings: int = 4
     """How many times the step halves, evenly spread over the decaying phase."""
 
     def validate(self) -> None:
-        if self.iterations < 0 or self.restarts < 0 or self.halvings < 0:
-            raise CimguardError("pgd: iterations, restarts and halvings must be >= 0")
-        if not self.k > 0 or not self.step > 0:
-            raise CimguardError(f"pgd: k and step must be > 0, got k={self.k}, step={self.step}")
+        super().validate()
+        if self.restarts < 0 or self.halvings < 0:
+            raise CimguardError(f"restarts and halvings must be >= 0, got {self.restarts} and {self.halvings}")
+        if not is_finite(self.k) or self.k <= 0:
+            raise CimguardError(f"k must be a finite number > 0, got {self.k}")
+        if not is_finite(self.step) or self.step <= 0:
+            raise CimguardError(f"step must be a finite number > 0, got {self.step}")
 
 
 def _halving_schedule(length: int, halvings: int):
@@ -62,20 +77,22 @@ class PGD(Solver):
     Config = PGDConfig
     summary = "projected sign-gradient descent, step decay, random restarts; first start = F-LWC"
 
+    def flwc_phase(self) -> int:
+        """Step budget of the first start's F-LWC phase (flwc with at most this budget is a prefix of it)."""
+        # +1: float rounding may leave the k-th iterate a hair inside the box; the stop rule decides.
+        return max(self.config.iterations, math.ceil(self.config.k) + 1)
+
     def total_passes(self, problem: AttackProblem) -> int:
-        first = max(self.config.iterations, math.ceil(self.config.k) + 1)
-        return first + self.config.iterations * self.config.restarts
+        return self.flwc_phase() + self.config.iterations * self.config.restarts
 
     def search(self, problem: AttackProblem, generator: torch.Generator, tracker: Tracker) -> None:
         config = self.config
-        config.validate()
         kappa = config.kappa
-        # Start 0 is the whole F-LWC trajectory (same k, κ, code and stop rule).  F-LWC with
-        # any budget sees a prefix of it, so pgd's best is never worse than flwc's.
-        # (+1: float rounding may leave the k-th iterate a hair inside the box; the stop rule decides.)
-        _, flwc_passes = sign_descent(problem, problem.crossbar.zeros(), math.ceil(config.k) + 1,
-                                      flwc_step(problem, config.k), kappa, tracker, stop_at_bound=True,
-                                      label="start 0 (flwc)")
+        # Start 0 is the F-LWC trajectory (same k, κ, stop rule and code), so any flwc run that
+        # stops no later is a prefix of it and pgd's best is never worse than flwc's.
+        _, flwc_passes = sign_descent(problem, problem.crossbar.zeros(), self.flwc_phase(),
+                                      flwc_step(problem, config.k), kappa, tracker,
+                                      stop_at_bound=config.stop_at_bound, label="start 0 (flwc)")
         decay_step = {name: bound * config.step for name, bound in problem.bounds.items()}
         remaining = config.iterations - flwc_passes
         if remaining > 0 and tracker.best is not None:
