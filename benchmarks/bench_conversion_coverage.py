@@ -28,35 +28,11 @@ TOLERANCE = 1e-4
 
 
 def _cases(folder: str):
-    import numpy as np
-    import onnx
-    from onnx import numpy_helper
+    # The test suite's reader of the onnx wheel's models, so both count the same cases.
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests.backend_data import backend_cases
 
-    def tensor(path: Path) -> np.ndarray:
-        proto = onnx.TensorProto()
-        proto.ParseFromString(path.read_bytes())
-        return numpy_helper.to_array(proto)
-
-    root = Path(onnx.__file__).parent / "backend" / "test" / "data" / folder
-    if folder == "light":
-        for path in sorted(root.glob("light_*.onnx")):
-            model = onnx.load(str(path), load_external_data=False)
-            initializers = {init.name for init in model.graph.initializer}
-            inputs = []
-            for value in model.graph.input:
-                if value.name in initializers:
-                    continue
-                shape = tuple(d.dim_value if d.HasField("dim_value") else 1 for d in value.type.tensor_type.shape.dim)
-                count = int(np.prod(shape))
-                inputs.append((np.arange(count).reshape(shape) / count).astype(np.float32))
-            yield path.stem, path, [(inputs, [tensor(root / f"{path.stem}_output_0.pb")])]
-    else:
-        for case in sorted(root.iterdir()):
-            sets = []
-            for data_set in sorted(case.glob("test_data_set_*")):
-                sets.append(([tensor(p) for p in sorted(data_set.glob("input_*.pb"))],
-                             [tensor(p) for p in sorted(data_set.glob("output_*.pb"))]))
-            yield case.name, case / "model.onnx", sets
+    return backend_cases(folder)
 
 
 def _worker(engine: str, folder: str, threads: int) -> None:

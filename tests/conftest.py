@@ -37,6 +37,15 @@ def setup(default_model_path):
 
 
 @pytest.fixture()
+def one_thread():
+    """One torch thread: the small models here train faster without intra-op threading."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture()
 def runner():
     return CliRunner()
 

@@ -15,12 +15,7 @@ from cimguard.errors import CimguardError
 FAST = ("--epochs", "2", "--batch-size", "128")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _nodes(model: onnx.ModelProto):

@@ -24,8 +24,8 @@ from onnx import numpy_helper
 
 from cimguard.errors import CimguardError
 from cimguard.model import import_model, output_mismatch
+from tests.backend_data import DATA, light_inputs, read_tensor
 
-DATA = Path(onnx.__file__).parent / "backend" / "test" / "data"
 PYTORCH_CONVERTED = DATA / "pytorch-converted"
 LIGHT = DATA / "light"
 
@@ -39,12 +39,6 @@ TOLERANCE = 1e-4
 
 #: Light models that materialise the largest weights (VGG-19 ~550 MB).
 HEAVY_LIGHT = {"light_vgg19", "light_zfnet512", "light_bvlc_alexnet"}
-
-
-def _tensor(path: Path) -> np.ndarray:
-    tensor = onnx.TensorProto()
-    tensor.ParseFromString(path.read_bytes())
-    return numpy_helper.to_array(tensor)
 
 
 def _pytorch_converted() -> list[str]:
@@ -88,8 +82,8 @@ def _worst_error(path: Path, cases: list[tuple[list[np.ndarray], list[np.ndarray
 def _pytorch_converted_cases(name: str) -> list[tuple[list[np.ndarray], list[np.ndarray]]]:
     cases = []
     for data_set in sorted((PYTORCH_CONVERTED / name).glob("test_data_set_*")):
-        inputs = [_tensor(p) for p in sorted(data_set.glob("input_*.pb"))]
-        outputs = [_tensor(p) for p in sorted(data_set.glob("output_*.pb"))]
+        inputs = [read_tensor(p) for p in sorted(data_set.glob("input_*.pb"))]
+        outputs = [read_tensor(p) for p in sorted(data_set.glob("output_*.pb"))]
         cases.append((inputs, outputs))
     assert cases
     return cases
@@ -113,17 +107,8 @@ def test_pytorch_converted(name):
 @pytest.mark.parametrize("name", _light())
 def test_light_model_zoo(name):
     path = LIGHT / f"{name}.onnx"
-    model = onnx.load(str(path))
-    initializers = {init.name for init in model.graph.initializer}
-    inputs = []
-    for value in model.graph.input:
-        if value.name in initializers:
-            continue
-        shape = tuple(d.dim_value if d.HasField("dim_value") else 1 for d in value.type.tensor_type.shape.dim)
-        count = int(np.prod(shape))
-        inputs.append((np.arange(count).reshape(shape) / count).astype(np.float32))
-    reference = _tensor(LIGHT / f"{name}_output_0.pb")
-    del model
+    inputs = light_inputs(onnx.load(str(path)))
+    reference = read_tensor(LIGHT / f"{name}_output_0.pb")
     try:
         assert _worst_error(path, [(inputs, [reference])]) <= TOLERANCE
     finally:

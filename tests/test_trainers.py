@@ -24,13 +24,7 @@ from cimguard_plugins.trainers.noise import NoiseTrainer
 from cimguard_plugins.trainers.trice import TriceConfig, TriceTrainer
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # The model is tiny: one thread is faster than two contending ones.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture()
