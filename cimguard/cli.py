@@ -94,16 +94,10 @@ def evaluate(model, data, device_name, device_params, device_file, weight_bits, 
              max_samples, thg, samples, seed, json_path, plot_path) -> None:
     """Clean and Monte Carlo accuracy of a model on simulated CiM chips."""
     from cimguard.evaluate import accuracy, float_accuracy, monte_carlo
-    from cimguard.report import check_new_output, write_json
+    from cimguard.report import PLOT_SUFFIXES, check_outputs, write_json
 
-    if json_path:
-        check_new_output(json_path)
-    if plot_path:
-        check_new_output(plot_path)
-        if json_path and os.path.abspath(json_path) == os.path.abspath(plot_path):
-            raise CimguardError("--json and --plot name the same file; give each its own path")
-        if plot_path.lower().rsplit(".", 1)[-1] not in ("png", "pdf", "svg"):
-            raise CimguardError(f"plot file {plot_path} must end in .png, .pdf or .svg")
+    check_outputs({"--json": json_path, "--plot": plot_path}, suffixes={"--plot": PLOT_SUFFIXES},
+                  inputs=tuple(p for p in (model, device_file) if p))
     setup = setup_from_options(model, data, device_name, device_params, device_file, weight_bits, label_free,
                                verify, torch_device, max_samples, thg)
     clean = accuracy(setup.crossbar, setup.data)

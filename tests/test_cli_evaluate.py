@@ -185,3 +185,11 @@ def test_reports_are_readable_like_any_new_file(invoke, tmp_path):
     os.umask(umask)
     assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]  # no temporary left behind
+
+
+def test_output_that_is_the_input_model_is_refused(invoke, tmp_path, default_model_path):
+    model = tmp_path / "m.onnx"
+    model.write_bytes(default_model_path.read_bytes())
+    message = _error(invoke("evaluate", "--model", model, "--samples", "2", "--json", model))
+    assert "refusing to overwrite the input file" in message
+    assert model.read_bytes() == default_model_path.read_bytes()
