@@ -225,13 +225,16 @@ class Crossbar:
         return generator
 
     # -- running the model ------------------------------------------------------------------
-    def logits(self, x: torch.Tensor, perturbation: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
-        """Model output on ``x`` for the chip ``W_q + ΔW`` (``perturbation=None``: a perfect chip)."""
-        weights = {
+    def perturbed_weights(self, perturbation: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """The chip's weights ``W_q + ΔW`` by layer (``perturbation=None``: a perfect chip)."""
+        return {
             name: layer.nominal if perturbation is None else layer.nominal + perturbation[name]
             for name, layer in self.layers.items()
         }
-        return self.logits_for_weights(x, weights)
+
+    def logits(self, x: torch.Tensor, perturbation: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Model output on ``x`` for the chip ``W_q + ΔW`` (``perturbation=None``: a perfect chip)."""
+        return self.logits_for_weights(x, self.perturbed_weights(perturbation))
 
     def logits_for_weights(self, x: torch.Tensor, weights: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Model output on ``x`` with the mapped weights replaced by ``weights`` (e.g. :meth:`chip_weights`)."""

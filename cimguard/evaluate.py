@@ -54,10 +54,8 @@ def predictions(
 @torch.no_grad()
 def accuracy(crossbar: Crossbar, data: EvalData, perturbation: Mapping[str, torch.Tensor] | None = None) -> float:
     """Fraction of ``data`` classified as its label by the chip ``W_q + perturbation``."""
-    correct = 0
-    for x, y in data.batches():
-        correct += int((crossbar.logits(x, perturbation).argmax(dim=1) == y).sum())
-    return correct / len(data.labels)
+    # The chip's weights are formed once, not once per batch.
+    return weights_accuracy(crossbar, data, crossbar.perturbed_weights(perturbation))
 
 
 @torch.no_grad()
