@@ -35,6 +35,7 @@ from typing import Any, Callable, ClassVar, Mapping
 import torch
 
 from cimguard.errors import CimguardError
+from cimguard.options import coerce, field_types, type_name
 
 
 @dataclass(frozen=True)
@@ -264,40 +265,19 @@ def parse_param_overrides(pairs: typing.Iterable[str]) -> dict[str, str]:
 def build_config(config_class: type[DeviceConfig], params: Mapping[str, Any], *, origin: str = "") -> DeviceConfig:
     """A config from text or typed values, with errors naming the bad field."""
     fields = {f.name: f for f in dataclasses.fields(config_class)}
-    hints = typing.get_type_hints(config_class)
+    hints = field_types(config_class)
     values: dict[str, Any] = {}
     for key, raw in params.items():
         if key not in fields:
             known = ", ".join(fields)
             raise CimguardError(f"unknown device parameter {key!r}{origin} (parameters: {known})")
-        values[key] = _coerce(key, raw, hints[key])
+        try:
+            values[key] = coerce(raw, hints[key])
+        except ValueError:
+            raise CimguardError(f"device parameter {key} must be a {type_name(hints[key])}, got {raw!r}") from None
     config = config_class(**values)
     config.validate()
     return config
-
-
-def _coerce(key: str, raw: Any, hint: Any) -> Any:
-    kind = hint if isinstance(hint, type) else typing.get_origin(hint) or hint
-    try:
-        if kind is bool:
-            if isinstance(raw, bool):
-                return raw
-            if str(raw).lower() in ("1", "true", "yes", "on"):
-                return True
-            if str(raw).lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(raw)
-        if kind is int:
-            if isinstance(raw, float) and not raw.is_integer():
-                raise ValueError(raw)
-            return int(raw)
-        if kind is float:
-            return float(raw)
-        if kind is str:
-            return str(raw)
-    except (TypeError, ValueError):
-        raise CimguardError(f"device parameter {key} must be a {kind.__name__}, got {raw!r}") from None
-    return raw
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from cimguard.crossbar import Crossbar, Perturbation, check_within_bounds
 from cimguard.errors import CimguardError
+from cimguard.options import coerce, field_types, type_name
 from cimguard.evaluate import EvalData, accuracy
 
 
@@ -391,31 +392,17 @@ def solver_option_names(name: str) -> set[str]:
 
 def coerce_solver_options(name: str, raw: Mapping[str, Any]) -> dict[str, Any]:
     """Text values (``--solver-param k=20``) typed by solver ``name``'s config; unknown fields are skipped."""
-    import typing
-
     from cimguard.plugins import registry
 
-    config_class = registry("solvers").get(name).Config
-    hints = typing.get_type_hints(config_class)
+    hints = field_types(registry("solvers").get(name).Config)
     result: dict[str, Any] = {}
     for key, value in raw.items():
-        if key not in hints or not isinstance(value, str):
-            if key in hints:
-                result[key] = value
+        if key not in hints:
             continue
-        kind = hints[key]
         try:
-            if kind is bool:
-                lowered = value.lower()
-                if lowered not in ("true", "false", "1", "0", "yes", "no"):
-                    raise ValueError(value)
-                result[key] = lowered in ("true", "1", "yes")
-            elif kind in (int, float, str):
-                result[key] = kind(value)
-            else:
-                result[key] = value
+            result[key] = coerce(value, hints[key]) if isinstance(value, str) else value
         except ValueError:
-            raise CimguardError(f"solver {name!r}: option {key} expects {getattr(kind, '__name__', kind)}, got {value!r}") from None
+            raise CimguardError(f"solver {name!r}: option {key} expects {type_name(hints[key])}, got {value!r}") from None
     return result
 
 

@@ -1,0 +1,51 @@
+"""Typing option values that arrive as text (``--device-param``, ``--solver-param``, TOML).
+
+Configs are frozen dataclasses; a field's annotation says what its text must become.
+"""
+
+from __future__ import annotations
+
+import typing
+from typing import Any
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def field_types(config_class: type) -> dict[str, Any]:
+    """``{field: annotation}`` of a config dataclass, with string annotations resolved."""
+    return typing.get_type_hints(config_class)
+
+
+def type_name(hint: Any) -> str:
+    kind = hint if isinstance(hint, type) else typing.get_origin(hint) or hint
+    return getattr(kind, "__name__", str(kind))
+
+
+def coerce(raw: Any, hint: Any) -> Any:
+    """``raw`` as the type ``hint`` names (bool, int, float, str); other types pass through.
+
+    Raises ``ValueError`` when the text does not spell a value of that type; callers
+    turn it into a one-line error that names their option.
+    """
+    kind = hint if isinstance(hint, type) else typing.get_origin(hint) or hint
+    try:
+        if kind is bool:
+            if isinstance(raw, bool):
+                return raw
+            if str(raw).lower() in _TRUE:
+                return True
+            if str(raw).lower() in _FALSE:
+                return False
+            raise ValueError(raw)
+        if kind is int:
+            if isinstance(raw, float) and not raw.is_integer():
+                raise ValueError(raw)
+            return int(raw)
+        if kind is float:
+            return float(raw)
+        if kind is str:
+            return str(raw)
+    except TypeError:
+        raise ValueError(raw) from None
+    return raw
