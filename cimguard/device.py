@@ -35,7 +35,7 @@ from typing import Any, Callable, ClassVar, Mapping
 import torch
 
 from cimguard.errors import CimguardError
-from cimguard.options import coerce, field_types, type_name
+from cimguard.options import checked_config, coerce, field_types, type_name
 
 
 @dataclass(frozen=True)
@@ -99,11 +99,7 @@ class Device:
     source: ClassVar[str] = ""
 
     def __init__(self, config: DeviceConfig | None = None) -> None:
-        config = config if config is not None else self.Config()
-        if not isinstance(config, self.Config):
-            raise TypeError(f"{type(self).__name__} needs a {self.Config.__name__}, got {type(config).__name__}")
-        config.validate()
-        self.config = config
+        self.config = checked_config(self, config)
 
     # -- physics -------------------------------------------------------------------------
     def programming_sigma(self, target_levels: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,8 @@
-"""Typing option values that arrive as text (``--device-param``, ``--solver-param``, TOML).
+"""Plugin configs: checking a config for its owner, and typing option values given as text.
 
-Configs are frozen dataclasses; a field's annotation says what its text must become.
+Devices, solvers and trainers each take a frozen config dataclass (``Config``); a
+field's annotation says what text from ``--device-param``, ``--solver-param`` or
+TOML must become.
 """
 
 from __future__ import annotations
@@ -49,3 +51,17 @@ def coerce(raw: Any, hint: Any) -> Any:
     except TypeError:
         raise ValueError(raw) from None
     return raw
+
+
+def checked_config(owner: Any, config: Any | None) -> Any:
+    """``config`` (``owner.Config()`` when ``None``) after checking its type and running ``validate()``.
+
+    Devices, solvers and trainers call this in ``__init__`` so a bad option fails
+    when the object is built, before any work starts.
+    """
+    config_class = type(owner).Config
+    config = config if config is not None else config_class()
+    if not isinstance(config, config_class):
+        raise TypeError(f"{type(owner).__name__} needs a {config_class.__name__}, got {type(config).__name__}")
+    config.validate()
+    return config

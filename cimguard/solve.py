@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from cimguard.crossbar import Crossbar, Perturbation, check_within_bounds
 from cimguard.errors import CimguardError
-from cimguard.options import coerce, field_types, type_name
+from cimguard.options import checked_config, coerce, field_types, type_name
 from cimguard.evaluate import EvalData, accuracy
 
 
@@ -133,12 +133,8 @@ class Solver:
     summary: ClassVar[str] = ""
 
     def __init__(self, config: SolverConfig | None = None) -> None:
-        config = config if config is not None else self.Config()
-        if not isinstance(config, self.Config):
-            raise TypeError(f"{type(self).__name__} needs a {self.Config.__name__}, got {type(config).__name__}")
-        # Validate here, not in search(): a bad option must fail before any work (Monte Carlo, other solvers).
-        config.validate()
-        self.config = config
+        # Validated here, not in search(): a bad option must fail before any work.
+        self.config = checked_config(self, config)
         #: Show a tqdm progress bar (passes over the evaluation data).
         self.progress: bool = False
         #: Called with every trace record; raising ``KeyboardInterrupt`` stops the search cleanly.

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from cimguard.crossbar import Crossbar, Perturbation
 from cimguard.errors import CimguardError
+from cimguard.options import checked_config
 
 #: Bumped when the checkpoint layout changes; older checkpoints are refused.
 CHECKPOINT_FORMAT = 1
@@ -151,11 +152,7 @@ class Trainer:
     summary: ClassVar[str] = ""
 
     def __init__(self, config: TrainerConfig | None = None) -> None:
-        config = config if config is not None else self.Config()
-        if not isinstance(config, self.Config):
-            raise TypeError(f"{type(self).__name__} needs a {self.Config.__name__}, got {type(config).__name__}")
-        config.validate()
-        self.config = config
+        self.config = checked_config(self, config)
 
     @classmethod
     def from_options(cls, name: str | None = None, **options: Any) -> "Trainer":
