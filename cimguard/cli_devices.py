@@ -126,7 +126,7 @@ def _print_device(record: dict[str, Any]) -> None:
     conductances = ", ".join(f"{g:.4g}" for g in record["level_conductance_us"])
     sigmas = ", ".join(f"{s:.4g}" for s in record["programming_sigma_levels"])
     click.echo(f"levels              {record['levels']} (step {record['level_step_us']:.4g} µS): {conductances} µS")
-    click.echo(f"programming σ       {sigmas} (level units, one attempt, before write-verify)")
+    click.echo(f"programming σ       {sigmas} (level units, before truncation at thg)")
     click.echo(f"worst-case bound    {record['deviation_bound_levels']:.4g} levels per device (deviation_bound)")
     click.echo("")
     click.echo(textwrap.fill(f"source: {record['source'] or '(none given)'}", width=100, subsequent_indent="  "))

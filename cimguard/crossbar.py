@@ -20,25 +20,36 @@ as a separate device, as in the authors' reference code.
 A perturbation is plain data: ``{torch_name: ΔW}``.  Evaluating a chip never
 mutates the model; it calls the module functionally with ``W_q + ΔW``.
 
-Sampling is done on one flat layout of every device of every mapped layer
-(``(M, total weights)``), prepared once per crossbar, so one chip is a handful of
-tensor operations whatever the number of layers (see :meth:`Crossbar.sample_flat`).
+Sampling is done on one flat layout of every mapped weight, prepared once per
+crossbar, so one chip costs a few tensor operations per block of weights whatever
+the number of layers (see :meth:`Crossbar.sample_flat`).  On CPU the weights are
+drawn in blocks of about :data:`CPU_SAMPLE_BLOCK` devices, each block turned into
+ΔW at once, so the temporaries of the device's arithmetic stay in cache and the
+``(M, total weights)`` deviations of a large model never exist in memory at once.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Mapping
 
 import torch
 from torch.func import functional_call
 
-from cimguard.device import Device
+from cimguard.device import Device, DeviationSampler
 from cimguard.errors import CimguardError
 from cimguard.model import MAPPABLE_OPS, ImportedModel, MappedWeight
 
 Perturbation = dict[str, torch.Tensor]
 """``{torch_name: ΔW}`` over the mapped weights; one simulated chip."""
+
+#: Devices drawn per block on CPU.  32,768 float32 values are 128 KiB per temporary (in L2 cache),
+#: and torch runs element-wise ops of this size on one thread, so a sampler thread running
+#: beside the forward pass (see :func:`cimguard.evaluate.monte_carlo`) keeps to one core.
+CPU_SAMPLE_BLOCK = 1 << 15
+
+#: Devices drawn per block on accelerators: large, to launch few kernels, but bounded in memory.
+ACCELERATOR_SAMPLE_BLOCK = 1 << 24
 
 
 @dataclass(frozen=True)
@@ -178,12 +189,15 @@ class Crossbar:
     def sample_flat(self, generator: torch.Generator | None = None) -> torch.Tensor:
         """ΔW of one chip as one flat vector over all mapped weights (layer order of :attr:`names`).
 
-        Same formula as :meth:`weight_delta`, applied to all layers at once:
-        ``ΔW = sign(W) · s_fs · Σ_i Δg_i 2**(-iB)`` with ``Δg`` from the device's prepared sampler.
+        Same formula as :meth:`weight_delta`, applied block by block to all layers at once:
+        ``ΔW = sign(W) · s_fs · Σ_i Δg_i 2**(-iB)`` with ``Δg`` from the device's prepared samplers.
         """
         flat = self._flat_layout()
-        deviation = flat.draw(generator)  # (M, total weights), level units
-        return torch.matmul(self._significance.to(deviation.dtype), deviation).mul_(flat.factor)
+        delta = torch.empty_like(flat.nominal)
+        for start, stop, draw in flat.blocks:
+            deviation = draw(generator)  # (M, block weights), level units
+            torch.mv(deviation.t(), self._significance.to(deviation.dtype), out=delta[start:stop])
+        return delta.mul_(flat.factor)
 
     def unflatten(self, flat_delta: torch.Tensor) -> Perturbation:
         """Split a flat vector (from :meth:`sample_flat`) into ``{name: tensor shaped like W}`` views."""
@@ -209,7 +223,13 @@ class Crossbar:
                 [(layer.sign * (layer.scale * self.full_scale_factor)).reshape(-1) for layer in self.layers.values()]
             )
             nominal = torch.cat([layer.nominal.reshape(-1) for layer in self.layers.values()])
-            self._flat = _FlatLayout(spans, factor, nominal, self.device.sampler(levels))
+            block_devices = CPU_SAMPLE_BLOCK if self.torch_device.type == "cpu" else ACCELERATOR_SAMPLE_BLOCK
+            per_block = max(1, block_devices // m)
+            blocks = [
+                (begin, min(begin + per_block, start), self.device.sampler(levels[:, begin : begin + per_block].contiguous()))
+                for begin in range(0, start, per_block)
+            ]
+            self._flat = _FlatLayout(spans, factor, nominal, blocks)
         return self._flat
 
     def zeros(self) -> Perturbation:
@@ -246,7 +266,7 @@ class Crossbar:
 
 @dataclass
 class _FlatLayout:
-    """Every mapped weight of a crossbar in one flat vector, with the prepared device sampler."""
+    """Every mapped weight of a crossbar in one flat vector, with the prepared device samplers."""
 
     spans: dict[str, tuple[int, int, torch.Size]]
     """``name -> (start, stop, shape)`` of each layer in the flat vector."""
@@ -254,8 +274,14 @@ class _FlatLayout:
     """``sign(W) · s_fs`` per weight."""
     nominal: torch.Tensor
     """``W_q`` per weight."""
-    draw: Callable[[torch.Generator | None], torch.Tensor]
-    """One chip's device deviations, shape ``(M, total weights)``, level units."""
+    blocks: list[tuple[int, int, DeviationSampler]]
+    """``(start, stop, draw)``: weights ``start:stop`` and the sampler of their ``(M, stop - start)`` devices.
+
+    A chip draws the blocks in this order from one generator."""
+
+    def deviations(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        """One chip's device deviations, shape ``(M, total weights)``, level units (the same stream as a chip)."""
+        return torch.cat([draw(generator) for _, _, draw in self.blocks], dim=1)
 
 
 def check_within_bounds(perturbation: Mapping[str, torch.Tensor], bounds: Mapping[str, torch.Tensor], *, slack: float = 1e-6) -> None:

@@ -68,9 +68,6 @@ class DeviceConfig:
         return 2**self.bits_per_device
 
 
-#: Devices per block when a CPU sampler draws a large crossbar (256 KiB of float32 per temporary).
-SAMPLER_BLOCK = 1 << 16
-
 DeviationSampler = Callable[[torch.Generator | None], torch.Tensor]
 """``draw(generator) -> deviation``: one chip's deviations (level units) for fixed target levels."""
 
@@ -137,25 +134,9 @@ class Device:
         """Prepare to draw many chips for fixed ``target_levels``; ``draw(generator)`` gives one chip.
 
         ``sampler(levels)(g)`` and ``sample_deviation(levels, g)`` are the same numbers.
-        On CPU, more than :data:`SAMPLER_BLOCK` devices are drawn block by block (in a
-        fixed order) so that every temporary of the device's arithmetic stays in cache.
+        The crossbar prepares one sampler per block of weights (see
+        :data:`cimguard.crossbar.CPU_SAMPLE_BLOCK`), so ``target_levels`` is a cache-sized block there.
         """
-        count = target_levels.numel()
-        if target_levels.device.type != "cpu" or count <= SAMPLER_BLOCK:
-            return self._block_sampler(target_levels)
-        flat = target_levels.reshape(-1)
-        spans = [(start, min(start + SAMPLER_BLOCK, count)) for start in range(0, count, SAMPLER_BLOCK)]
-        blocks = [self._block_sampler(flat[start:stop]) for start, stop in spans]
-
-        def draw(generator: torch.Generator | None) -> torch.Tensor:
-            out = torch.empty(count, dtype=target_levels.dtype)
-            for (start, stop), block in zip(spans, blocks):
-                out[start:stop] = block(generator)
-            return out.view(target_levels.shape)
-
-        return draw
-
-    def _block_sampler(self, target_levels: torch.Tensor) -> DeviationSampler:
         program = self._programming_sampler(target_levels)
         if type(self).after_programming is not Device.after_programming:
             # A subclass that overrides after_programming directly (the simple way) keeps working.

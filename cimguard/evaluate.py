@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+from contextlib import closing
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Iterator, Mapping
 
 import numpy as np
 import torch
@@ -118,22 +121,65 @@ def _splitmix64(value: int) -> int:
 
 @torch.no_grad()
 def monte_carlo(
-    crossbar: Crossbar, data: EvalData, samples: int = 100, seed: int = 0, *, progress: bool = True
+    crossbar: Crossbar,
+    data: EvalData,
+    samples: int = 100,
+    seed: int = 0,
+    *,
+    progress: bool = True,
+    prefetch: bool | None = None,
 ) -> MonteCarloStats:
     """Accuracy of ``samples`` chips drawn from the device model, reproducible for a seed.
 
-    Cost per chip: one flat draw of every device (prepared once per crossbar), one
+    Cost per chip: one draw of every device (prepared once per crossbar), one
     addition ``W_q + ΔW``, and one forward pass over the data.  Chips run one after
     the other: on CPU a plain loop over chips measured faster than ``vmap`` over chips
-    or grouped convolutions for a small CNN.  Each chip has its own generator
-    (:func:`chip_seed`), so any grouping of chips would give the same numbers.
+    or grouped convolutions for a small CNN.  With ``prefetch`` (the default on a CPU
+    with more than one core) the next chip is drawn on a second thread while this
+    chip's forward pass runs, so the draw adds no wall time while a core is free for
+    it.  Each chip has its own generator (:func:`chip_seed`), so the numbers are the
+    same with or without prefetch, and for any grouping of chips.
     """
+    if prefetch is None:
+        prefetch = crossbar.torch_device.type == "cpu" and usable_cores() > 1
     accuracies = []
-    chips = tqdm(range(samples), desc="Monte Carlo chips", unit="chip", disable=not progress, leave=False)
-    for chip in chips:
-        delta = crossbar.sample_flat(crossbar.generator(chip_seed(seed, chip)))
-        accuracies.append(weights_accuracy(crossbar, data, crossbar.chip_weights(delta)))
+    # closing(): an error or Ctrl-C in a forward pass stops the sampler thread now, not at garbage collection.
+    with closing(_chip_deltas(crossbar, samples, seed, prefetch)) as deltas:
+        for delta in tqdm(deltas, total=samples, desc="Monte Carlo chips", unit="chip", disable=not progress,
+                          leave=False):
+            accuracies.append(weights_accuracy(crossbar, data, crossbar.chip_weights(delta)))
     return summarise(accuracies, seed)
+
+
+def _chip_deltas(crossbar: Crossbar, samples: int, seed: int, prefetch: bool) -> Iterator[torch.Tensor]:
+    """Flat ΔW of chips ``0 … samples-1`` in order; with ``prefetch`` the next one is drawn on a thread."""
+
+    @torch.no_grad()  # grad mode is per thread: the worker needs its own
+    def draw(chip: int) -> torch.Tensor:
+        return crossbar.sample_flat(crossbar.generator(chip_seed(seed, chip)))
+
+    if not prefetch or samples < 2:
+        yield from map(draw, range(samples))
+        return
+    first = draw(0)  # in this thread: prepares the crossbar's sampling layout before the worker uses it
+    # torch releases the GIL inside its kernels, so the draw and the forward pass run on two cores.
+    # Leaving the block (end, error, Ctrl-C) waits for the one draw in flight, a few milliseconds.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cimguard-chip-sampler") as worker:
+        pending = worker.submit(draw, 1)
+        yield first
+        for chip in range(2, samples):
+            delta = pending.result()
+            pending = worker.submit(draw, chip)
+            yield delta
+        yield pending.result()
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # no sched_getaffinity outside Linux
+        return os.cpu_count() or 1
 
 
 def summarise(accuracies: list[float], seed: int) -> MonteCarloStats:

@@ -41,7 +41,7 @@ def test_devices_lists_built_ins_with_sources(invoke):
         assert any(line.startswith(name + " ") for line in result.output.splitlines()), name
     rows = json.loads(invoke("devices", "--json").output)
     sources = {row["name"]: row["source"] for row in rows}
-    assert "aihwkit" in sources["pcm"] and "Milo" in sources["rram"] and "Jerry" in sources["fefet"]
+    assert "aihwkit" in sources["pcm"] and "Milo" in sources["rram"] and "Soliman" in sources["fefet"]
 
 
 def test_devices_lists_profiles_from_a_device_file(invoke, device_file):
@@ -57,7 +57,7 @@ def test_devices_lists_profiles_from_a_device_file(invoke, device_file):
     [
         ("pcm", ["Nandakumar", "0.26348", "t0", "seconds", "worst-case bound"]),
         ("rram", ["-0.009107", "4.78232", "CrossSim", "50, 108.3, 166.7, 225 µS"]),
-        ("fefet", ["Jerry", "IEDM 2017", "sigma_levels", "level units"]),
+        ("fefet", ["Soliman", "Nature Communications 14, 6272 (2023)", "sigma_levels_mv", "38", "mV", "level units"]),
     ],
 )
 def test_show_prints_parameters_units_and_source(invoke, name, expected):
@@ -117,7 +117,7 @@ def test_evaluate_plot_writes_a_png_and_never_overwrites(invoke, tmp_path):
         (["--device", "rram", "--device-param", "bits_per_device=0"], "levels >= 2"),
         (["--device", "pcm", "--device-param", "t=-5"], "t must be >= 0"),
         (["--device", "pcm", "--device-param", "colour=red"], "unknown device parameter 'colour'"),
-        (["--device", "fefet", "--device-param", "sigma_levels=0.1"], "one value per level"),
+        (["--device", "fefet", "--device-param", "sigma_levels_mv=40"], "one value per level"),
         (["--device", "memristor"], "unknown device 'memristor'"),
     ],
 )

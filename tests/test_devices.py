@@ -72,22 +72,28 @@ def test_rram_default_range_and_levels():
 # -- FeFET: a σ per level ----------------------------------------------------------------------------
 
 
-def test_fefet_uses_its_per_level_sigma_table_and_truncates():
-    device = create_device("fefet", {"bits_per_device": 2, "sigma_levels": "0.05,0.1,0.2,0.3", "thg": 0.15})
+def test_fefet_uses_its_per_level_sigma_table_in_mv_and_truncates():
+    # σ per level in mV over a 400 mV Vth step: 20, 40, 80, 120 mV are 0.05 … 0.3 level.
+    device = create_device("fefet", {"sigma_levels_mv": "20,40,80,120", "thg": 0.15})
     for level, sigma in enumerate((0.05, 0.1, 0.2, 0.3)):
         sample = _draw(device, level, seed=20 + level)
         assert float(sample.abs().max()) <= 0.15
         _assert_std(sample, _truncated_std(sigma, 0.15))
+    finer = create_device("fefet", {"sigma_levels_mv": [20, 40, 80, 120], "vth_step_mv": 200.0, "thg": float("inf")})
+    assert finer.config.sigma_levels_mv == (20.0, 40.0, 80.0, 120.0)
+    _assert_std(_draw(finer, 3, seed=4), 0.6)
 
 
-def test_fefet_default_sigma_everywhere_and_toml_list_accepted():
-    device = create_device("fefet", {"thg": float("inf")})
-    assert device.config.levels == 16
-    assert torch.allclose(device.programming_sigma(torch.arange(16.0)), torch.full((16,), 0.1))
-    _assert_std(_draw(device, 7, seed=3), 0.1)
-    listed = create_device("fefet", {"bits_per_device": 1, "sigma_levels": [0.2, 0.1]})
-    assert listed.config.sigma_levels == (0.2, 0.1)
-    assert "Jerry" in device.source and "2312.15444" in device.source
+def test_fefet_default_is_the_measured_soliman_profile_cut_at_three_sigma():
+    # Soliman et al., Nat. Commun. 2023: 4 states, 400 mV apart, measured max σ(Vth) 38 mV; netlist cut at 3σ.
+    device = create_device("fefet")
+    assert device.config.levels == 4
+    assert torch.allclose(device.programming_sigma(torch.arange(4.0)), torch.full((4,), 38.0 / 400.0))
+    assert device.config.thg == pytest.approx(3 * 38.0 / 400.0)
+    sample = _draw(device, 2, seed=3)
+    assert float(sample.abs().max()) <= 3 * 0.095
+    _assert_std(sample, _truncated_std(0.095, 3 * 0.095))  # 0.986 σ: 37.5 mV
+    assert "Soliman" in device.source and "10.1038/s41467-023-42110-y" in device.source
 
 
 # -- PCM: aihwkit's PCMLikeNoiseModel -----------------------------------------------------------------
@@ -224,10 +230,11 @@ def test_a_device_overriding_after_programming_is_honoured_by_the_sampler():
     "name,params,message",
     [
         ("gaussian", {"sigma": "-0.1"}, "sigma must be >= 0"),
-        ("fefet", {"sigma": -1}, "sigma must be >= 0"),
-        ("fefet", {"sigma_levels": "0.1,0.2"}, "one value per level"),
-        ("fefet", {"bits_per_device": 1, "sigma_levels": "0.1,-0.2"}, "sigma_levels must all be >= 0"),
-        ("fefet", {"sigma_levels": "a,b"}, "list of numbers"),
+        ("fefet", {"sigma_mv": -1}, "sigma_mv must be >= 0"),
+        ("fefet", {"vth_step_mv": 0}, "vth_step_mv must be > 0"),
+        ("fefet", {"sigma_levels_mv": "40,38"}, "one value per level"),
+        ("fefet", {"bits_per_device": 1, "sigma_levels_mv": "40,-2"}, "sigma_levels_mv must all be >= 0"),
+        ("fefet", {"sigma_levels_mv": "a,b"}, "list of numbers"),
         ("rram", {"bits_per_device": 0}, "levels >= 2"),
         ("rram", {"thg": -0.01}, "thg must be >= 0"),
         ("rram", {"sigma_offset_us": -1.0}, "negative"),
@@ -246,17 +253,22 @@ def test_bad_parameters_are_one_line_errors(name, params, message):
     assert "\n" not in str(excinfo.value)
 
 
-def test_large_crossbars_are_drawn_block_by_block_with_the_same_statistics(monkeypatch):
-    import cimguard.device as device_module
+def test_crossbars_draw_cache_sized_blocks_and_keep_each_levels_statistics(monkeypatch, default_model_path):
+    import cimguard.crossbar as crossbar_module
+    from cimguard.pipeline import build_setup
 
-    monkeypatch.setattr(device_module, "SAMPLER_BLOCK", 1000)
-    device = create_device("rram", {"thg": 0.05})
-    levels = torch.randint(0, 4, (4, 25_000), generator=torch.Generator().manual_seed(0)).float()
-    blocked = device.sampler(levels)(torch.Generator().manual_seed(1))
-    assert blocked.shape == levels.shape
-    assert torch.equal(blocked, device.sample_deviation(levels, torch.Generator().manual_seed(1)))
-    assert float(blocked.abs().max()) <= 0.05
+    monkeypatch.setattr(crossbar_module, "CPU_SAMPLE_BLOCK", 1000)
+    crossbar = build_setup(default_model_path, "digits", "rram", {"thg": 0.05}, torch_device="cpu").crossbar
+    flat = crossbar._flat_layout()
+    m, per_block = crossbar.slices, 1000 // crossbar.slices
+    assert len(flat.blocks) == math.ceil(crossbar.num_weights / per_block)
+    assert [start for start, _, _ in flat.blocks] == list(range(0, crossbar.num_weights, per_block))
+    # Each block's sampler got its own weights' levels: every level keeps the Milo σ of its conductance.
+    levels = torch.cat([layer.levels.reshape(m, -1) for layer in crossbar.layers.values()], dim=1)
+    draws = torch.cat([flat.deviations(crossbar.generator(seed)) for seed in range(4)], dim=1)
+    levels = levels.repeat(1, 4)
+    assert draws.shape == levels.shape and float(draws.abs().max()) <= 0.05
     step = (225.0 - 50.0) / 3
     for level in range(4):
-        sample = blocked[levels == level].double()
+        sample = draws[levels == level].double()
         _assert_std(sample, _truncated_std(_milo_sigma_levels(50.0 + level * step, step), 0.05))

@@ -12,7 +12,7 @@ def test_flat_sample_is_the_documented_weight_delta(setup):
     crossbar = setup.crossbar
     flat = crossbar._flat_layout()
     generator = crossbar.generator(5)
-    deviation = flat.draw(generator)  # (M, all weights), the device's own draw
+    deviation = flat.deviations(generator)  # (M, all weights), the device's own draws
     chip = crossbar.sample(crossbar.generator(5))
     start = 0
     for name, layer in crossbar.layers.items():
@@ -49,6 +49,44 @@ def test_monte_carlo_chips_are_reproducible_one_by_one(setup):
     # The same seed again is identical; another seed differs.
     assert monte_carlo(crossbar, data, samples=6, seed=3, progress=True).accuracies == stats.accuracies
     assert monte_carlo(crossbar, data, samples=6, seed=4, progress=False).accuracies != stats.accuracies
+
+
+def test_prefetching_chips_on_a_thread_gives_the_same_numbers(setup):
+    crossbar, data = setup.crossbar, setup.data
+    serial = monte_carlo(crossbar, data, samples=5, seed=7, progress=False, prefetch=False)
+    prefetched = monte_carlo(crossbar, data, samples=5, seed=7, progress=False, prefetch=True)
+    assert prefetched.accuracies == serial.accuracies
+    assert monte_carlo(crossbar, data, samples=1, seed=7, progress=False, prefetch=True).accuracies == serial.accuracies[:1]
+
+
+def test_prefetch_draws_one_chip_ahead_and_stops_on_an_error(setup, monkeypatch):
+    import threading
+
+    import pytest
+
+    import cimguard.evaluate as evaluate_module
+
+    crossbar = setup.crossbar
+    draws, forwards = [], []
+    real_sample_flat = crossbar.sample_flat
+
+    def counting_sample_flat(generator=None):
+        draws.append(1)
+        return real_sample_flat(generator)
+
+    def failing_forward(crossbar, data, weights):
+        forwards.append(1)
+        if len(forwards) == 3:
+            raise KeyboardInterrupt
+        return 0.5
+
+    monkeypatch.setattr(crossbar, "sample_flat", counting_sample_flat)
+    monkeypatch.setattr(evaluate_module, "weights_accuracy", failing_forward)
+    with pytest.raises(KeyboardInterrupt):
+        monte_carlo(crossbar, setup.data, samples=50, progress=False, prefetch=True)
+    # Chips 0-2 were evaluated and chip 3 was in flight: memory and work stay one chip ahead.
+    assert len(forwards) == 3 and len(draws) == 4
+    assert not [t for t in threading.enumerate() if t.name.startswith("cimguard-chip-sampler")]
 
 
 def test_chip_seeds_are_distinct_and_accept_negative_seeds():

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -28,3 +30,19 @@ def test_ci_runs_the_readme_test_command_verbatim():
 
 def test_console_script_is_declared():
     assert 'cimguard = "cimguard.cli:main"' in (ROOT / "pyproject.toml").read_text()
+
+
+@pytest.mark.parametrize("document", ["README.md", "docs/devices.md"])
+def test_device_profiles_shown_in_the_docs_load_and_show(document, invoke, tmp_path):
+    import tomllib
+
+    blocks = re.findall(r"```toml\n(.*?)```", (ROOT / document).read_text(), flags=re.S)
+    blocks = [block for block in blocks if "\nbase = " in block]  # not the pyproject.toml examples
+    assert blocks, f"{document} shows no TOML device profile"
+    for number, block in enumerate(blocks):
+        path = tmp_path / f"profiles_{number}.toml"
+        path.write_text(block)
+        for name in tomllib.loads(block):
+            result = invoke("devices", "--device-file", str(path), "--show", name)
+            assert result.exit_code == 0, (document, name, result.output)
+            assert name in result.output

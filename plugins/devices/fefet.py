@@ -1,24 +1,28 @@
-"""``fefet``: multi-level ferroelectric FET cells with a Gaussian σ per level.
+"""``fefet``: multi-level ferroelectric FET cells, σ of the programmed threshold voltage per level.
 
-What the numbers are and where they come from:
+Measured source: Soliman, Chatterjee, Laleni, Müller, Kirchner, Wehn, Kämpfe,
+Chauhan, Amrouch, "First demonstration of in-memory computing crossbar using
+multi-level cell FeFET", Nature Communications 14, 6272 (2023),
+doi:10.1038/s41467-023-42110-y.  GlobalFoundries 28 nm HKMG FeFETs (450 × 450 nm²,
+1FeFET-1R cells) written by write-verify to 4 states (2 bits), Vth read at 80 nA:
 
-* levels and conductance ratio: Jerry et al., "Ferroelectric FET analog synapse
-  for acceleration of deep neural network training", IEDM 2017, measured a 5-bit
-  (32-state) FeFET synapse with a 45x tunable conductance range.  cimguard stores
-  4 bits per device by default (16 of those 32 states) because the weight bits
-  (8) must be a multiple of the bits per device; ``g_max/g_min = 45`` is from the
-  paper, the absolute scale (1 µS) is not: σ is given in level units, so the
-  scale does not enter the results.
-* σ per level: the authors under study (Yan, Hu, Shi, TCAD 2024, and their code
-  MariusAnje/CIM_CW) model FeFET cells with a Gaussian σ per level of 0.1 – 0.3
-  levels before write-verify; the default is 0.1 at every level.
-* Measured state-dependent spreads: Manna, Saha, Jiang, Ni, Sengupta,
-  "Variation-Resilient FeFET-Based In-Memory Computing Leveraging Probabilistic
-  Deep Learning", IEEE TED 71(5):2963–2969, 2024 (arXiv 2312.15444), report
-  device-to-device and cycle-to-cycle σ as a function of the conductance state for
-  28 nm HKMG FeFETs.  Their per-state values were not available to us as text, so
-  none is shipped; enter them as ``sigma_levels`` in a device file (one σ per level,
-  level units, lowest level first).
+* level spacing: the Methods' targets are 0.3, 0.7, 1.1 and 1.5 V, a 400 mV step;
+* σ: "The maximum standard deviation of 38 mV is obtained for the difference in
+  actual and target Vth" over three measured target sets (steps of 400, 333 and
+  300 mV); the authors simulate 40 mV "for each state".  Per-state values appear
+  only in their Fig. 5 (states 2 and 3 spread less than 0 and 1), so every level
+  gets the measured maximum, 38 mV / 400 mV = 0.095 level: an upper bound per level;
+* truncation: the authors' Monte Carlo netlist (TUM-AIPro/NatureCommunications_CiM_FeFET,
+  ``Circuit_netlists_SPICE/id_vg.sp``: ``vary del_vth dist=gauss std=0.040``,
+  ``truncate tr=3.0``) cuts the Gaussian at 3σ; the default ``thg`` is 3 × 38 mV.
+
+The σ is measured after the paper's own write-verify, so it is the σ of the accepted
+state: cimguard's truncation at ``thg`` then plays the role of the netlist's 3σ cut.
+A FeFET's state is its threshold voltage, so σ is given in mV and turned into level
+units by the Vth step; the conductance range is nominal (the series resistor limits
+the cell current to about 0.1 µA) and does not enter the results.  Measured per-level
+values, e.g. from Manna et al., IEEE TED 71(5), 2024 (state-dependent
+device-to-device σ on 28 nm FeFETs), go into ``sigma_levels_mv`` in a device file.
 """
 
 from __future__ import annotations
@@ -33,73 +37,82 @@ from cimguard.errors import CimguardError
 from cimguard.hookspecs import hookimpl
 
 FEFET_SOURCE = (
-    "levels/ratio: Jerry et al., 'Ferroelectric FET analog synapse for acceleration of deep neural network "
-    "training', IEDM 2017 (5-bit, 32 states, 45x conductance range; 4 bits used by default); "
-    "sigma 0.1 level per level before write-verify: Yan, Hu, Shi, TCAD 2024 (arXiv 2312.06137) and their "
-    "code MariusAnje/CIM_CW; measured per-state sigma to enter via sigma_levels: Manna et al., IEEE TED "
-    "71(5) 2024 (arXiv 2312.15444)"
+    "Soliman et al., 'First demonstration of in-memory computing crossbar using multi-level cell FeFET', "
+    "Nature Communications 14, 6272 (2023), doi:10.1038/s41467-023-42110-y: 28 nm HKMG FeFET, 4 states "
+    "written by write-verify, Vth targets 0.3/0.7/1.1/1.5 V (400 mV step), measured max sigma(Vth) 38 mV "
+    "(Results, Fig. 5); 3-sigma truncation as in the authors' netlist (TUM-AIPro/NatureCommunications_CiM_FeFET, "
+    "id_vg.sp)"
 )
+
+_MEASURED_SIGMA_MV = 38.0
+_VTH_STEP_MV = 400.0
 
 
 def _parse_levels(value: object) -> tuple[float, ...]:
-    """``"0.1,0.12"`` (CLI), ``[0.1, 0.12]`` (TOML) or a tuple -> tuple of floats."""
+    """``"40,38"`` (CLI), ``[40, 38]`` (TOML) or a tuple -> tuple of floats."""
     if isinstance(value, str):
         parts = [p for p in value.replace(";", ",").split(",") if p.strip()]
     elif isinstance(value, (list, tuple)):
         parts = list(value)
     else:
-        raise CimguardError(f"sigma_levels must be a list of numbers, got {value!r}")
+        raise CimguardError(f"sigma_levels_mv must be a list of numbers, got {value!r}")
     try:
         return tuple(float(p) for p in parts)
     except (TypeError, ValueError):
-        raise CimguardError(f"sigma_levels must be a list of numbers, got {value!r}") from None
+        raise CimguardError(f"sigma_levels_mv must be a list of numbers, got {value!r}") from None
 
 
 @dataclass(frozen=True)
 class FeFETConfig(DeviceConfig):
-    """A multi-level FeFET cell: one Gaussian programming σ per level."""
+    """A multi-level FeFET cell: Gaussian threshold-voltage spread per level (Soliman et al. 2023)."""
 
-    bits_per_device: int = 4
-    """Bits stored per device (B): 2**B of the 32 measured states (Jerry et al. 2017)."""
-    g_min_us: float = 1.0
-    """Lowest conductance in µS (scale is nominal; only the ratio g_max/g_min = 45 is measured)."""
-    g_max_us: float = 45.0
-    """Highest conductance in µS (45x the lowest, Jerry et al. 2017)."""
-    sigma: float = 0.1
-    """σ of one programming attempt in level units, at every level without sigma_levels (Yan et al. 2024)."""
-    sigma_levels: tuple[float, ...] = ()
-    """Optional σ per level (level units, lowest level first, 2**B values), e.g. from measurements."""
+    bits_per_device: int = 2
+    """Bits stored per device (B): 2 bits, the 4 states measured by Soliman et al. (2023)."""
+    g_min_us: float = 0.0
+    """Lowest conductance in µS (nominal: σ is defined in Vth and does not use the conductance scale)."""
+    g_max_us: float = 1.0
+    """Highest conductance in µS (nominal: the 1 MΩ series resistor limits the cell current to about 0.1 µA)."""
+    vth_step_mv: float = _VTH_STEP_MV
+    """Threshold-voltage spacing of adjacent levels in mV (targets 0.3/0.7/1.1/1.5 V, Soliman et al. Methods)."""
+    sigma_mv: float = _MEASURED_SIGMA_MV
+    """σ of the programmed Vth around its target in mV, every level (measured maximum over states: 38 mV)."""
+    sigma_levels_mv: tuple[float, ...] = ()
+    """Optional σ of Vth per level in mV, lowest level first (2**B values); overrides sigma_mv."""
+    thg: float = 3 * _MEASURED_SIGMA_MV / _VTH_STEP_MV
+    """Write-verify threshold in level units: 3σ = 114 mV, the authors' netlist truncation (truncate tr=3.0)."""
 
     def __post_init__(self) -> None:
         # TOML gives a list and the CLI a comma-separated string; store a hashable tuple.
-        object.__setattr__(self, "sigma_levels", _parse_levels(self.sigma_levels))
+        object.__setattr__(self, "sigma_levels_mv", _parse_levels(self.sigma_levels_mv))
 
     def validate(self) -> None:
         super().validate()
-        check_non_negative("sigma", self.sigma, "level units")
-        if self.sigma_levels:
-            if len(self.sigma_levels) != self.levels:
+        check_non_negative("sigma_mv", self.sigma_mv, "mV")
+        if not self.vth_step_mv > 0:
+            raise CimguardError(f"vth_step_mv must be > 0 (mV), got {self.vth_step_mv}")
+        if self.sigma_levels_mv:
+            if len(self.sigma_levels_mv) != self.levels:
                 raise CimguardError(
-                    f"sigma_levels needs one value per level ({self.levels} for {self.bits_per_device} bits), "
-                    f"got {len(self.sigma_levels)}"
+                    f"sigma_levels_mv needs one value per level ({self.levels} for {self.bits_per_device} bits), "
+                    f"got {len(self.sigma_levels_mv)}"
                 )
-            for value in self.sigma_levels:
+            for value in self.sigma_levels_mv:
                 if math.isnan(value) or value < 0:
-                    raise CimguardError(f"sigma_levels must all be >= 0 (level units), got {value}")
+                    raise CimguardError(f"sigma_levels_mv must all be >= 0 (mV), got {value}")
 
 
 class FeFETDevice(Device):
     Config = FeFETConfig
     source = FEFET_SOURCE
 
-    def sigma_table(self) -> torch.Tensor:
-        """σ (level units) of each level, lowest first."""
+    def sigma_table_mv(self) -> torch.Tensor:
+        """σ of Vth (mV) of each level, lowest first."""
         c = self.config
-        return torch.tensor(c.sigma_levels if c.sigma_levels else (c.sigma,) * c.levels)
+        return torch.tensor(c.sigma_levels_mv if c.sigma_levels_mv else (c.sigma_mv,) * c.levels)
 
     def programming_sigma(self, target_levels: torch.Tensor) -> torch.Tensor:
-        # Levels are few discrete values: the state-dependent σ is a table lookup.
-        table = self.sigma_table().to(device=target_levels.device, dtype=target_levels.dtype)
+        # Levels are few discrete values: the state-dependent σ is a table lookup, mV -> level units.
+        table = (self.sigma_table_mv() / self.config.vth_step_mv).to(device=target_levels.device, dtype=target_levels.dtype)
         index = target_levels.round().clamp(0, self.config.levels - 1).long()
         return table[index]
 
