@@ -163,7 +163,7 @@ def _chip_deltas(crossbar: Crossbar, samples: int, seed: int, prefetch: bool) ->
         return
     first = draw(0)  # in this thread: prepares the crossbar's sampling layout before the worker uses it
     # torch releases the GIL inside its kernels, so the draw and the forward pass run on two cores.
-    # Leaving the block (end, error, Ctrl-C) waits for the one draw in flight, a few milliseconds.
+    # Leaving the block (end, error, Ctrl-C) waits for the one draw in flight, then stops the thread.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cimguard-chip-sampler") as worker:
         pending = worker.submit(draw, 1)
         yield first
