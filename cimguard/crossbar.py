@@ -225,9 +225,10 @@ class Crossbar:
             nominal = torch.cat([layer.nominal.reshape(-1) for layer in self.layers.values()])
             block_devices = CPU_SAMPLE_BLOCK if self.torch_device.type == "cpu" else ACCELERATOR_SAMPLE_BLOCK
             per_block = max(1, block_devices // m)
+            total = nominal.numel()
             blocks = [
-                (begin, min(begin + per_block, start), self.device.sampler(levels[:, begin : begin + per_block].contiguous()))
-                for begin in range(0, start, per_block)
+                (begin, min(begin + per_block, total), self.device.sampler(levels[:, begin : begin + per_block].contiguous()))
+                for begin in range(0, total, per_block)
             ]
             self._flat = _FlatLayout(spans, factor, nominal, blocks)
         return self._flat
