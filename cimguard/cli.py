@@ -24,6 +24,16 @@ class CimguardGroup(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
+            return self._invoke_with_one_line_errors(ctx)
+        except click.ClickException as exc:
+            # Under torchrun: every rank stops, and rank 0 prints this one line (other ranks never return).
+            from cimguard.distributed import stop_all_ranks
+
+            stop_all_ranks(exc.format_message(), exc.exit_code)
+            raise
+
+    def _invoke_with_one_line_errors(self, ctx: click.Context) -> Any:
+        try:
             return super().invoke(ctx)
         except CimguardError as exc:
             raise click.ClickException(str(exc)) from None
@@ -166,4 +176,8 @@ _register_plugin_commands()
 
 
 def main() -> None:
+    from cimguard import distributed
+
+    if distributed.launched():  # started by torchrun as one of several processes
+        distributed.start()
     cli(prog_name="cimguard")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from contextlib import closing
 from concurrent.futures import ThreadPoolExecutor
@@ -12,6 +13,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from cimguard import distributed
 from cimguard.crossbar import Crossbar
 
 #: Percentiles reported as KPP (k-th percentile performance), as in TRICE.
@@ -58,17 +60,35 @@ def predictions(
 def accuracy(crossbar: Crossbar, data: EvalData, perturbation: Mapping[str, torch.Tensor] | None = None) -> float:
     """Fraction of ``data`` classified as its label by the chip ``W_q + perturbation``."""
     # The chip's weights are formed once, not once per batch.
-    return weights_accuracy(crossbar, data, crossbar.perturbed_weights(perturbation))
+    weights = crossbar.perturbed_weights(perturbation)
+    if distributed.active():  # under torchrun each rank counts its share of the data; the counts are summed
+        (correct,) = distributed.all_reduce_sum([correct_count(crossbar, local_part(data), weights)])
+        return int(correct) / len(data.labels)
+    return weights_accuracy(crossbar, data, weights)
 
 
 @torch.no_grad()
 def weights_accuracy(crossbar: Crossbar, data: EvalData, weights: Mapping[str, torch.Tensor]) -> float:
     """Fraction of ``data`` classified as its label with the mapped weights set to ``weights``."""
+    return int(correct_count(crossbar, data, weights)) / len(data.labels)
+
+
+@torch.no_grad()
+def correct_count(crossbar: Crossbar, data: EvalData, weights: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """How many samples of ``data`` the chip with ``weights`` classifies as their label (a tensor on the device)."""
     correct = torch.zeros((), dtype=torch.int64, device=data.labels.device)
     for x, y in data.batches():
         # Counted on the device and read once per chip: no host sync per batch on CUDA.
         correct += (crossbar.logits_for_weights(x, weights).argmax(dim=1) == y).sum()
-    return int(correct) / len(data.labels)
+    return correct
+
+
+def local_part(data: EvalData) -> EvalData:
+    """This rank's contiguous share of the samples (all of them in one process)."""
+    if not distributed.active():
+        return data
+    part = distributed.local_slice(len(data.labels))
+    return dataclasses.replace(data, x=data.x[part], labels=data.labels[part])
 
 
 @torch.no_grad()
@@ -143,31 +163,35 @@ def monte_carlo(
     if prefetch is None:
         prefetch = crossbar.torch_device.type == "cpu" and usable_cores() > 1
     accuracies = []
+    # Under torchrun each rank evaluates its own block of chip indices (all of them in one process).
+    chips = distributed.chip_range(samples)
     # closing(): an error or Ctrl-C in a forward pass stops the sampler thread now, not at garbage collection.
-    with closing(_chip_deltas(crossbar, samples, seed, prefetch)) as deltas:
-        for delta in tqdm(deltas, total=samples, desc="Monte Carlo chips", unit="chip", disable=not progress,
+    with closing(_chip_deltas(crossbar, chips, seed, prefetch)) as deltas:
+        for delta in tqdm(deltas, total=len(chips), desc="Monte Carlo chips", unit="chip", disable=not progress,
                           leave=False):
             accuracies.append(weights_accuracy(crossbar, data, crossbar.chip_weights(delta)))
-    return summarise(accuracies, seed)
+            if distributed.stop_requested():  # Ctrl-C under torchrun: stop at the gather, with every rank
+                break
+    return summarise(distributed.gather_chips(accuracies, chips, samples), seed)
 
 
-def _chip_deltas(crossbar: Crossbar, samples: int, seed: int, prefetch: bool) -> Iterator[torch.Tensor]:
-    """Flat ΔW of chips ``0 … samples-1`` in order; with ``prefetch`` the next one is drawn on a thread."""
+def _chip_deltas(crossbar: Crossbar, chips: range, seed: int, prefetch: bool) -> Iterator[torch.Tensor]:
+    """Flat ΔW of ``chips`` in order; with ``prefetch`` the next one is drawn on a thread."""
 
     @torch.no_grad()  # grad mode is per thread: the worker needs its own
     def draw(chip: int) -> torch.Tensor:
         return crossbar.sample_flat(crossbar.generator(chip_seed(seed, chip)))
 
-    if not prefetch or samples < 2:
-        yield from map(draw, range(samples))
+    if not prefetch or len(chips) < 2:
+        yield from map(draw, chips)
         return
-    first = draw(0)  # in this thread: prepares the crossbar's sampling layout before the worker uses it
+    first = draw(chips[0])  # in this thread: prepares the crossbar's sampling layout before the worker uses it
     # torch releases the GIL inside its kernels, so the draw and the forward pass run on two cores.
     # Leaving the block (end, error, Ctrl-C) waits for the one draw in flight, then stops the thread.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cimguard-chip-sampler") as worker:
-        pending = worker.submit(draw, 1)
+        pending = worker.submit(draw, chips[1])
         yield first
-        for chip in range(2, samples):
+        for chip in chips[2:]:
             delta = pending.result()
             pending = worker.submit(draw, chip)
             yield delta

@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from cimguard.distributed import is_main
 from cimguard.errors import CimguardError
 
 
@@ -31,6 +32,8 @@ def to_jsonable(value: Any) -> Any:
 def check_new_output(path: str | Path, *, inputs: tuple[str | Path, ...] = ()) -> Path:
     """Refuse an output path that exists or that is one of the inputs; fail early, before work."""
     path = Path(path)
+    if not is_main():  # under torchrun rank 0 checks and writes every output
+        return path
     for source in inputs:
         if source is not None and Path(source).exists() and path.exists() and path.resolve() == Path(source).resolve():
             raise CimguardError(f"refusing to overwrite the input file {source}; choose a new output path")
@@ -77,7 +80,10 @@ def write_new_file(path: str | Path, write: Callable[[Path], None]) -> Path:
 
     ``write(tmp)`` fills a temporary file in the same folder; it is then hard-linked
     into place, which fails instead of replacing a file that appeared meanwhile.
+    Under torchrun only rank 0 writes; on the other ranks this does nothing.
     """
+    if not is_main():
+        return Path(path)
     path = check_new_output(path)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)

@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 from cimguard.crossbar import Crossbar, Perturbation, check_within_bounds
 from cimguard.errors import CimguardError
 from cimguard.options import checked_config, coerce, field_types, type_name
-from cimguard.evaluate import EvalData, accuracy
+from cimguard import distributed
+from cimguard.evaluate import EvalData, accuracy, local_part
 
 
 @dataclass(frozen=True)
@@ -191,13 +192,15 @@ def margin_gradient_with_accuracy(
     """:func:`margin_gradient` plus the accuracy of the chip ``perturbation``.
 
     The accuracy is read off the logits the gradient pass computes anyway, so a
-    solver that reports it every iteration pays no extra forward pass.
+    solver that reports it every iteration pays no extra forward pass.  Under torchrun
+    each rank takes its share of the data and the sums are all-reduced: every rank
+    gets the whole-set gradient, margin and accuracy (see :mod:`cimguard.distributed`).
     """
     delta = {name: value.detach().requires_grad_(True) for name, value in perturbation.items()}
     total = 0.0
     correct = 0
     grads = {name: torch.zeros_like(value) for name, value in perturbation.items()}
-    for x, y in data.batches():
+    for x, y in local_part(data).batches():
         logits = crossbar.logits(x, delta)
         loss = margin_loss(logits, y, kappa).sum()
         batch_grads = torch.autograd.grad(loss, list(delta.values()))
@@ -205,6 +208,10 @@ def margin_gradient_with_accuracy(
             grads[name] += grad
         total += float(loss.detach())
         correct += int((logits.detach().argmax(dim=1) == y).sum())
+    if distributed.active():
+        *summed, sums = distributed.all_reduce_sum([*grads.values(), torch.tensor([total, correct], dtype=torch.float64)])
+        grads = dict(zip(grads, summed))
+        total, correct = float(sums[0]), int(sums[1])
     return grads, total, correct / len(data.labels)
 
 

@@ -33,6 +33,7 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from cimguard import distributed
 from cimguard.crossbar import Crossbar, Perturbation
 from cimguard.errors import CimguardError
 from cimguard.options import checked_config
@@ -100,6 +101,8 @@ class Run:
     epoch: int = 0
     """Completed epochs."""
     history: list[dict[str, float]] = field(default_factory=list)
+    batch_size: int = 0
+    """Samples in the current mini-batch over all ranks (under torchrun each rank holds a share)."""
 
     def chip(self) -> Crossbar:
         """The current weights as programmed: quantised at their current scale, with their device levels."""
@@ -126,8 +129,16 @@ class Run:
     def cross_entropy(
         self, chip: Crossbar, x: torch.Tensor, y: torch.Tensor, perturbation: Mapping[str, torch.Tensor] | None = None
     ) -> tuple[torch.Tensor, float]:
-        """Cross-entropy of the chip ``W_q + ΔW`` on a batch, and the batch accuracy (for the log)."""
+        """Cross-entropy of the chip ``W_q + ΔW`` on a batch, and the batch accuracy (for the log).
+
+        Under torchrun ``x`` is this rank's share of the batch and both values are this
+        share's part of the whole batch's mean: summed over ranks they are the batch's
+        loss and accuracy (and :meth:`step` sums the gradients).
+        """
         logits = chip.logits(x, self.straight_through(chip, perturbation))
+        if distributed.active():
+            hits = (logits.detach().argmax(dim=1) == y).sum()
+            return F.cross_entropy(logits, y, reduction="sum") / self.batch_size, float(hits) / self.batch_size
         correct = float((logits.detach().argmax(dim=1) == y).float().mean())
         return F.cross_entropy(logits, y), correct
 
@@ -135,6 +146,7 @@ class Run:
         """One optimiser update of the float weights from ``loss``."""
         self.optimiser.zero_grad(set_to_none=True)
         loss.backward()
+        distributed.sum_gradients(self.weights.values())  # torchrun: every rank steps with the whole batch's gradient
         self.optimiser.step()
 
 
@@ -234,14 +246,17 @@ class Trainer:
                 order = torch.randperm(len(x), generator=run.data_generator).to(x.device)
                 for start in range(0, len(x), self.config.batch_size):
                     index = order[start : start + self.config.batch_size]
+                    run.batch_size = len(index)
+                    index = index[distributed.local_slice(len(index))]  # torchrun: this rank's share
                     loss, acc = self.train_batch(run, x[index], y[index])
                     losses.append(loss)
                     correct.append(acc)
                     bar.update()
                     bar.set_postfix(epoch=run.epoch + 1, loss=f"{loss:.3f}")
                 run.epoch += 1
+                loss_sum, correct_sum = distributed.sum_floats(sum(losses), sum(correct))  # torchrun: shares summed
                 run.history.append(
-                    {"epoch": run.epoch, "loss": sum(losses) / len(losses), "accuracy": sum(correct) / len(correct)}
+                    {"epoch": run.epoch, "loss": loss_sum / len(losses), "accuracy": correct_sum / len(correct)}
                 )
                 if checkpoint is not None:
                     self._save(run, checkpoint, fingerprint)
@@ -282,6 +297,8 @@ class Trainer:
         }
 
     def _save(self, run: Run, path: Path, fingerprint: str) -> None:
+        if not distributed.is_main():  # torchrun: every rank holds the same state; rank 0 writes it
+            return
         state = self._identity(fingerprint) | {
             "epoch": run.epoch,
             "weights": {name: w.detach() for name, w in run.weights.items()},
@@ -301,12 +318,8 @@ class Trainer:
             Path(tmp_name).unlink(missing_ok=True)
 
     def _load(self, run: Run, path: Path, fingerprint: str) -> None:
-        try:
-            # On the CPU: generator states must stay CPU byte tensors; weights and Adam's
-            # moments are moved to the parameters' device as they are copied in.
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user problem
-            raise CimguardError(f"{path} is not a cimguard training checkpoint ({type(exc).__name__})") from None
+        # torchrun: rank 0 reads the file (only its host may have it) and sends the state to every rank.
+        state = distributed.from_main(lambda: _read_checkpoint(path))
         if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
             raise CimguardError(f"{path} is not a cimguard training checkpoint of this version")
         expected = self._identity(fingerprint)
@@ -330,6 +343,15 @@ class Trainer:
         run.history = list(state["history"])
 
 
+def _read_checkpoint(path: Path) -> Any:
+    try:
+        # On the CPU: generator states must stay CPU byte tensors; weights and Adam's
+        # moments are moved to the parameters' device as they are copied in.
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user problem
+        raise CimguardError(f"{path} is not a cimguard training checkpoint ({type(exc).__name__})") from None
+
+
 def check_checkpoint(checkpoint: str | Path | None, resume: bool) -> Path | None:
     """The checkpoint rules, checked before any work (by :meth:`Trainer.fit` and early by the CLI).
 
@@ -342,6 +364,8 @@ def check_checkpoint(checkpoint: str | Path | None, resume: bool) -> Path | None
             raise CimguardError("--resume needs --checkpoint PATH (the checkpoint of the interrupted run)")
         return None
     path = Path(checkpoint)
+    if not distributed.is_main():  # torchrun: the file is rank 0's to read and write, and rank 0 checks it
+        return path
     if resume:
         if not path.is_file():
             raise CimguardError(f"cannot resume: checkpoint {path} does not exist")

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from cimguard.crossbar import Crossbar, Perturbation
+from cimguard.distributed import all_reduce_sum
 from cimguard.errors import CimguardError
 from cimguard.hookspecs import hookimpl
 from cimguard.solve import margin_loss, sign_step
@@ -81,7 +82,8 @@ class ATriceTrainer(Trainer):
         start = rcg_mean_perturbation(chip, config.sigma, config.threshold)
         delta = {name: value.detach().requires_grad_(True) for name, value in start.items()}
         loss = margin_loss(chip.logits(x, delta), y, config.kappa).sum()
-        gradient = dict(zip(delta, torch.autograd.grad(loss, list(delta.values()))))
+        # Under torchrun each rank holds part of the batch: the sign is taken of the whole batch's gradient.
+        gradient = dict(zip(delta, all_reduce_sum(torch.autograd.grad(loss, list(delta.values())))))
         return sign_step(start, gradient, chip.bounds(run.extra["eta_train"]))
 
     def adversarial_step(self, run: Run, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
