@@ -163,7 +163,7 @@ def _watch(world: _World) -> None:
         try:
             if not world.store.check([_ERROR_KEY]):
                 continue
-            message = world.store.get(_ERROR_KEY).decode(errors="replace")
+            failed_rank, _, message = world.store.get(_ERROR_KEY).decode(errors="replace").partition("\t")
         except Exception:  # noqa: BLE001 - the store is gone: the run is ending anyway
             return
         with world.lock:
@@ -171,7 +171,7 @@ def _watch(world: _World) -> None:
                 return
             world.failed = True
         if world.rank == 0:
-            print(f"Error: {message}", file=world.stderr, flush=True)
+            print(f"Error: {message} (rank {failed_rank})", file=world.stderr, flush=True)
             try:
                 world.store.set(_ACK_KEY, "1")
             except Exception:  # noqa: BLE001
@@ -194,7 +194,7 @@ def stop_all_ranks(message: str, exit_code: int = 1) -> None:
     if already:  # rank 0's watcher is already reporting another rank's error
         os._exit(exit_code)
     try:
-        world.store.set(_ERROR_KEY, message)
+        world.store.set(_ERROR_KEY, f"{world.rank}\t{message}")
         if world.rank == 0:
             world.store.set(_ACK_KEY, "1")
             return
