@@ -179,5 +179,9 @@ def main() -> None:
     from cimguard import distributed
 
     if distributed.launched():  # started by torchrun as one of several processes
-        distributed.start()
+        try:
+            distributed.start()
+        except CimguardError as exc:
+            click.ClickException(str(exc)).show()
+            sys.exit(1)
     cli(prog_name="cimguard")

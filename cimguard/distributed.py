@@ -77,10 +77,16 @@ _ERROR_KEY = "error"
 _ACK_KEY = "error-printed"
 
 
+#: What torchrun (or any ``env://`` launcher) sets for every process it starts.
+LAUNCHER_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
 def launched() -> bool:
     """True when torchrun started this process as one of several (``WORLD_SIZE`` > 1)."""
+    if not all(os.environ.get(name) for name in LAUNCHER_ENV):
+        return False
     try:
-        return int(os.environ.get("WORLD_SIZE", "1")) > 1
+        return int(os.environ["WORLD_SIZE"]) > 1
     except ValueError:
         return False
 
@@ -104,10 +110,23 @@ def is_main() -> bool:
 
 
 def start() -> None:
-    """Join torchrun's process group (gloo for CPU tensors, NCCL for CUDA tensors) from its env vars."""
-    global _world
+    """Join torchrun's process group (gloo for CPU tensors, NCCL for CUDA tensors) from its env vars.
+
+    Raises :class:`~cimguard.errors.CimguardError` (one line) when the group cannot be joined.
+    """
     if _world is not None:
         return
+    try:
+        _join()
+    except Exception as exc:  # noqa: BLE001 - a launcher or network problem is the user's to fix
+        from cimguard.errors import CimguardError
+
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CimguardError(f"cannot join the torchrun process group ({detail})") from None
+
+
+def _join() -> None:
+    global _world
     import torch.distributed as dist
 
     if torch.cuda.is_available():

@@ -3,6 +3,8 @@
 * ``CIMGUARD_TEST_FAIL_RANK=R``: rank R's Monte Carlo raises a one-line error (the others are fine).
 * ``CIMGUARD_TEST_STOP_AFTER_EPOCH=E``: every rank raises ``KeyboardInterrupt`` right after the
   checkpoint of epoch E, as a Ctrl-C acted on together does.
+* ``CIMGUARD_TEST_SIGINT=R:N``: rank R sends itself SIGINT (a real Ctrl-C, on that rank only) just
+  before its N-th collective.
 """
 
 import os
@@ -29,6 +31,23 @@ if os.environ.get("CIMGUARD_TEST_STOP_AFTER_EPOCH"):
             raise KeyboardInterrupt
 
     train.Trainer._save = save_then_interrupt
+
+if os.environ.get("CIMGUARD_TEST_SIGINT", ":").split(":")[0] == os.environ.get("RANK"):
+    import signal
+
+    import cimguard.distributed as distributed
+
+    at = int(os.environ["CIMGUARD_TEST_SIGINT"].split(":")[1])
+    calls = []
+    reduce = distributed.all_reduce_sum
+
+    def interrupted_reduce(tensors):
+        calls.append(1)
+        if len(calls) == at:
+            os.kill(os.getpid(), signal.SIGINT)
+        return reduce(tensors)
+
+    distributed.all_reduce_sum = interrupted_reduce
 
 from cimguard.cli import main  # noqa: E402
 

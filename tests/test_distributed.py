@@ -108,6 +108,18 @@ def test_a_failing_rank_stops_every_rank_with_its_one_line_error(tmp_path):
     assert "Traceback" not in result.stderr.split("Error:")[0]  # no worker traceback before the line
 
 
+def test_ctrl_c_on_one_rank_stops_every_rank_at_the_same_step_and_keeps_the_best_chip(tmp_path):
+    # Rank 1 alone gets SIGINT before its 4th collective: clean accuracy, then flwc's gradient passes 1, 2, 3.
+    result = torchrun(tmp_path, "attack", "--solver", "flwc", "--thg", "0.03", "--samples", "0", "--max-samples",
+                      "60", "--json", "stopped.json", CIMGUARD_TEST_SIGINT="1:4")
+    assert result.returncode != 0
+    run = json.loads((tmp_path / "stopped.json").read_text())["points"][0]["worst_case"]["flwc"]
+    # Passes 1 and 2 were scored, pass 3 was stopped on both ranks; the answer is the best scored chip.
+    assert run["interrupted"] and [record["iteration"] for record in run["trace"]] == [0, 1]
+    assert run["accuracy"] == min(record["accuracy"] for record in run["trace"])
+    assert result.stdout.count("* interrupted") == 1 and "Interrupted" in result.stderr
+
+
 def test_without_torchrun_every_helper_is_the_one_process_identity():
     assert not distributed.active() and distributed.is_main() and distributed.world_size() == 1
     assert distributed.chip_range(5) == range(5) and distributed.local_slice(7) == slice(0, 7)
