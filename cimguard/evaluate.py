@@ -95,11 +95,12 @@ def local_part(data: EvalData) -> EvalData:
 def float_accuracy(crossbar: Crossbar, data: EvalData) -> float:
     """Accuracy of the imported (unquantised) model itself."""
     correct = 0
-    for x, y in data.batches():
+    for x, y in local_part(data).batches():  # torchrun: this rank's share; the counts are summed below
         output = crossbar.imported.module(x)
         output = output if isinstance(output, torch.Tensor) else output[0]
         correct += int((output.argmax(dim=1) == y).sum())
-    return correct / len(data.labels)
+    (correct,) = distributed.sum_floats(correct)
+    return int(correct) / len(data.labels)
 
 
 @dataclass(frozen=True)
