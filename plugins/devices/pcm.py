@@ -24,9 +24,10 @@ al., ICECS 2019).  Conductances in µS, ``g_max`` = 25 µS, target ``g_T``,
 
 Write-verify happens at programming; drift and read noise come after it and are
 not truncated.  So :meth:`PCMDevice.deviation_bound` (the box the worst-case
-solvers search) is not ``thg`` once ``t`` matters: it is the largest
-``|deviation|`` over all levels when ν and the read noise stay within ``bound_z``
-standard deviations (default 3) and programming within ``±thg``.  It is an
+solvers search) is not ``thg`` once ``t`` matters: for each target level it is the
+largest ``|deviation|`` when ν and the read noise stay within ``bound_z`` standard
+deviations (default 3) and programming within ``±thg``; the crossbar turns these
+per-level boxes into each weight's box.  It is an
 envelope, not a hard limit — Gaussian read noise is unbounded.
 """
 
@@ -196,13 +197,24 @@ class PCMDevice(Device):
 
         return apply
 
-    def deviation_bound(self) -> float:
-        """``thg`` plus the drift/read-noise envelope at time ``t`` (level units); see the module doc."""
+    def deviation_bound(self, target_levels: torch.Tensor | None = None) -> float | torch.Tensor:
+        """``thg`` plus the drift/read-noise envelope at time ``t`` (level units), per target level.
+
+        Without ``target_levels``: the largest bound over all levels.  See the module doc.
+        """
+        table = self.bound_table()
+        if target_levels is None:
+            return max(table)
+        values = torch.tensor(table, dtype=target_levels.dtype, device=target_levels.device)
+        return values[target_levels.round().clamp(0, self.config.levels - 1).long()]
+
+    def bound_table(self) -> list[float]:
+        """The box of a device programmed to each level (lowest first), in level units."""
         c = self.config
         if not (c.drift or c.read_noise):
-            return c.thg
+            return [c.thg] * c.levels
         if math.isinf(c.thg):
-            return math.inf
+            return [math.inf] * c.levels
         step = self.level_step_us
         z = c.bound_z
         log_t = self.log_time_ratio
@@ -210,8 +222,9 @@ class PCMDevice(Device):
         read_factor = self.read_noise_time_factor if c.read_noise else 0.0
         targets = self.to_conductance_us(torch.arange(c.levels, dtype=torch.float64))
         mus, sds = self.drift_parameters(targets)
-        worst = c.thg
+        table = []
         for target, mu, sd in zip(targets.tolist(), mus.tolist(), sds.tolist()):
+            worst = c.thg
             if c.drift and log_t > 0:
                 low_nu = max(mu - z * sd, 0.0)  # ν = |X|: the fold puts 0 in range when mu - z·sd < 0
                 decays = (math.exp(-log_t * (mu + z * sd)), math.exp(-log_t * low_nu))
@@ -223,7 +236,8 @@ class PCMDevice(Device):
                     for n in (-z, z):
                         g = max(programmed * decay * (1.0 + q * read_factor * n), 0.0) * alpha
                         worst = max(worst, abs(g - target) / step)
-        return worst
+            table.append(worst)
+        return table
 
 
 def expected_folded_normal_decay(mu: float, sd: float, rate: float) -> float:
