@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 import time
@@ -35,6 +36,47 @@ RESULTS = HERE / "results"
 TABLES_JSON = RESULTS / "doc_tables.json"
 TABLES_MD = RESULTS / "doc_tables.md"
 HARDENING_MODELS = ("original", "vanilla", "noise", "trice", "atrice")
+ROOT = HERE.parent
+#: The files whose tables come from this script; each table follows a ``<!-- doc-table: NAME -->`` line.
+DOC_FILES = ("README.md", "docs/hardening.md", "docs/solvers.md", "docs/devices.md")
+MARKER = re.compile(r"^<!-- doc-table: (\w+) -->$")
+
+
+def quoted_tables(text: str) -> list[tuple[str, list[str]]]:
+    """``(name, table lines)`` for every marked table of a markdown text, in order."""
+    lines = text.splitlines()
+    found = []
+    for index, line in enumerate(lines):
+        match = MARKER.match(line.strip())
+        if match:
+            table = []
+            for following in lines[index + 1:]:
+                if not following.startswith("|"):
+                    break
+                table.append(following)
+            found.append((match.group(1), table))
+    return found
+
+
+def fill_docs() -> None:
+    """Replace every marked table in :data:`DOC_FILES` with the saved one (the docs are ours to rewrite)."""
+    tables = json.loads(TABLES_JSON.read_text())
+    for relative in DOC_FILES:
+        path = ROOT / relative
+        lines = path.read_text().splitlines()
+        out: list[str] = []
+        index = 0
+        while index < len(lines):
+            line = lines[index]
+            out.append(line)
+            index += 1
+            match = MARKER.match(line.strip())
+            if match:
+                while index < len(lines) and lines[index].startswith("|"):
+                    index += 1
+                out.extend(tables[match.group(1)]["markdown"])
+        path.write_text("\n".join(out) + "\n")
+        print(f"filled the marked tables of {relative}")
 
 
 def _save(path: Path, record: dict) -> None:
@@ -150,7 +192,7 @@ def device_box_table() -> tuple[list[str], list[list[str]], dict]:
     rows = []
     for r in record["rows"]:
         name = r["device"] + "".join(f", {k}={v}" for k, v in r["params"].items())
-        rows.append([f"`{name}`", " / ".join(f"{b:.4g}" for b in r["bound_levels"]), f"{r['clean']:.3f}",
+        rows.append([f"`{name}`", " / ".join(f"{b:.3g}" for b in r["bound_levels"]), f"{r['clean']:.3f}",
                      f"{r['mc_mean']:.3f}", f"{r['worst']['flwc']:.3f}", f"{r['worst']['pgd']:.3f}"])
     return header, rows, record["settings"]
 
@@ -184,7 +226,9 @@ def write_tables() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--stages", default="hardening,solvers,device_box,tables")
+    parser.add_argument("--stages", default="hardening,solvers,device_box,tables,docs",
+                        help="comma-separated: hardening, solvers, device_box (measure), tables (aggregate), "
+                             "docs (write the tables into README.md and docs/)")
     parser.add_argument("--seeds", default="0,1,2", help="training seeds of the hardening table")
     parser.add_argument("--epochs", type=int, default=None, help="hardening epochs (default: atrice's)")
     parser.add_argument("--samples", type=int, default=100, help="Monte Carlo chips per model and thg")
@@ -201,6 +245,8 @@ def main() -> None:
         run_hardening([int(s) for s in args.seeds.split(",")], args.epochs, args.samples)
     if "tables" in stages:
         write_tables()
+    if "docs" in stages:
+        fill_docs()
 
 
 if __name__ == "__main__":

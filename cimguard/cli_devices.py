@@ -122,6 +122,7 @@ def describe_device(name: str, device: Device) -> dict[str, Any]:
         "programming_sigma_levels": [float(v) for v in device.programming_sigma(levels)],
         "deviation_bound_levels": max(bounds),
         "deviation_bound_per_level": bounds,
+        "formulas": list(type(device).formulas),
         "source": device.source,
     }
 
@@ -148,6 +149,8 @@ def _print_device(record: dict[str, Any]) -> None:
     sigmas = ", ".join(f"{s:.4g}" for s in record["programming_sigma_levels"])
     click.echo(f"levels              {record['levels']} (step {record['level_step_us']:.4g} µS): {conductances} µS")
     click.echo(f"programming σ       {sigmas} (level units, before truncation at thg)")
+    for index, formula in enumerate(record["formulas"]):
+        click.echo(f"{'formulas' if index == 0 else '':<20}{formula}")
     per_level = ", ".join(f"{b:.4g}" for b in record["deviation_bound_per_level"])
     click.echo(f"worst-case box      {per_level} levels per device, lowest level first "
                "(deviation_bound; `attack --thg device` searches it)")

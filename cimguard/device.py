@@ -94,6 +94,9 @@ class Device:
     Config: ClassVar[type[DeviceConfig]] = DeviceConfig
     #: Where the parameters come from (paper, code, data sheet); shown to users.
     source: ClassVar[str] = ""
+    #: The model's formulas exactly as the code computes them, one per line; shown by
+    #: ``devices --show`` and quoted verbatim by README and docs/devices.md (a test checks both).
+    formulas: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: DeviceConfig | None = None) -> None:
         self.config = checked_config(self, config)

@@ -8,16 +8,16 @@ al., ICECS 2019).  Conductances in µS, ``g_max`` = 25 µS, target ``g_T``,
   ``c = (0.26348, 1.9650, -1.1731)``; write-verify truncates the accepted
   deviation to ``±thg`` levels; the conductance cannot go below 0 µS
   (``g_prog = max(g_T + Δ, 0)``, as aihwkit clamps);
-* drift, ``t`` seconds after programming (aihwkit's convention ``t' = t + t0``):
-  ``g(t) = g_prog · (t'/t0)^(-ν)``, ``t0`` = 20 s, ``ν ~ |N(μ_ν, σ_ν)|`` with
+* drift, ``t`` seconds after programming (aihwkit counts time from ``t0``):
+  ``g(t) = g_prog·((t + t0)/t0)^(−ν)``, ``t0`` = 20 s, ``ν ~ |N(μ_ν, σ_ν)|`` with
   ``μ_ν = clip(-0.0155·ln r + 0.0244, 0.049, 0.1)``,
   ``σ_ν = clip(-0.0125·ln r - 0.0059, 0.008, 0.045)``;
 * 1/f read noise: ``Q_s = min(0.0088 / max((g_prog/g_max)^0.65, 1e-3), 0.2)``,
-  ``g = max(g(t) + |g(t)| · Q_s · sqrt(ln((t' + t_read) / (2·t_read))) · n, 0)``,
+  ``g = max(g(t) + |g(t)| · Q_s · sqrt(ln((t + t0 + t_read)/(2·t_read))) · n, 0)``,
   ``n ~ N(0, 1)``, ``t_read`` = 250 ns;
 * global drift compensation (on by default, as aihwkit's inference configuration
   applies ``GlobalDriftCompensation``): every conductance is multiplied by one
-  factor ``α = 1 / E[(t'/t0)^(-ν)]`` taken at ``g_max`` (closed form for a folded
+  factor ``α = 1 / E[((t + t0)/t0)^(−ν)]`` taken at ``g_max`` (closed form for a folded
   normal ν).  aihwkit measures its factor per tile from a reference read; a fixed
   expected factor is the deterministic stand-in (exact in expectation for one bit
   per device, where every "on" device sits at ``g_max``).
@@ -45,10 +45,10 @@ from cimguard.hookspecs import hookimpl
 AIHWKIT_SOURCE = (
     "IBM aihwkit PCMLikeNoiseModel (aihwkit.inference.noise.pcm), after Nandakumar et al., ICECS 2019: "
     "programming sigma = (0.26348 + 1.9650 r - 1.1731 r^2) * g_max/25 uS, r = g_T/g_max, g_max 25 uS; "
-    "drift g(t) = g_prog ((t+t0)/t0)^-nu, t0 = 20 s, nu ~ |N(mu_nu, sigma_nu)|, "
+    "drift g(t) = g_prog·((t + t0)/t0)^(−ν), t0 = 20 s, nu ~ |N(mu_nu, sigma_nu)|, "
     "mu_nu = clip(-0.0155 ln r + 0.0244, 0.049, 0.1), sigma_nu = clip(-0.0125 ln r - 0.0059, 0.008, 0.045); "
     "1/f read noise Q_s = min(0.0088 / max((g/g_max)^0.65, 1e-3), 0.2), "
-    "sigma_read = g(t) Q_s sqrt(ln((t+t0+t_read)/(2 t_read))), t_read = 250 ns; "
+    "σ_read = g(t)·Q_s·sqrt(ln((t + t0 + t_read)/(2·t_read))), t_read = 250 ns; "
     "global drift compensation as aihwkit's default (here a fixed expected factor at g_max)."
 )
 
@@ -115,6 +115,11 @@ class PCMConfig(DeviceConfig):
 class PCMDevice(Device):
     Config = PCMConfig
     source = AIHWKIT_SOURCE
+    formulas = (
+        "σ_prog = (c0 + c1·r + c2·r²)·g_max/25 µS, r = g_T/g_max",
+        "g(t) = g_prog·((t + t0)/t0)^(−ν), ν ~ |N(μ_ν, σ_ν)|",
+        "σ_read = g(t)·Q_s·sqrt(ln((t + t0 + t_read)/(2·t_read)))",
+    )
 
     # -- the model's formulas (µS, seconds) ------------------------------------------------------
     def programming_sigma_us(self, conductance_us: torch.Tensor) -> torch.Tensor:

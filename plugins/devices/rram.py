@@ -65,6 +65,7 @@ class RRAMConfig(DeviceConfig):
 class RRAMDevice(Device):
     Config = RRAMConfig
     source = MILO_SOURCE
+    formulas = ("σ_G = max(−0.009107·G + 4.782321, 0) µS (sigma_slope·G + sigma_offset_us)",)
 
     def sigma_us(self, conductance_us: torch.Tensor) -> torch.Tensor:
         """σ_G of one programming attempt at a target conductance, in µS."""
