@@ -28,7 +28,7 @@ class CimguardGroup(click.Group):
 
         from cimguard.provenance import ARGV_KEY, STARTED_KEY
 
-        ctx.meta[ARGV_KEY] = [ctx.info_name or "cimguard", *args]
+        ctx.meta[ARGV_KEY] = ["cimguard", *args]
         ctx.meta[STARTED_KEY] = time.time()
         return super().parse_args(ctx, args)
 
