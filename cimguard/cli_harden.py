@@ -13,6 +13,7 @@ import click
 from cimguard.cli_attack import DEFAULT_THG, check_thg_sweep, parse_thg_list, solver_options, solvers_from_options
 from cimguard.cli_options import seed_option, setup_from_options, setup_options, training_setup_options
 from cimguard.errors import CimguardError
+from cimguard.solve import BoxChoice
 
 if TYPE_CHECKING:
     from cimguard.solve import AttackSweep
@@ -81,6 +82,7 @@ def harden(model, trainer_name, output, data, device_name, device_params, device
 
     before, after = accuracy(setup.crossbar, setup.data), accuracy(hardened, setup.data)
     click.echo(f"model    {setup.model_path}")
+    click.echo(f"device   {setup.device_label} (thg {setup.device.config.thg:g} levels)")
     click.echo(f"trainer  {trainer_name} ({result.config['epochs']} epochs, seed {result.config['seed']})"
                + (f", resumed after epoch {result.resumed_from_epoch}" if result.resumed_from_epoch is not None else ""))
     for key, value in result.chosen.items():
@@ -103,7 +105,7 @@ def harden(model, trainer_name, output, data, device_name, device_params, device
 
 
 @dataclass
-class ModelComparison:
+class ModelComparison(BoxChoice):
     """One model at one write-verify threshold: a row of the ``compare`` table."""
 
     model: str
@@ -117,15 +119,6 @@ class ModelComparison:
     """Verified worst-case accuracy (agreement in label-free mode) by solver name."""
     box_levels: list[float] | None = None
     """The device's box per target level (level units) when ``thg`` is None."""
-
-    @property
-    def label(self) -> str:
-        return "device" if self.thg is None else f"{self.thg:g}"
-
-    @property
-    def size(self) -> float:
-        """``thg``, or the device box's largest per-level bound (the x axis of plots)."""
-        return max(self.box_levels or [0.0]) if self.thg is None else self.thg
 
 
 @dataclass

@@ -412,8 +412,25 @@ def coerce_solver_options(name: str, raw: Mapping[str, Any]) -> dict[str, Any]:
 # -- sweeps over the write-verify threshold -----------------------------------------------------------
 
 
+class BoxChoice:
+    """``label`` and ``size`` of a record whose ``thg`` is a swept threshold or None (the device's own box)."""
+
+    thg: float | None
+    box_levels: list[float] | None
+
+    @property
+    def label(self) -> str:
+        """``0.03`` for a swept threshold, ``device`` for the device's own box."""
+        return "device" if self.thg is None else f"{self.thg:g}"
+
+    @property
+    def size(self) -> float:
+        """The box's size in level units: ``thg``, or the device box's largest per-level bound (plots' x axis)."""
+        return max(self.box_levels or [0.0]) if self.thg is None else self.thg
+
+
 @dataclass
-class ThgPoint:
+class ThgPoint(BoxChoice):
     """Clean, Monte Carlo and worst-case figures at one write-verify threshold, or in the device's own box."""
 
     thg: float | None
@@ -424,16 +441,6 @@ class ThgPoint:
     runs: dict[str, SolverRun] = field(default_factory=dict)
     box_levels: list[float] | None = None
     """The device's box per target level (lowest level first, level units) when ``thg`` is None."""
-
-    @property
-    def label(self) -> str:
-        """``0.03`` for a swept threshold, ``device`` for the device's own box."""
-        return "device" if self.thg is None else f"{self.thg:g}"
-
-    @property
-    def size(self) -> float:
-        """The box's size in level units: ``thg``, or the device box's largest per-level bound."""
-        return max(self.box_levels or [0.0]) if self.thg is None else self.thg
 
 
 @dataclass
