@@ -39,6 +39,8 @@ class AttackProblem:
     thg: float
     """The write-verify threshold the bounds come from (level units); for the device's own box
     (which may differ per level) its largest per-device bound."""
+    device_box: bool = False
+    """True when ``bounds`` is the device's own box (``Crossbar.bounds()`` without a threshold)."""
 
 
 @dataclass
@@ -260,7 +262,8 @@ class SolverRun:
     """One solver run as the core reports it: the verified worst case and what it cost."""
 
     solver: str
-    thg: float
+    thg: float | None
+    """The swept threshold; ``None`` for the device's own box."""
     worst: WorstCase
     seconds: float
     options: dict[str, Any]
@@ -276,7 +279,8 @@ def make_problem(crossbar: Crossbar, data: EvalData, thg: float | None = None,
                  layers: tuple[str, ...] | None = None) -> AttackProblem:
     """The box at ``thg``, or the device's own box (per level, :meth:`Crossbar.bounds`) when ``thg`` is None;
     ``layers`` limits it to those layers."""
-    if thg is None:
+    device_box = thg is None
+    if device_box:
         bounds = crossbar.bounds(None)
         thg = float(crossbar.device.level_bounds(torch.arange(crossbar.device.config.levels,
                                                                dtype=torch.float64)).max())
@@ -288,7 +292,7 @@ def make_problem(crossbar: Crossbar, data: EvalData, thg: float | None = None,
         if unknown:
             raise CimguardError(f"unknown layer(s) {', '.join(sorted(unknown))}")
         bounds = {name: bound if name in layers else torch.zeros_like(bound) for name, bound in bounds.items()}
-    return AttackProblem(crossbar, data, bounds, thg)
+    return AttackProblem(crossbar, data, bounds, thg, device_box)
 
 
 def build_solver(name: str, options: Mapping[str, Any] | None = None) -> Solver:
@@ -326,7 +330,7 @@ def run_solver(
     if not isinstance(worst, WorstCase):
         raise CimguardError(f"solver {name!r} returned {type(worst).__name__}, not a WorstCase")
     checked = verified(problem, worst, name)
-    return SolverRun(name, problem.thg, checked, seconds, dataclasses.asdict(solver.config),
+    return SolverRun(name, None if problem.device_box else problem.thg, checked, seconds, dataclasses.asdict(solver.config),
                      linf_ratio(checked.perturbation, problem.bounds))
 
 

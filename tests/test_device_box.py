@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -102,6 +103,12 @@ def test_a_plugins_deviation_bound_is_the_box_searched(invoke, box_plugin, tmp_p
             assert bool((delta.abs() <= bound * (1 + 1e-5)).all())
             # F-LWC walks to the surface of the plugin's box: some weight touches it.
             assert float((delta.abs() / bound.clamp_min(1e-30)).max()) > 0.99
+    # The saved chip remembers that it came from the device's box, and replays in that box.
+    replay = invoke("attack", "--replay", saved)
+    assert replay.exit_code == 0, replay.output
+    assert "worst case in the device's box" in replay.output
+    now, was = re.search(r"accuracy now ([0-9.]+) \(saved ([0-9.]+)\)", replay.output).groups()
+    assert now == was
     if name == "level-bound":
         layer = setup.crossbar.layers[next(iter(bounds))]
         scale = layer.scale * setup.crossbar.full_scale_factor
