@@ -28,6 +28,65 @@ from pathlib import Path
 import torch
 
 
+def harden_and_compare(*, epochs: int | None = None, lr: float | None = None, seed: int = 0, samples: int = 100,
+                       thgs: tuple[float, ...] = (0.01, 0.02, 0.03), torch_device: str = "auto",
+                       log=print) -> dict:
+    """Train every trainer from the shipped model with ``seed``, export, compare; the rows as plain data.
+
+    ``seed`` seeds the training (initial batches, noise, adversarial steps) and the evaluation
+    (Monte Carlo chips, pgd restarts) alike, exactly as ``harden --seed`` and ``compare --seed`` do.
+    """
+    from cimguard.cli_harden import compare_models
+    from cimguard.data import fit_to_model
+    from cimguard.export import export_onnx
+    from cimguard.pipeline import build_setup, default_model
+    from cimguard.train import TrainerConfig, VanillaTrainer
+    from cimguard_plugins.trainers.atrice import ATriceConfig, ATriceTrainer
+    from cimguard_plugins.trainers.noise import NoiseTrainer
+    from cimguard_plugins.trainers.trice import TriceConfig, TriceTrainer
+
+    defaults = ATriceConfig()
+    common = {
+        "epochs": epochs or defaults.epochs,
+        "lr": lr or defaults.lr,
+        "batch_size": defaults.batch_size,
+        "seed": seed,
+    }
+    with_write_verify = build_setup(None, "digits", "gaussian", {"thg": 0.03}, torch_device=torch_device)
+    before_write_verify = build_setup(None, "digits", "gaussian", {"thg": float("inf"), "sigma": 0.1},
+                                      torch_device=torch_device)
+    x, y = with_write_verify.dataset.require_training()
+    x = fit_to_model(x, with_write_verify.imported.input)
+    runs = {
+        "vanilla": (VanillaTrainer(TrainerConfig(**common)), with_write_verify),
+        "noise": (NoiseTrainer(TrainerConfig(**common)), before_write_verify),
+        "trice": (TriceTrainer(TriceConfig(**common)), before_write_verify),
+        "atrice": (ATriceTrainer(ATriceConfig(**common)), with_write_verify),
+    }
+    log(f"training {', '.join(runs)}: {common}")
+    with tempfile.TemporaryDirectory() as folder:
+        paths: dict[str, Path | None] = {"original": default_model()}
+        seconds: dict[str, float] = {}
+        chosen: dict[str, dict] = {}
+        for name, (trainer, setup) in runs.items():
+            start = time.perf_counter()
+            result = trainer.fit(setup.crossbar, x, y)
+            seconds[name] = time.perf_counter() - start
+            chosen[name] = {k: v for k, v in result.chosen.items() if k != "search"}
+            paths[name] = export_onnx(setup.imported, result.weights, Path(folder) / f"{name}.onnx",
+                                      check_inputs=setup.data.x[:256])
+            extra = f" chose {chosen[name]}" if chosen[name] else ""
+            log(f"  {name:8s} {seconds[name]:6.1f} s{extra}")
+        start = time.perf_counter()
+        rows = compare_models(list(paths.values()), list(thgs), ("flwc", "pgd"), device="gaussian", samples=samples,
+                              seed=seed, torch_device=torch_device, labels=list(paths))
+        seconds["compare"] = time.perf_counter() - start
+        log(f"evaluated in {seconds['compare']:.1f} s "
+            f"(gaussian device, write-verify at each thg, {samples} Monte Carlo chips, seed {seed})")
+    return {"settings": common | {"samples": samples, "thg": list(thgs)}, "seconds": seconds, "chosen": chosen,
+            "rows": [dict(row.__dict__) for row in rows]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=None, help="epochs for every trainer (default: atrice's)")
@@ -41,56 +100,16 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from cimguard.cli_harden import compare_models, format_comparison
-    from cimguard.data import fit_to_model
-    from cimguard.export import export_onnx
-    from cimguard.pipeline import build_setup, default_model
+    from cimguard.cli_harden import ModelComparison, format_comparison
     from cimguard.report import check_new_output, write_json
-    from cimguard.train import TrainerConfig, VanillaTrainer
-    from cimguard_plugins.trainers.atrice import ATriceConfig, ATriceTrainer
-    from cimguard_plugins.trainers.noise import NoiseTrainer
-    from cimguard_plugins.trainers.trice import TriceConfig, TriceTrainer
 
     if args.json:
         check_new_output(args.json)
-    thgs = [float(v) for v in args.thg.split(",")]
-    defaults = ATriceConfig()
-    common = {
-        "epochs": args.epochs or defaults.epochs,
-        "lr": args.lr or defaults.lr,
-        "batch_size": defaults.batch_size,
-        "seed": args.seed,
-    }
-    with_write_verify = build_setup(None, "digits", "gaussian", {"thg": 0.03}, torch_device=args.torch_device)
-    before_write_verify = build_setup(None, "digits", "gaussian", {"thg": float("inf"), "sigma": 0.1},
-                                      torch_device=args.torch_device)
-    x, y = with_write_verify.dataset.require_training()
-    x = fit_to_model(x, with_write_verify.imported.input)
-    runs = {
-        "vanilla": (VanillaTrainer(TrainerConfig(**common)), with_write_verify),
-        "noise": (NoiseTrainer(TrainerConfig(**common)), before_write_verify),
-        "trice": (TriceTrainer(TriceConfig(**common)), before_write_verify),
-        "atrice": (ATriceTrainer(ATriceConfig(**common)), with_write_verify),
-    }
-    print(f"training {', '.join(runs)}: {common}")
-    with tempfile.TemporaryDirectory() as folder:
-        paths: dict[str, Path | None] = {"original": default_model()}
-        seconds: dict[str, float] = {}
-        chosen: dict[str, dict] = {}
-        for name, (trainer, setup) in runs.items():
-            start = time.perf_counter()
-            result = trainer.fit(setup.crossbar, x, y)
-            seconds[name] = time.perf_counter() - start
-            chosen[name] = {k: v for k, v in result.chosen.items() if k != "search"}
-            paths[name] = export_onnx(setup.imported, result.weights, Path(folder) / f"{name}.onnx",
-                                      check_inputs=setup.data.x[:256])
-            extra = f" chose {chosen[name]}" if chosen[name] else ""
-            print(f"  {name:8s} {seconds[name]:6.1f} s{extra}", flush=True)
-        start = time.perf_counter()
-        rows = compare_models(list(paths.values()), thgs, ("flwc", "pgd"), device="gaussian", samples=args.samples,
-                              seed=args.seed, torch_device=args.torch_device, labels=list(paths))
-        print(f"evaluated in {time.perf_counter() - start:.1f} s "
-              f"(gaussian device, write-verify at each thg, {args.samples} Monte Carlo chips, seed {args.seed})\n")
+    thgs = tuple(float(v) for v in args.thg.split(","))
+    result = harden_and_compare(epochs=args.epochs, lr=args.lr, seed=args.seed, samples=args.samples, thgs=thgs,
+                                torch_device=args.torch_device, log=lambda line: print(line, flush=True))
+    rows = [ModelComparison(**row) for row in result["rows"]]
+    print("")
     for line in format_comparison(rows):
         print(line)
     print("\nmarkdown:\n")
@@ -105,8 +124,7 @@ def main() -> None:
     lost = by[("vanilla", top)].clean - by[("atrice", top)].clean
     print(f"\natrice vs vanilla at thg {top:g}: worst case (pgd) {gain:+.3f}, clean accuracy {-lost:+.3f}")
     if args.json:
-        write_json(args.json, {"settings": common, "seconds": seconds, "chosen": chosen,
-                               "rows": [row.__dict__ for row in rows]})
+        write_json(args.json, result)
         print(f"wrote {args.json}")
 
 

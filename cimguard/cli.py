@@ -22,6 +22,16 @@ class CimguardGroup(click.Group):
     Set ``CIMGUARD_DEBUG=1`` to see the traceback of unexpected errors.
     """
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        # Reports record the command exactly as typed, and when it started (cimguard.provenance).
+        import time
+
+        from cimguard.provenance import ARGV_KEY, STARTED_KEY
+
+        ctx.meta[ARGV_KEY] = ["cimguard", *args]
+        ctx.meta[STARTED_KEY] = time.time()
+        return super().parse_args(ctx, args)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return self._invoke_with_one_line_errors(ctx)
@@ -95,7 +105,8 @@ def plugins_command(as_json: bool) -> None:
 @model_option
 @setup_options
 @click.option("--thg", type=click.FloatRange(min=0), default=None, help="Write-verify threshold in level units (default: the device's).")
-@click.option("--samples", type=click.IntRange(min=1), default=100, show_default=True, help="Monte Carlo chips.")
+@click.option("--samples", type=click.IntRange(min=0), default=100, show_default=True,
+              help="Monte Carlo chips; 0 skips Monte Carlo (clean accuracy only), as in attack and compare.")
 @seed_option
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the full report to a new JSON file.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
@@ -104,41 +115,48 @@ def evaluate(model, data, device_name, device_params, device_file, weight_bits, 
              max_samples, thg, samples, seed, json_path, plot_path) -> None:
     """Clean and Monte Carlo accuracy of a model on simulated CiM chips."""
     from cimguard.evaluate import accuracy, float_accuracy, monte_carlo
+    from cimguard.provenance import provenance
     from cimguard.report import PLOT_SUFFIXES, check_outputs, write_json
 
+    if plot_path and samples == 0:
+        raise CimguardError("--plot draws the Monte Carlo histogram; it needs --samples >= 1")
     check_outputs({"--json": json_path, "--plot": plot_path}, suffixes={"--plot": PLOT_SUFFIXES},
                   inputs=tuple(p for p in (model, device_file) if p))
     setup = setup_from_options(model, data, device_name, device_params, device_file, weight_bits, label_free,
                                verify, torch_device, max_samples, thg)
     clean = accuracy(setup.crossbar, setup.data)
     floating = float_accuracy(setup.crossbar, setup.data)
-    stats = monte_carlo(setup.crossbar, setup.data, samples, seed, progress=sys.stderr.isatty())
-    report = {"setup": setup.describe(), "float_accuracy": floating, "clean_accuracy": clean, "monte_carlo": stats}
+    stats = monte_carlo(setup.crossbar, setup.data, samples, seed, progress=sys.stderr.isatty()) if samples else None
     metric = "agreement" if setup.data.label_free else "accuracy"
     click.echo(f"model   {setup.model_path}")
-    click.echo(f"data    {setup.dataset.description}")
-    click.echo(f"device  {setup.device_name} (thg {setup.device.config.thg:g} levels), "
+    click.echo(f"data    {setup.data_label}")
+    thg_note = "" if "thg" in setup.device_overrides else f" (thg {setup.device.config.thg:g} levels)"
+    click.echo(f"device  {setup.device_label}{thg_note}, "
                f"{setup.crossbar.num_weights} weights in {len(setup.crossbar.layers)} layers, "
                f"{setup.crossbar.config.weight_bits}-bit weights on {setup.crossbar.slices} devices each")
     click.echo("")
-    rows = [
-        (f"float model {metric}", floating),
-        (f"clean chip {metric}", clean),
-        (f"Monte Carlo mean ({stats.samples} chips, seed {seed})", stats.mean),
-        ("Monte Carlo std", stats.std),
-        ("Monte Carlo min", stats.min),
-    ] + [(f"KPP {_ordinal(p)} percentile", value) for p, value in stats.percentiles.items()]
+    rows = [(f"float model {metric}", floating), (f"clean chip {metric}", clean)]
+    if stats is not None:
+        rows += [
+            (f"Monte Carlo mean ({stats.samples} chips, seed {seed})", stats.mean),
+            ("Monte Carlo std", stats.std),
+            ("Monte Carlo min", stats.min),
+        ] + [(f"KPP {_ordinal(p)} percentile", value) for p, value in stats.percentiles.items()]
     width = max(len(label) for label, _ in rows)
     for label, value in rows:
         click.echo(f"{label:<{width}}  {value:.4f}")
+    if stats is None:
+        click.echo("Monte Carlo skipped (--samples 0)")
     if json_path:
+        report = {"provenance": provenance(setup, metric=metric), "setup": setup.describe(), "metric": metric,
+                  "seed": seed, "float_accuracy": floating, "clean_accuracy": clean, "monte_carlo": stats}
         write_json(json_path, report)
         click.echo(f"\nwrote {json_path}")
     if plot_path:
         from cimguard.plot import plot_monte_carlo
 
         plot_monte_carlo(stats, clean, plot_path, metric=metric,
-                         title=f"{setup.model_path.name} on {setup.device_name}, {stats.samples} chips")
+                         title=f"{setup.model_path.name} on {setup.device_label}, {stats.samples} chips")
         click.echo(f"{'' if json_path else chr(10)}wrote {plot_path}")
 
 

@@ -13,26 +13,49 @@ import click
 from cimguard.cli_options import model_option, seed_option, setup_from_options, setup_options
 from cimguard.errors import CimguardError
 
-DEFAULT_THG = "0.005,0.01,0.02,0.03"
+DEFAULT_THG = "device"
+"""``attack`` and ``compare`` search the device's own box unless told to sweep thresholds."""
+
+DEVICE_BOX = "device"
 
 
-def parse_thg_list(text: str) -> list[float]:
-    """``"0.01,0.03"`` -> ``[0.01, 0.03]`` (finite, >= 0, sorted, no duplicates)."""
-    values = []
+def parse_thg_list(text: str) -> list[float | None]:
+    """``"0.01,0.03"`` -> ``[0.01, 0.03]`` (finite, >= 0, sorted, no duplicates); ``device`` -> ``None``.
+
+    ``None`` is the device as configured: its own write-verify threshold for Monte Carlo and
+    its own worst-case box (``deviation_bound``, per level where the device says so).
+    """
+    values: list[float] = []
+    device_box = False
     for part in text.split(","):
         part = part.strip()
         if not part:
             continue
+        if part.lower() == DEVICE_BOX:
+            device_box = True
+            continue
         try:
             value = float(part)
         except ValueError:
-            raise CimguardError(f"--thg expects comma-separated numbers, got {part!r}") from None
+            raise CimguardError(f"--thg expects 'device' or comma-separated numbers, got {part!r}") from None
         if not math.isfinite(value) or value < 0:
             raise CimguardError(f"--thg values must be finite and >= 0 (level units), got {part}")
         values.append(value)
-    if not values:
-        raise CimguardError("--thg needs at least one threshold, e.g. --thg 0.01,0.03")
-    return sorted(set(values))
+    if not values and not device_box:
+        raise CimguardError("--thg needs 'device' or at least one threshold, e.g. --thg 0.01,0.03")
+    return ([None] if device_box else []) + sorted(set(values))
+
+
+def check_thg_sweep(thgs: list[float | None], device_params: tuple[str, ...]) -> None:
+    """A --thg sweep sets the threshold itself: refuse a --device-param thg=... that it would silently replace."""
+    from cimguard.device import parse_param_overrides
+
+    sweep = [thg for thg in thgs if thg is not None]
+    if sweep and "thg" in parse_param_overrides(device_params):
+        raise CimguardError(
+            "--device-param thg=... and a --thg sweep both set the write-verify threshold; give one: "
+            "--thg device --device-param thg=X searches the device's box at threshold X, --thg X,Y sweeps"
+        )
 
 
 def parse_solvers(values: tuple[str, ...]) -> list[str]:
@@ -122,7 +145,8 @@ def _sha256(path: Path) -> str:
 @setup_options
 @solver_options()
 @click.option("--thg", "thg_text", default=DEFAULT_THG, show_default=True,
-              help="Write-verify thresholds to sweep, in level units, comma-separated.")
+              help="'device': the device's own worst-case box (its deviation_bound, per level), or write-verify "
+                   "thresholds to sweep, in level units, comma-separated (e.g. 0.005,0.01,0.02,0.03).")
 @click.option("--samples", type=click.IntRange(min=0), default=100, show_default=True,
               help="Monte Carlo chips per thg; 0 skips Monte Carlo (worst case only, the table shows '-').")
 @seed_option
@@ -154,6 +178,7 @@ def attack(ctx, model, data, device_name, device_params, device_file, weight_bit
         return
     # Every check before any work: thresholds, solvers (built, so their settings are validated), outputs.
     thgs = parse_thg_list(thg_text)
+    check_thg_sweep(thgs, device_params)
     solvers, options = solvers_from_options(solver_names, iterations, solver_params)
     check_outputs({"--json": json_path, "--plot": plot_path, "--save-perturbation": save_path},
                   suffixes={"--plot": PLOT_SUFFIXES, "--save-perturbation": (".npz",)},
@@ -176,27 +201,33 @@ def attack(ctx, model, data, device_name, device_params, device_file, weight_bit
 
         rows = layer_sensitivity(setup.crossbar, setup.data, thgs[-1], solvers[0], seed, options[solvers[0]],
                                  progress=progress)
-        _print_sensitivity(rows, solvers[0], thgs[-1], sweep.metric)
+        _print_sensitivity(rows, solvers[0], sweep.points[-1].label, sweep.metric)
         sweep.interrupted = any(row.interrupted for row in rows)
 
     if plot_path is not None:
         from cimguard.plot import plot_attack_sweep
 
-        plot_attack_sweep(sweep, plot_path)
+        plot_attack_sweep(sweep, plot_path, title=f"{setup.model_path.name} on {setup.device_label}")
         click.echo(f"wrote {plot_path}")
     worst = sweep.worst_run()
     if save_path is not None and worst is not None:
         save_perturbation(save_path, worst.worst.perturbation, {
             "model": str(setup.model_path), "model_sha256": _sha256(setup.model_path), "data": data,
             "device": device_name, "device_params": list(device_params), "device_file": device_file,
+            "box": "device" if worst.thg is None else "thg", "device_parameters": setup.describe()["device_params"],
             "weight_bits": weight_bits, "label_free": setup.data.label_free, "max_samples": max_samples,
             "thg": worst.thg, "solver": worst.solver, "seed": seed, "metric": sweep.metric,
             "accuracy": worst.accuracy, "interrupted": worst.worst.interrupted, "options": worst.options,
         })
-        click.echo(f"wrote {save_path} ({worst.solver} at thg {worst.thg:g}, {sweep.metric} {worst.accuracy:.4f})")
+        at = "in the device's box" if worst.thg is None else f"at thg {worst.thg:g}"
+        click.echo(f"wrote {save_path} ({worst.solver} {at}, {sweep.metric} {worst.accuracy:.4f})")
     if json_path is not None:
+        from cimguard.provenance import provenance
+
         record = {
-            "setup": setup.describe(), "seed": seed, "samples": samples, "thg": thgs,
+            "provenance": provenance(setup, metric=sweep.metric),
+            "setup": setup.describe(), "seed": seed, "samples": samples,
+            "thg": ["device" if thg is None else thg for thg in thgs],
             "float_accuracy": float_accuracy(setup.crossbar, setup.data), **sweep.to_record(),
             "sensitivity": rows,
         }
@@ -209,12 +240,18 @@ def attack(ctx, model, data, device_name, device_params, device_file, weight_bit
 
 def _print_header(setup, sweep, samples: int, seed: int) -> None:
     click.echo(f"model   {setup.model_path}")
-    click.echo(f"data    {setup.dataset.description}" + ("  [label-free: agreement with the clean model]"
+    click.echo(f"data    {setup.data_label}" + ("  [label-free: agreement with the clean model]"
                                                          if setup.data.label_free else ""))
-    click.echo(f"device  {setup.device_name}, {setup.crossbar.num_weights} weights in {len(setup.crossbar.layers)} "
+    click.echo(f"device  {setup.device_label}, {setup.crossbar.num_weights} weights in {len(setup.crossbar.layers)} "
                f"layers, {setup.crossbar.config.weight_bits}-bit weights on {setup.crossbar.slices} devices each")
     monte_carlo = f"Monte Carlo {samples} chips per thg" if samples else "Monte Carlo skipped (--samples 0)"
     click.echo(f"seed    {seed}; {monte_carlo}; worst case: one ΔW shared by all {len(setup.data.labels)} inputs")
+    for point in sweep.points:
+        if point.thg is None:
+            per_level = ", ".join(f"{b:.4g}" for b in point.box_levels or [])
+            click.echo(f"box     thg 'device': the device's own worst-case box, {per_level} levels per device at "
+                       f"levels 0..{len(point.box_levels or []) - 1} (deviation_bound); Monte Carlo at its thg "
+                       f"{setup.device.config.thg:g}")
     click.echo("")
 
 
@@ -223,7 +260,7 @@ def _print_table(sweep) -> None:
     table = []
     for point in sweep.points:
         mc = point.monte_carlo
-        row = [f"{point.thg:g}", f"{point.clean:.4f}"]
+        row = [point.label, f"{point.clean:.4f}"]
         row += [f"{mc.mean:.4f}", f"{mc.percentiles['1']:.4f}", f"{mc.percentiles['10']:.4f}"] if mc else ["-"] * 3
         for name in sweep.solvers:
             run = point.runs.get(name)
@@ -237,14 +274,15 @@ def _print_table(sweep) -> None:
         click.echo("* interrupted: best chip found before Ctrl-C")
 
 
-def _print_sensitivity(rows, solver: str, thg: float, metric: str) -> None:
+def _print_sensitivity(rows, solver: str, thg: str, metric: str) -> None:
     click.echo("")
-    click.echo(f"per-layer sensitivity: worst case of each layer alone ({solver}, thg {thg:g}), most damaging first")
+    click.echo(f"per-layer sensitivity: worst case of each layer alone ({solver}, thg {thg}), most damaging first "
+               "(layers by ONNX weight name, as `inspect` shows them)")
     width = max(len(row.layer) for row in rows)
-    click.echo(f"{'layer':<{width}}  {'kind':<6}  {'weights':>8}  {metric:>9}  {'drop':>7}")
+    click.echo(f"{'layer':<{width}}  {'kind':<6}  {'weights':>8}  {metric:>9}  {'drop':>7}  node")
     for row in rows:
         click.echo(f"{row.layer:<{width}}  {row.op_type:<6}  {row.weights:>8}  {row.accuracy:>9.4f}  {row.drop:>7.4f}"
-                   + ("  (interrupted)" if row.interrupted else ""))
+                   f"  {row.node}" + ("  (interrupted)" if row.interrupted else ""))
 
 
 def _replay(ctx, replay_path, model, data, device_name, device_params, device_file, weight_bits, label_free, verify,
@@ -270,11 +308,12 @@ def _replay(ctx, replay_path, model, data, device_name, device_params, device_fi
     if meta.get("model_sha256") and _sha256(setup.model_path) != meta["model_sha256"]:
         raise CimguardError(f"{replay_path} was found on a different model file than {setup.model_path} (hash differs)")
     perturbation, _ = load_perturbation(replay_path, setup.crossbar)
-    thg = float(meta["thg"])
+    thg = None if meta.get("thg") is None else float(meta["thg"])
     problem = make_problem(setup.crossbar, setup.data, thg)
     checked = verified(problem, WorstCase(perturbation, float("nan")), f"replay of {replay_path}")
     metric = "agreement" if setup.data.label_free else "accuracy"
-    click.echo(f"replayed {replay_path}: {meta.get('solver')} worst case at thg {thg:g} on {setup.model_path}")
+    at = "in the device's box" if thg is None else f"at thg {thg:g}"
+    click.echo(f"replayed {replay_path}: {meta.get('solver')} worst case {at} on {setup.model_path}")
     saved = float(meta.get("accuracy", float("nan")))
     clean = accuracy(setup.crossbar, setup.data)
     click.echo(f"{metric} now {checked.accuracy:.4f} (saved {saved:.4f}); clean chip {clean:.4f}")

@@ -9,6 +9,7 @@ from typing import Any
 import click
 import torch
 
+from cimguard.errors import CimguardError
 from cimguard.device import Device, create_device, describe_config, parse_param_overrides, read_device_file
 from cimguard.report import to_jsonable
 
@@ -25,8 +26,12 @@ def devices_command(show: str | None, device_file: str | None, device_params: tu
         rows = _device_rows(device_file)
         if as_json:
             click.echo(json.dumps(rows, indent=2))
-            return
-        _print_table(rows)
+        else:
+            _print_table(rows)
+        bad = [row for row in rows if "error" in row]
+        if bad:
+            # The good profiles are listed above; the exit status still says the file needs fixing.
+            raise CimguardError(f"{len(bad)} profile(s) of {device_file} cannot be used: {bad[0]['error']}")
         return
     device = create_device(show, parse_param_overrides(device_params), device_file=device_file)
     record = describe_device(show, device)
@@ -39,15 +44,25 @@ def devices_command(show: str | None, device_file: str | None, device_params: tu
 def _device_rows(device_file: str | None) -> list[dict[str, Any]]:
     from cimguard.plugins import registry
 
+    from cimguard.plugins import BUILTIN_PLUGINS
+
     devices = registry("devices")
     rows = []
     for name in devices.names():
         device = devices.get(name)()
-        rows.append(_row(name, f"plugin {devices.owners[name]}", device))
+        owner = devices.owners[name]
+        # Spelled as `cimguard plugins` spells it.
+        rows.append(_row(name, "built-in" if owner in BUILTIN_PLUGINS else f"plugin {owner}", device))
     if device_file is not None:
         for profile in read_device_file(device_file):
-            device = create_device(profile.name, device_file=device_file)
-            rows.append(_row(profile.name, f"profile of {profile.base} ({device_file})", device))
+            origin = f"profile of {profile.base} ({device_file})"
+            try:
+                device = create_device(profile.name, device_file=device_file)
+            except CimguardError as exc:
+                # One bad profile must not hide the good ones: list it with its error.
+                rows.append({"name": profile.name, "origin": origin, "error": str(exc)})
+                continue
+            rows.append(_row(profile.name, origin, device))
     return rows
 
 
@@ -75,6 +90,7 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
             r["origin"],
             _shorten(r["source"], 60),
         )
+        if "error" not in r else (r["name"], "-", "-", "-", r["origin"], f"NOT USABLE: {r['error']}")
         for r in rows
     ]
     widths = [max(len(row[i]) for row in [header, *table]) for i in range(len(header) - 1)]
@@ -91,16 +107,22 @@ def describe_device(name: str, device: Device) -> dict[str, Any]:
     """Everything ``devices --show`` prints, as data."""
     c = device.config
     levels = torch.arange(c.levels, dtype=torch.float32)
+    try:
+        bounds = [float(b) for b in device.level_bounds(levels.double())]
+    except CimguardError:  # thg = inf: no finite box (still worth showing the rest)
+        bounds = [float("inf")] * c.levels
     return {
         "name": name,
         "class": f"{type(device).__module__}.{type(device).__name__}",
-        "description": (type(c).__doc__ or "").strip().splitlines()[0] if type(c).__doc__ else "",
+        "description": config_description(type(c)),
         "parameters": [{"name": field, "value": value, "doc": doc} for field, value, doc in describe_config(c)],
         "levels": c.levels,
         "level_step_us": device.level_step_us,
         "level_conductance_us": [float(v) for v in device.to_conductance_us(levels)],
         "programming_sigma_levels": [float(v) for v in device.programming_sigma(levels)],
-        "deviation_bound_levels": device.deviation_bound(),
+        "deviation_bound_levels": max(bounds),
+        "deviation_bound_per_level": bounds,
+        "formulas": list(type(device).formulas),
         "source": device.source,
     }
 
@@ -127,9 +149,25 @@ def _print_device(record: dict[str, Any]) -> None:
     sigmas = ", ".join(f"{s:.4g}" for s in record["programming_sigma_levels"])
     click.echo(f"levels              {record['levels']} (step {record['level_step_us']:.4g} µS): {conductances} µS")
     click.echo(f"programming σ       {sigmas} (level units, before truncation at thg)")
-    click.echo(f"worst-case bound    {record['deviation_bound_levels']:.4g} levels per device (deviation_bound)")
+    for index, formula in enumerate(record["formulas"]):
+        click.echo(f"{'formulas' if index == 0 else '':<20}{formula}")
+    per_level = ", ".join(f"{b:.4g}" for b in record["deviation_bound_per_level"])
+    click.echo(f"worst-case box      {per_level} levels per device, lowest level first "
+               "(deviation_bound; `attack --thg device` searches it)")
     click.echo("")
     click.echo(textwrap.fill(f"source: {record['source'] or '(none given)'}", width=100, subsequent_indent="  "))
+
+
+def config_description(config_class: type) -> str:
+    """The first line of the config's own docstring; "" when it has none.
+
+    A dataclass without a docstring gets a generated one (its signature, ``Name(field: type = …)``),
+    which is not a description.
+    """
+    doc = (config_class.__dict__.get("__doc__") or "").strip()
+    if not doc or doc.startswith(f"{config_class.__name__}("):
+        return ""
+    return doc.splitlines()[0]
 
 
 def _format_value(value: Any) -> str:

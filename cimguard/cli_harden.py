@@ -10,9 +10,10 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import click
 
-from cimguard.cli_attack import parse_thg_list, solver_options, solvers_from_options
-from cimguard.cli_options import seed_option, setup_from_options, setup_options
+from cimguard.cli_attack import DEFAULT_THG, check_thg_sweep, parse_thg_list, solver_options, solvers_from_options
+from cimguard.cli_options import seed_option, setup_from_options, setup_options, training_setup_options
 from cimguard.errors import CimguardError
+from cimguard.solve import BoxChoice
 
 if TYPE_CHECKING:
     from cimguard.solve import AttackSweep
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 @click.argument("model", required=False, type=click.Path(dir_okay=False))
 @click.option("--trainer", "trainer_name", default="atrice", show_default=True, help="Hardening trainer (see `cimguard plugins`).")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="New .onnx file to write (never overwritten).")
-@setup_options
+@training_setup_options
 @click.option("--thg", type=click.FloatRange(min=0), default=None, help="Write-verify threshold in level units (default: the device's).")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Training epochs (default: the trainer's).")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Adam learning rate.")
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None, help="Checkpoint file, rewritten after every epoch.")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run saved in --checkpoint.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write a training report to a new JSON file.")
-def harden(model, trainer_name, output, data, device_name, device_params, device_file, weight_bits, label_free, verify,
+def harden(model, trainer_name, output, data, device_name, device_params, device_file, weight_bits, verify,
            torch_device, max_samples, thg, epochs, lr, batch_size, alpha, sigma, threshold, eta_train, seed,
            checkpoint, resume, json_path) -> None:
     """Fine-tune MODEL (default: the embedded model) to resist device variation; write the result to -o.
@@ -53,8 +54,6 @@ def harden(model, trainer_name, output, data, device_name, device_params, device
     from cimguard.report import check_outputs, write_json
     from cimguard.train import check_checkpoint
 
-    if label_free:
-        raise CimguardError("harden trains on labelled data; --label-free does not apply")
     trainer_class = registry("trainers").get(trainer_name)
     trainer = trainer_class.from_options(
         trainer_name, epochs=epochs, lr=lr, batch_size=batch_size, alpha=alpha, sigma=sigma, threshold=threshold,
@@ -83,6 +82,7 @@ def harden(model, trainer_name, output, data, device_name, device_params, device
 
     before, after = accuracy(setup.crossbar, setup.data), accuracy(hardened, setup.data)
     click.echo(f"model    {setup.model_path}")
+    click.echo(f"device   {setup.device_label} (thg {setup.device.config.thg:g} levels)")
     click.echo(f"trainer  {trainer_name} ({result.config['epochs']} epochs, seed {result.config['seed']})"
                + (f", resumed after epoch {result.resumed_from_epoch}" if result.resumed_from_epoch is not None else ""))
     for key, value in result.chosen.items():
@@ -91,9 +91,13 @@ def harden(model, trainer_name, output, data, device_name, device_params, device
     click.echo(f"clean chip accuracy  {before:.4f} -> {after:.4f} ({setup.dataset.name} evaluation split)")
     click.echo(f"wrote {output}")
     if json_path:
-        write_json(json_path, {"setup": setup.describe(), "trainer": trainer_name, "config": result.config,
+        from cimguard.provenance import file_sha256, provenance
+
+        write_json(json_path, {"provenance": provenance(setup, metric="accuracy"), "setup": setup.describe(),
+                               "metric": "accuracy", "trainer": trainer_name, "config": result.config,
                                "chosen": result.chosen, "history": result.history,
-                               "clean_accuracy_before": before, "clean_accuracy_after": after, "output": output})
+                               "clean_accuracy_before": before, "clean_accuracy_after": after,
+                               "output": {"path": str(Path(output).resolve()), "sha256": file_sha256(output)}})
         click.echo(f"wrote {json_path}")
 
 
@@ -101,17 +105,20 @@ def harden(model, trainer_name, output, data, device_name, device_params, device
 
 
 @dataclass
-class ModelComparison:
+class ModelComparison(BoxChoice):
     """One model at one write-verify threshold: a row of the ``compare`` table."""
 
     model: str
-    thg: float
+    thg: float | None
+    """The swept threshold; ``None``: the device's own box (``box_levels``)."""
     clean: float
     monte_carlo_mean: float | None
     """``None`` when Monte Carlo was skipped (``--samples 0``) or interrupted."""
     monte_carlo_p1: float | None
     worst_case: dict[str, float] = field(default_factory=dict)
     """Verified worst-case accuracy (agreement in label-free mode) by solver name."""
+    box_levels: list[float] | None = None
+    """The device's box per target level (level units) when ``thg`` is None."""
 
 
 @dataclass
@@ -126,6 +133,8 @@ class Comparison:
     """``(model label, AttackSweep)`` in the order the models were given."""
     interrupted: bool = False
     """Ctrl-C stopped the comparison; later models (and thresholds) are missing."""
+    setups: list[Any] = field(default_factory=list, repr=False)
+    """The :class:`cimguard.pipeline.Setup` of every model compared (for the report's provenance)."""
 
     @property
     def rows(self) -> list[ModelComparison]:
@@ -136,14 +145,14 @@ class Comparison:
                 mc = point.monte_carlo
                 rows.append(ModelComparison(
                     label, point.thg, point.clean, mc.mean if mc else None, mc.percentiles["1"] if mc else None,
-                    {name: run.accuracy for name, run in point.runs.items()},
+                    {name: run.accuracy for name, run in point.runs.items()}, point.box_levels,
                 ))
         return rows
 
 
 def compare_sweeps(
     models: Sequence[str | Path | None],
-    thgs: Sequence[float],
+    thgs: Sequence[float | None],
     solvers: Sequence[str],
     *,
     data: str = "digits",
@@ -184,6 +193,7 @@ def compare_sweeps(
         sweep = attack_sweep(setup.crossbar, setup.data, list(thgs), list(solvers), samples=samples, seed=seed,
                              options=options, progress=progress)
         comparison.sweeps.append((label, sweep))
+        comparison.setups.append(setup)
         if sweep.interrupted:
             comparison.interrupted = True
             break
@@ -204,7 +214,7 @@ def format_comparison(rows: Sequence[ModelComparison], solvers: Sequence[str] | 
         return "-" if value is None else f"{value:.4f}"
 
     headers = ["model", "thg", "clean", "MC mean", "MC p1"] + [f"worst {s}" for s in solvers]
-    table = [[r.model, f"{r.thg:g}", number(r.clean), number(r.monte_carlo_mean), number(r.monte_carlo_p1)]
+    table = [[r.model, r.label, number(r.clean), number(r.monte_carlo_mean), number(r.monte_carlo_p1)]
              + [number(r.worst_case.get(s)) for s in solvers] for r in rows]
     widths = [max(len(h), *(len(line[i]) for line in table)) for i, h in enumerate(headers)]
     lines = ["  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(headers, widths)))]
@@ -217,8 +227,9 @@ def format_comparison(rows: Sequence[ModelComparison], solvers: Sequence[str] | 
 @click.argument("models", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @setup_options
 @solver_options()
-@click.option("--thg", "thg_text", default="0.01,0.02,0.03", show_default=True,
-              help="Write-verify thresholds, in level units, comma-separated.")
+@click.option("--thg", "thg_text", default=DEFAULT_THG, show_default=True,
+              help="'device': the device's own worst-case box (per level), or write-verify thresholds to sweep, "
+                   "in level units, comma-separated (e.g. 0.01,0.02,0.03).")
 @click.option("--samples", type=click.IntRange(min=0), default=100, show_default=True,
               help="Monte Carlo chips per thg; 0 skips Monte Carlo (worst case only, the table shows '-').")
 @seed_option
@@ -238,6 +249,7 @@ def compare(ctx, models, data, device_name, device_params, device_file, weight_b
     # Every check before any work, as `attack` does: thresholds, solvers (built, so their settings
     # are validated), outputs.
     thgs = parse_thg_list(thg_text)
+    check_thg_sweep(thgs, device_params)
     solvers, options = solvers_from_options(solver_names, iterations, solver_params)
     check_outputs({"--plot": plot_path, "--json": json_path}, suffixes={"--plot": PLOT_SUFFIXES},
                   inputs=(*models, data, device_file))
@@ -249,18 +261,24 @@ def compare(ctx, models, data, device_name, device_params, device_file, weight_b
     )
     rows = comparison.rows
     monte_carlo = f"{samples} Monte Carlo chips per thg" if samples else "no Monte Carlo"
-    click.echo(f"device {device_name}, {monte_carlo}, seed {seed}; solvers: {', '.join(solvers)}; "
+    device_label = comparison.setups[0].device_label if comparison.setups else device_name
+    click.echo(f"device {device_label}, {monte_carlo}, seed {seed}; solvers: {', '.join(solvers)}; "
                f"{comparison.metric}" + (" with each model's clean chip" if label_free else ""))
     for line in format_comparison(rows, solvers):
         click.echo(line)
     if plot_path:
         from cimguard.plot import plot_comparison, save_figure
 
-        save_figure(plot_comparison(rows, metric=comparison.metric), plot_path)
+        save_figure(plot_comparison(rows, metric=comparison.metric, title=f"on {device_label}"), plot_path)
         click.echo(f"wrote {plot_path}")
     if json_path:
+        from cimguard.provenance import provenance
+
         write_json(json_path, {
-            "device": device_name, "device_params": params, "samples": samples, "seed": seed, "thg": thgs,
+            "provenance": provenance(comparison.setups[0] if comparison.setups else None, metric=comparison.metric,
+                                     models=[s.model_path for s in comparison.setups]),
+            "device": device_name, "device_params": params, "samples": samples, "seed": seed,
+            "thg": ["device" if thg is None else thg for thg in thgs],
             "metric": comparison.metric, "solvers": solvers, "interrupted": comparison.interrupted,
             "rows": [dataclasses.asdict(r) for r in rows],
             "sweeps": [{"model": label, **sweep.to_record()} for label, sweep in comparison.sweeps],

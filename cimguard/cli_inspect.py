@@ -63,10 +63,15 @@ class ModelInspection:
     """Elements of all floating-point constant tensors after legalisation (weights made by nodes included)."""
     crossbar_layers: list[CrossbarLayer] = field(default_factory=list)
     crossbar_weights: int = 0
+    """Weights programmed into crossbars: a weight used by several nodes counts once per use (one crossbar each)."""
+    shared_weights: dict[str, list[str]] = field(default_factory=dict)
+    """``{initializer: [nodes]}`` for weights that several crossbar layers use (tied weights)."""
     legalisation: list[str] = field(default_factory=list)
     converts: bool = False
     conversion_error: str | None = None
     check: ConversionCheck | None = None
+    provenance: dict | None = None
+    """Versions, the model's SHA-256 and absolute path, command line and times (:mod:`cimguard.provenance`)."""
 
 
 def inspect_model(path: str | Path, *, seed: int = 0) -> ModelInspection:
@@ -105,6 +110,10 @@ def inspect_model(path: str | Path, *, seed: int = 0) -> ModelInspection:
         report.crossbar_layers.append(CrossbarLayer(mapped.node, mapped.op_type, mapped.initializer, mapped.shape,
                                                     mapped.numel, stored.get(mapped.torch_name, "unknown")))
     report.crossbar_weights = sum(layer.weights for layer in report.crossbar_layers)
+    users: dict[str, list[str]] = {}
+    for layer in report.crossbar_layers:
+        users.setdefault(layer.weight, []).append(layer.node)
+    report.shared_weights = {name: nodes for name, nodes in users.items() if len(nodes) > 1}
     report.check = _check(imported, seed)
     return report
 
@@ -148,12 +157,17 @@ def _print(report: ModelInspection) -> None:
         click.echo("legalised   " + "\n            ".join(report.legalisation))
     else:
         click.echo("legalised   nothing to change")
-    click.echo(f"crossbars   {len(report.crossbar_layers)} layers, {report.crossbar_weights} weights")
+    click.echo(f"crossbars   {len(report.crossbar_layers)} layers, {report.crossbar_weights} weights "
+               "(layers named by their ONNX weight, as `attack --sensitivity` names them; node in brackets)")
     if report.crossbar_layers:
-        width = max(len(layer.node) for layer in report.crossbar_layers)
+        width = max(len(layer.weight) for layer in report.crossbar_layers)
         for layer in report.crossbar_layers:
             shape = "x".join(str(d) for d in layer.shape)
-            click.echo(f"  {layer.node:<{width}}  {layer.op_type:<6} {shape:<16} {layer.weights:>10} weights  ({layer.stored_as})")
+            click.echo(f"  {layer.weight:<{width}}  {layer.op_type:<6} {shape:<16} {layer.weights:>10} weights  "
+                       f"[{layer.node}] ({layer.stored_as})")
+    for name, nodes in report.shared_weights.items():
+        click.echo(f"shared      {name} is used by {len(nodes)} nodes ({', '.join(nodes)}): each use is its own "
+                   f"crossbar, so crossbars count it {len(nodes)} times while parameters counts it once")
     check = report.check
     shapes = ", ".join(f"{name} {list(shape)}" for name, shape in check.input_shapes.items())
     verdict = "exact" if check.exact else "NOT exact"
@@ -170,8 +184,11 @@ def inspect_command(model_path: str, as_json: bool, seed: int) -> None:
 
     Exits with status 1 when the model does not convert or the conversion is not exact.
     """
+    from cimguard.provenance import provenance
+
     report = inspect_model(model_path, seed=seed)
     if as_json:
+        report.provenance = provenance(models=[Path(model_path)], metric=None)
         click.echo(json.dumps(to_jsonable(report), indent=2))
     else:
         _print(report)

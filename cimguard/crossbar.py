@@ -172,9 +172,15 @@ class Crossbar:
     def bounds(self, thg: float | None = None) -> Perturbation:
         """The per-weight box ``|ΔW| <= bound`` the worst-case solvers must stay in.
 
-        ``thg`` defaults to the device's own deviation bound (its write-verify threshold).
+        With ``thg``: every device within ``thg`` levels, a uniform box per layer (a sweep).
+        Without: the device's own box, which may differ per target level
+        (:meth:`cimguard.device.Device.deviation_bound`); a weight whose devices sit at
+        levels ``g_i`` gets ``s_fs · Σ_i b(g_i) 2**(-iB)``, the exact box of the bit-sliced
+        mapping when each device ``i`` stays within ``b(g_i)``.
         """
-        thg = self.device.deviation_bound() if thg is None else thg
+        if thg is None:
+            return {name: self.weight_delta(name, self.device.level_bounds(layer.levels)) * layer.sign
+                    for name, layer in self.layers.items()}
         if not 0 <= thg < float("inf"):
             raise CimguardError("a worst-case bound needs a finite write-verify threshold thg >= 0")
         return {

@@ -94,6 +94,9 @@ class Device:
     Config: ClassVar[type[DeviceConfig]] = DeviceConfig
     #: Where the parameters come from (paper, code, data sheet); shown to users.
     source: ClassVar[str] = ""
+    #: The model's formulas exactly as the code computes them, one per line; shown by
+    #: ``devices --show`` and quoted verbatim by README and docs/devices.md (a test checks both).
+    formulas: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: DeviceConfig | None = None) -> None:
         self.config = checked_config(self, config)
@@ -180,9 +183,42 @@ class Device:
 
         return draw_verified
 
-    def deviation_bound(self) -> float:
-        """The largest ``|deviation|`` (level units) the worst-case solvers must consider."""
-        return self.config.thg
+    def deviation_bound(self, target_levels: torch.Tensor | None = None) -> float | torch.Tensor:
+        """The largest ``|deviation|`` (level units) the worst-case solvers must consider.
+
+        With ``target_levels`` the answer is per device (same shape): the box of a device
+        programmed to that level, which is what the crossbar builds the solvers' per-weight
+        box from.  Without, one number: the largest bound over all levels.  The default is the
+        write-verify threshold ``thg`` at every level.  Devices whose state moves after
+        write-verify (drift, read noise) or whose spread depends on the level override it.
+        An override ``deviation_bound(self) -> float`` (no argument) still works: that number
+        is then every level's bound (see :meth:`level_bounds`).
+        """
+        if target_levels is None:
+            return self.config.thg
+        return torch.full_like(target_levels, self.config.thg)
+
+    def level_bounds(self, target_levels: torch.Tensor) -> torch.Tensor:
+        """:meth:`deviation_bound` per device, checked: finite, ``>= 0`` and shaped like ``target_levels``."""
+        import inspect
+
+        parameters = inspect.signature(self.deviation_bound).parameters
+        if parameters:
+            bound = self.deviation_bound(target_levels)
+        else:  # a device written before per-level boxes: one number for every level
+            bound = self.deviation_bound()  # type: ignore[call-arg]
+        bound = torch.as_tensor(bound, dtype=target_levels.dtype, device=target_levels.device)
+        try:
+            bound = bound.expand_as(target_levels)
+        except RuntimeError:
+            raise CimguardError(f"{type(self).__name__}.deviation_bound gave shape {tuple(bound.shape)} "
+                                f"for levels of shape {tuple(target_levels.shape)}") from None
+        if not bool(torch.isfinite(bound).all()) or bool((bound < 0).any()):
+            raise CimguardError(
+                f"the worst-case box of {type(self).__name__} is not a finite number >= 0 at every level "
+                "(deviation_bound); a worst-case search needs a finite write-verify threshold thg"
+            )
+        return bound
 
     # -- units ---------------------------------------------------------------------------
     @property
@@ -265,6 +301,8 @@ class DeviceProfile:
     base: str
     params: dict[str, Any]
     source: str = ""
+    problem: str = ""
+    """Why this profile cannot be used ("" when it can); other profiles of the file stay usable."""
 
 
 def read_device_file(path: str | Path) -> list[DeviceProfile]:
@@ -287,13 +325,18 @@ def read_device_file(path: str | Path) -> list[DeviceProfile]:
         raise CimguardError(f"{path} is not valid TOML: {exc}") from None
     profiles = []
     for name, table in data.items():
+        # A malformed profile is kept with its problem, so the file's good profiles stay usable.
         if not isinstance(table, dict):
-            raise CimguardError(f"{path}: {name!r} must be a table ([{name}]) of device parameters")
+            profiles.append(DeviceProfile(name, "", {}, problem=f"{path}: {name!r} must be a table ([{name}]) of "
+                                                                 "device parameters"))
+            continue
         table = dict(table)
         base = table.pop("base", None)
-        if not isinstance(base, str):
-            raise CimguardError(f"{path}: profile [{name}] needs base = \"<registered device>\"")
         source = str(table.pop("source", ""))
+        if not isinstance(base, str):
+            profiles.append(DeviceProfile(name, "", table, source,
+                                          problem=f"{path}: profile [{name}] needs base = \"<registered device>\""))
+            continue
         profiles.append(DeviceProfile(name, base, table, source))
     if not profiles:
         raise CimguardError(f"{path} defines no device profile")
@@ -315,10 +358,14 @@ def create_device(
         profiles = {p.name: p for p in read_device_file(device_file)}
         if name in profiles:
             profile = profiles[name]
-            cls = devices.get(profile.base)
-            profile_params = dict(profile.params)
-            origin = f" in profile [{name}] of {device_file}"
-            config = build_config(cls.Config, profile_params, origin=origin)
+            if profile.problem:
+                raise CimguardError(profile.problem)
+            try:
+                cls = devices.get(profile.base)
+                profile_params = dict(profile.params)
+                config = build_config(cls.Config, profile_params)
+            except CimguardError as exc:
+                raise CimguardError(f"profile [{name}] of {device_file}: {exc}") from None
             if params:
                 config = build_config(cls.Config, dataclasses.asdict(config) | dict(params))
             device = cls(config)

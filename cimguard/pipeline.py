@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -46,6 +46,20 @@ class Setup:
     device: Device
     crossbar: Crossbar
     data: EvalData
+    device_overrides: dict[str, Any] = field(default_factory=dict)
+    """The device parameters set on the command line (``--device-param``, ``--thg``), as given."""
+
+    @property
+    def data_label(self) -> str:
+        """The dataset's description and, when ``--max-samples`` cut it, how many samples were used."""
+        used, available = len(self.data.labels), len(self.dataset.x_eval)
+        cut = f"; first {used} of {available} evaluation samples used (--max-samples)" if used < available else ""
+        return self.dataset.description + cut
+
+    @property
+    def device_label(self) -> str:
+        """The device and every parameter the user overrode, with units: ``pcm, t=86400 s``."""
+        return describe_device_choice(self.device_name, self.device, self.device_overrides)
 
     def describe(self) -> dict[str, Any]:
         import dataclasses
@@ -58,7 +72,11 @@ class Setup:
             "evaluation_samples": len(self.data.labels),
             "device": self.device_name,
             "device_params": dataclasses.asdict(self.device.config),
-            "crossbar": dataclasses.asdict(self.crossbar.config),
+            "device_overrides": dict(self.device_overrides),
+            # The layers actually mapped (ONNX initializer names), not the kinds that could be.
+            "crossbar": {"weight_bits": self.crossbar.config.weight_bits,
+                         "layer_kinds": list(self.crossbar.config.layers),
+                         "layers": [layer.weight.initializer for layer in self.crossbar.layers.values()]},
             "mapped_layers": len(self.crossbar.layers),
             "mapped_weights": self.crossbar.num_weights,
         }
@@ -97,4 +115,30 @@ def build_setup(
     if not eval_data.label_free:
         num_classes = crossbar.logits(eval_data.x[:1]).shape[1]
         check_labels(eval_data.labels, num_classes)
-    return Setup(model_path, imported, dataset, device, built_device, crossbar, eval_data)
+    return Setup(model_path, imported, dataset, device, built_device, crossbar, eval_data,
+                 dict(device_params or {}))
+
+
+def describe_device_choice(name: str, device: Device, overrides: Mapping[str, Any]) -> str:
+    """``pcm, t=86400 s``: the device name and each overridden parameter with its unit (from the field's doc)."""
+    from cimguard.device import describe_config
+
+    docs = {field_name: doc for field_name, _, doc in describe_config(device.config)}
+    values = {field_name: value for field_name, value, _ in describe_config(device.config)}
+    parts = [name]
+    for key in overrides:
+        value = values.get(key, overrides[key])
+        text = f"{value:g}" if isinstance(value, float) else str(value)
+        unit = _unit(docs.get(key, ""))
+        parts.append(f"{key}={text}{' ' + unit if unit else ''}")
+    return ", ".join(parts)
+
+
+def _unit(doc: str) -> str:
+    """The unit a field's docstring names (seconds, µS, mV, level units), or ""."""
+    lowered = doc.lower()
+    for needle, unit in (("level units", "levels"), ("in seconds", "s"), ("seconds", "s"), ("in µs", "µS"),
+                         ("µs", "µS"), ("in mv", "mV"), ("mv", "mV")):
+        if needle in lowered:
+            return unit
+    return ""

@@ -36,7 +36,7 @@ def save_figure(figure, path: str | Path) -> Path:
 # -- compare (cimguard compare): worst-case and Monte Carlo accuracy of several models over thg --------
 
 
-def plot_comparison(rows, *, metric: str = "accuracy"):
+def plot_comparison(rows, *, metric: str = "accuracy", title: str = ""):
     """``metric`` against thg, one colour per model: solid worst case per solver, dashed Monte Carlo 1st percentile.
 
     ``rows`` are :class:`cimguard.cli_harden.ModelComparison` records; ``metric`` is
@@ -48,22 +48,24 @@ def plot_comparison(rows, *, metric: str = "accuracy"):
     solvers = list(dict.fromkeys(solver for row in rows for solver in row.worst_case))
     markers = "osd^v<>"
     for index, model in enumerate(models):
-        mine = sorted((row for row in rows if row.model == model), key=lambda row: row.thg)
+        mine = sorted((row for row in rows if row.model == model), key=lambda row: row.size)
         colour = f"C{index % 10}"
         label = Path(model).name if model else "model"
-        monte_carlo = [(row.thg, row.monte_carlo_p1) for row in mine if row.monte_carlo_p1 is not None]
+        monte_carlo = [(row.size, row.monte_carlo_p1) for row in mine if row.monte_carlo_p1 is not None]
         if monte_carlo:
             axes.plot(*zip(*monte_carlo), linestyle="--", color=colour, label=f"{label}: MC 1st pct")
         for number, solver in enumerate(solvers):
-            worst = [(row.thg, row.worst_case[solver]) for row in mine if solver in row.worst_case]
+            worst = [(row.size, row.worst_case[solver]) for row in mine if solver in row.worst_case]
             if worst:
                 axes.plot(*zip(*worst), marker=markers[number % len(markers)], color=colour,
                           label=f"{label}: worst ({solver})")
-    axes.set_xlabel("write-verify threshold thg (levels)")
+    axes.set_xlabel("box size: write-verify threshold thg, or the device box's largest bound (levels)")
     axes.set_ylabel(metric)
     axes.set_ylim(0, 1.02)
     axes.grid(alpha=0.3)
     axes.legend(fontsize="small")
+    if title:
+        axes.set_title(title, fontsize="medium")
     return figure
 
 
@@ -106,18 +108,18 @@ def plot_monte_carlo(stats, clean_accuracy: float, path=None, *, metric: str = "
 # -- worst-case sweeps (cimguard attack) ----------------------------------------------------------
 
 
-def plot_attack_sweep(sweep, path=None):
+def plot_attack_sweep(sweep, path=None, *, title: str = ""):
     """Accuracy vs write-verify threshold: clean, Monte Carlo mean and KPP band, each solver's worst case.
 
     ``sweep`` is a :class:`cimguard.solve.AttackSweep`; with ``path`` the figure is also written there.
     """
     figure, axes = new_figure()
-    points = sorted(sweep.points, key=lambda point: point.thg)
-    thgs = [point.thg for point in points]
+    points = sorted(sweep.points, key=lambda point: point.size)
+    thgs = [point.size for point in points]
     axes.plot(thgs, [point.clean for point in points], color="black", linestyle="--", label="clean chip", zorder=3)
     with_mc = [point for point in points if point.monte_carlo is not None]
     if with_mc:
-        mc_thg = [point.thg for point in with_mc]
+        mc_thg = [point.size for point in with_mc]
         axes.plot(mc_thg, [point.monte_carlo.mean for point in with_mc], marker="o", color="tab:blue",
                   label=f"Monte Carlo mean ({with_mc[0].monte_carlo.samples} chips)")
         low = [point.monte_carlo.percentiles.get("1", point.monte_carlo.min) for point in with_mc]
@@ -128,15 +130,16 @@ def plot_attack_sweep(sweep, path=None):
     for index, name in enumerate(sweep.solvers):
         solved = [point for point in points if name in point.runs]
         if solved:
-            axes.plot([point.thg for point in solved], [point.runs[name].accuracy for point in solved],
+            axes.plot([point.size for point in solved], [point.runs[name].accuracy for point in solved],
                       marker=markers[index % len(markers)], color=colours[index % len(colours)],
                       label=f"worst case ({name})")
-    axes.set_xlabel("write-verify threshold thg (levels)")
+    axes.set_xlabel("box size: write-verify threshold thg, or the device box's largest bound (levels)")
     axes.set_ylabel(sweep.metric)
     axes.set_ylim(-0.02, 1.02)
     axes.grid(True, alpha=0.3)
     figure.legend(loc="outside lower center", ncols=3, fontsize="small")
-    axes.set_title(f"{sweep.metric.capitalize()} vs write-verify threshold" + (" (interrupted)" if sweep.interrupted else ""))
+    axes.set_title(f"{sweep.metric.capitalize()} vs write-verify threshold" + (f"\n{title}" if title else "")
+                   + (" (interrupted)" if sweep.interrupted else ""), fontsize="medium")
     if path is not None:
         save_figure(figure, path)
     return figure

@@ -23,7 +23,9 @@ class LayerSensitivity:
     """The worst case of one layer on its own."""
 
     layer: str
-    """Torch name of the mapped weight."""
+    """ONNX initializer name of the mapped weight (as ``inspect`` names it)."""
+    node: str
+    """ONNX node that consumes it."""
     op_type: str
     """ONNX layer kind (Conv, Gemm, MatMul)."""
     weights: int
@@ -33,19 +35,21 @@ class LayerSensitivity:
     drop: float
     """Clean accuracy minus ``accuracy``."""
     interrupted: bool = False
+    torch_name: str = ""
+    """Name of the weight in the converted torch module."""
 
 
 def layer_sensitivity(
     crossbar: Crossbar,
     data: EvalData,
-    thg: float,
+    thg: float | None,
     solver: str = "flwc",
     seed: int = 0,
     options: Mapping[str, Any] | None = None,
     *,
     progress: bool = False,
 ) -> list[LayerSensitivity]:
-    """Every layer's isolated worst case at ``thg``, most damaging first.
+    """Every layer's isolated worst case at ``thg`` (``None``: the device's own box), most damaging first.
 
     Stops after the layer being searched when the search is interrupted (Ctrl-C).
     """
@@ -55,8 +59,8 @@ def layer_sensitivity(
     for name, layer in crossbar.layers.items():
         run = run_solver(solver, make_problem(crossbar, data, thg, layers=(name,)), seed, options, progress=progress)
         rows.append(
-            LayerSensitivity(name, layer.weight.op_type, layer.nominal.numel(), run.accuracy, clean - run.accuracy,
-                             run.worst.interrupted)
+            LayerSensitivity(layer.weight.initializer, layer.weight.node, layer.weight.op_type, layer.nominal.numel(),
+                             run.accuracy, clean - run.accuracy, run.worst.interrupted, name)
         )
         if run.worst.interrupted:
             break

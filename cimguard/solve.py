@@ -38,7 +38,10 @@ class AttackProblem:
     bounds: Perturbation
     """Per-weight box ``|ΔW| <= bound`` from the crossbar mapping and write-verify threshold."""
     thg: float
-    """The write-verify threshold the bounds come from (level units)."""
+    """The write-verify threshold the bounds come from (level units); for the device's own box
+    (which may differ per level) its largest per-device bound."""
+    device_box: bool = False
+    """True when ``bounds`` is the device's own box (``Crossbar.bounds()`` without a threshold)."""
 
 
 @dataclass
@@ -266,7 +269,8 @@ class SolverRun:
     """One solver run as the core reports it: the verified worst case and what it cost."""
 
     solver: str
-    thg: float
+    thg: float | None
+    """The swept threshold; ``None`` for the device's own box."""
     worst: WorstCase
     seconds: float
     options: dict[str, Any]
@@ -280,15 +284,22 @@ class SolverRun:
 
 def make_problem(crossbar: Crossbar, data: EvalData, thg: float | None = None,
                  layers: tuple[str, ...] | None = None) -> AttackProblem:
-    """The box at ``thg`` (default: the device's threshold); ``layers`` limits it to those layers."""
-    thg = crossbar.device.deviation_bound() if thg is None else float(thg)
-    bounds = crossbar.bounds(thg)
+    """The box at ``thg``, or the device's own box (per level, :meth:`Crossbar.bounds`) when ``thg`` is None;
+    ``layers`` limits it to those layers."""
+    device_box = thg is None
+    if device_box:
+        bounds = crossbar.bounds(None)
+        thg = float(crossbar.device.level_bounds(torch.arange(crossbar.device.config.levels,
+                                                               dtype=torch.float64)).max())
+    else:
+        thg = float(thg)
+        bounds = crossbar.bounds(thg)
     if layers is not None:
         unknown = set(layers) - set(bounds)
         if unknown:
             raise CimguardError(f"unknown layer(s) {', '.join(sorted(unknown))}")
         bounds = {name: bound if name in layers else torch.zeros_like(bound) for name, bound in bounds.items()}
-    return AttackProblem(crossbar, data, bounds, thg)
+    return AttackProblem(crossbar, data, bounds, thg, device_box)
 
 
 def build_solver(name: str, options: Mapping[str, Any] | None = None) -> Solver:
@@ -326,7 +337,7 @@ def run_solver(
     if not isinstance(worst, WorstCase):
         raise CimguardError(f"solver {name!r} returned {type(worst).__name__}, not a WorstCase")
     checked = verified(problem, worst, name)
-    return SolverRun(name, problem.thg, checked, seconds, dataclasses.asdict(solver.config),
+    return SolverRun(name, None if problem.device_box else problem.thg, checked, seconds, dataclasses.asdict(solver.config),
                      linf_ratio(checked.perturbation, problem.bounds))
 
 
@@ -412,15 +423,35 @@ def coerce_solver_options(name: str, raw: Mapping[str, Any]) -> dict[str, Any]:
 # -- sweeps over the write-verify threshold -----------------------------------------------------------
 
 
-@dataclass
-class ThgPoint:
-    """Clean, Monte Carlo and worst-case figures at one write-verify threshold."""
+class BoxChoice:
+    """``label`` and ``size`` of a record whose ``thg`` is a swept threshold or None (the device's own box)."""
 
-    thg: float
+    thg: float | None
+    box_levels: list[float] | None
+
+    @property
+    def label(self) -> str:
+        """``0.03`` for a swept threshold, ``device`` for the device's own box."""
+        return "device" if self.thg is None else f"{self.thg:g}"
+
+    @property
+    def size(self) -> float:
+        """The box's size in level units: ``thg``, or the device box's largest per-level bound (plots' x axis)."""
+        return max(self.box_levels or [0.0]) if self.thg is None else self.thg
+
+
+@dataclass
+class ThgPoint(BoxChoice):
+    """Clean, Monte Carlo and worst-case figures at one write-verify threshold, or in the device's own box."""
+
+    thg: float | None
+    """The swept threshold (level units); ``None``: the device's own box (its ``deviation_bound``)."""
     clean: float
     monte_carlo: Any | None
     """:class:`cimguard.evaluate.MonteCarloStats` of chips drawn with this thg (None: skipped/interrupted)."""
     runs: dict[str, SolverRun] = field(default_factory=dict)
+    box_levels: list[float] | None = None
+    """The device's box per target level (lowest level first, level units) when ``thg`` is None."""
 
 
 @dataclass
@@ -435,7 +466,7 @@ class AttackSweep:
 
     def worst_run(self) -> SolverRun | None:
         """The lowest-accuracy run at the largest thg that has one."""
-        for point in sorted(self.points, key=lambda p: p.thg, reverse=True):
+        for point in sorted(self.points, key=lambda p: p.size, reverse=True):
             if point.runs:
                 return min(point.runs.values(), key=lambda run: run.accuracy)
         return None
@@ -454,7 +485,9 @@ class AttackSweep:
                     "options": run.options,
                     "trace": run.worst.trace,
                 }
-            points.append({"thg": point.thg, "clean": point.clean, "monte_carlo": point.monte_carlo, "worst_case": runs})
+            points.append({"thg": point.thg, "box": "device" if point.thg is None else "thg",
+                           "box_levels": point.box_levels, "clean": point.clean,
+                           "monte_carlo": point.monte_carlo, "worst_case": runs})
         return {"metric": self.metric, "solvers": self.solvers, "interrupted": self.interrupted, "points": points}
 
 
@@ -473,7 +506,7 @@ def crossbar_at(crossbar: Crossbar, thg: float) -> Crossbar:
 def attack_sweep(
     crossbar: Crossbar,
     data: EvalData,
-    thgs: list[float],
+    thgs: list[float | None],
     solvers: list[str],
     *,
     samples: int = 100,
@@ -482,6 +515,9 @@ def attack_sweep(
     progress: bool = False,
 ) -> AttackSweep:
     """Clean, Monte Carlo (``samples`` chips; 0 skips it) and every solver at every ``thg``.
+
+    A ``thg`` of ``None`` is the device as configured: its own Monte Carlo chips and its own
+    worst-case box (:meth:`Crossbar.bounds` without a threshold, per level where the device says so).
 
     A Ctrl-C stops the sweep: the interrupted solver's best chip so far is kept and
     the result is marked interrupted.
@@ -492,8 +528,11 @@ def attack_sweep(
     clean = accuracy(crossbar, data)
     sweep = AttackSweep("agreement" if data.label_free else "accuracy", list(solvers), [])
     for thg in thgs:
-        chip = crossbar_at(crossbar, thg)
+        chip = crossbar if thg is None else crossbar_at(crossbar, thg)
         point = ThgPoint(thg, clean, None)
+        if thg is None:
+            levels = torch.arange(crossbar.device.config.levels, dtype=torch.float64)
+            point.box_levels = [float(b) for b in crossbar.device.level_bounds(levels)]
         sweep.points.append(point)
         try:
             if samples > 0:

@@ -93,7 +93,7 @@ def test_label_free_reports_agreement_and_sensitivity(invoke):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (("--thg", "abc"), "--thg expects comma-separated numbers"),
+        (("--thg", "abc"), "--thg expects 'device' or comma-separated numbers"),
         (("--thg", "-0.1"), "must be finite and >= 0"),
         (("--thg", ","), "at least one threshold"),
         (("--solver", "nope"), "unknown solver 'nope'"),

@@ -55,7 +55,7 @@ def test_devices_lists_profiles_from_a_device_file(invoke, device_file):
 @pytest.mark.parametrize(
     "name,expected",
     [
-        ("pcm", ["Nandakumar", "0.26348", "t0", "seconds", "worst-case bound"]),
+        ("pcm", ["Nandakumar", "0.26348", "t0", "seconds", "worst-case box"]),
         ("rram", ["-0.009107", "4.78232", "CrossSim", "50, 108.3, 166.7, 225 µS"]),
         ("fefet", ["Soliman", "Nature Communications 14, 6272 (2023)", "sigma_levels_mv", "38", "mV", "level units"]),
     ],
@@ -86,7 +86,7 @@ def test_evaluate_with_a_profile_from_a_device_file(invoke, device_file, tmp_pat
     assert result.exit_code == 0, result.output
     params = json.loads(out.read_text())["setup"]["device_params"]
     assert (params["bits_per_device"], params["sigma_offset_us"], params["thg"]) == (1, 6.0, 0.01)
-    assert "device  my_rram (thg 0.01 levels)" in result.output
+    assert "device  my_rram, thg=0.01 levels," in result.output  # every overridden parameter, with its unit
 
 
 def test_evaluate_pcm_after_one_day(invoke, tmp_path):
@@ -127,7 +127,18 @@ def test_bad_device_parameters_on_the_command_line(invoke, args, message):
 
 def test_bad_device_file_and_unknown_show(invoke, tmp_path):
     bad = tmp_path / "bad.toml"
-    bad.write_text("[x]\nbase = \"rram\"\nthg = -1\n")
-    assert "thg must be >= 0" in _error(invoke("devices", "--device-file", bad))
+    bad.write_text("[x]\nbase = \"rram\"\nthg = -1\n\n[good]\nbase = \"rram\"\nthg = 0.02\n\n[nobase]\nthg = 1\n")
+    listing = invoke("devices", "--device-file", bad)
+    assert listing.exit_code == 1
+    error = listing.output.strip().splitlines()[-1]
+    # The error names the profile and the file; the good profile is still listed beside the bad ones.
+    assert error.startswith("Error: 2 profile(s)") and "profile [x] of" in error and "bad.toml" in error
+    assert "thg must be >= 0" in error
+    assert any(line.startswith("good ") and "profile of rram" in line for line in listing.output.splitlines())
+    assert "NOT USABLE" in listing.output and "needs base" in listing.output
+    # The good profile of the same file is usable; the bad one fails naming itself and the file.
+    assert invoke("evaluate", "--device", "good", "--device-file", bad, "--samples", "0",
+                  "--max-samples", "8").exit_code == 0
+    assert "profile [x] of" in _error(invoke("evaluate", "--device", "x", "--device-file", bad, "--samples", "0"))
     assert "unknown device 'nope'" in _error(invoke("devices", "--show", "nope"))
     assert "not found" in _error(invoke("devices", "--device-file", tmp_path / "missing.toml"))

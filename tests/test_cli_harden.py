@@ -297,7 +297,7 @@ def test_comparison_plot_labels_the_metric():
 
 
 @pytest.mark.parametrize("args, message", [
-    (("--thg", "0.01,abc"), "--thg expects comma-separated numbers"),
+    (("--thg", "0.01,abc"), "--thg expects 'device' or comma-separated numbers"),
     (("--thg", "-1"), ">= 0"),
     (("--thg", "-inf"), ">= 0"),
     (("--solver", "flwc,nope"), "unknown solver 'nope'"),

@@ -227,12 +227,16 @@ def test_layer_confined_problem_leaves_other_layers_untouched(small):
     run = run_solver("flwc", problem)
     assert all(float(run.worst.perturbation[name].abs().max()) == 0.0 for name in small.crossbar.names if name != first)
     rows = layer_sensitivity(small.crossbar, small.data, 0.03, "flwc", options={"k": 3, "iterations": 3})
-    assert sorted(row.layer for row in rows) == sorted(small.crossbar.names)
+    assert sorted(row.torch_name for row in rows) == sorted(small.crossbar.names)
+    # Rows name layers as `inspect` does: the ONNX initializer and its node, not the torch name.
+    for row in rows:
+        mapped = small.crossbar.layers[row.torch_name].weight
+        assert (row.layer, row.node) == (mapped.initializer, mapped.node)
     assert [row.accuracy for row in rows] == sorted(row.accuracy for row in rows)
     clean = accuracy(small.crossbar, small.data)
     assert all(row.drop == pytest.approx(clean - row.accuracy) for row in rows)
     # The two big layers matter far more than the 144-weight first convolution.
-    by_name = {row.layer: row for row in rows}
+    by_name = {row.torch_name: row for row in rows}
     assert by_name[small.crossbar.names[0]].drop < rows[0].drop
     with pytest.raises(CimguardError, match="unknown layer"):
         make_problem(small.crossbar, small.data, 0.03, layers=("nope",))

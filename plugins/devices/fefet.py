@@ -104,6 +104,7 @@ class FeFETConfig(DeviceConfig):
 class FeFETDevice(Device):
     Config = FeFETConfig
     source = FEFET_SOURCE
+    formulas = ("σ = σ(Vth)/vth_step_mv levels (38 mV / 400 mV = 0.095 level)",)
 
     def sigma_table_mv(self) -> torch.Tensor:
         """σ of Vth (mV) of each level, lowest first."""

@@ -36,6 +36,8 @@ class GaussianDevice(Device):
         "TCAD 2024 (arXiv 2312.06137): sigma 0.1-0.3 per level before write-verify, thg 0.03"
     )
 
+    formulas = ("Δg ~ N(0, σ) levels, truncated to [−thg, thg] by write-verify",)
+
     def programming_sigma(self, target_levels: torch.Tensor) -> torch.Tensor:
         return torch.full_like(target_levels, self.config.sigma)
 

@@ -8,25 +8,26 @@ al., ICECS 2019).  Conductances in µS, ``g_max`` = 25 µS, target ``g_T``,
   ``c = (0.26348, 1.9650, -1.1731)``; write-verify truncates the accepted
   deviation to ``±thg`` levels; the conductance cannot go below 0 µS
   (``g_prog = max(g_T + Δ, 0)``, as aihwkit clamps);
-* drift, ``t`` seconds after programming (aihwkit's convention ``t' = t + t0``):
-  ``g(t) = g_prog · (t'/t0)^(-ν)``, ``t0`` = 20 s, ``ν ~ |N(μ_ν, σ_ν)|`` with
+* drift, ``t`` seconds after programming (aihwkit counts time from ``t0``):
+  ``g(t) = g_prog·((t + t0)/t0)^(−ν)``, ``t0`` = 20 s, ``ν ~ |N(μ_ν, σ_ν)|`` with
   ``μ_ν = clip(-0.0155·ln r + 0.0244, 0.049, 0.1)``,
   ``σ_ν = clip(-0.0125·ln r - 0.0059, 0.008, 0.045)``;
 * 1/f read noise: ``Q_s = min(0.0088 / max((g_prog/g_max)^0.65, 1e-3), 0.2)``,
-  ``g = max(g(t) + |g(t)| · Q_s · sqrt(ln((t' + t_read) / (2·t_read))) · n, 0)``,
+  ``g = max(g(t) + |g(t)| · Q_s · sqrt(ln((t + t0 + t_read)/(2·t_read))) · n, 0)``,
   ``n ~ N(0, 1)``, ``t_read`` = 250 ns;
 * global drift compensation (on by default, as aihwkit's inference configuration
   applies ``GlobalDriftCompensation``): every conductance is multiplied by one
-  factor ``α = 1 / E[(t'/t0)^(-ν)]`` taken at ``g_max`` (closed form for a folded
+  factor ``α = 1 / E[((t + t0)/t0)^(−ν)]`` taken at ``g_max`` (closed form for a folded
   normal ν).  aihwkit measures its factor per tile from a reference read; a fixed
   expected factor is the deterministic stand-in (exact in expectation for one bit
   per device, where every "on" device sits at ``g_max``).
 
 Write-verify happens at programming; drift and read noise come after it and are
 not truncated.  So :meth:`PCMDevice.deviation_bound` (the box the worst-case
-solvers search) is not ``thg`` once ``t`` matters: it is the largest
-``|deviation|`` over all levels when ν and the read noise stay within ``bound_z``
-standard deviations (default 3) and programming within ``±thg``.  It is an
+solvers search) is not ``thg`` once ``t`` matters: for each target level it is the
+largest ``|deviation|`` when ν and the read noise stay within ``bound_z`` standard
+deviations (default 3) and programming within ``±thg``; the crossbar turns these
+per-level boxes into each weight's box.  It is an
 envelope, not a hard limit — Gaussian read noise is unbounded.
 """
 
@@ -44,10 +45,10 @@ from cimguard.hookspecs import hookimpl
 AIHWKIT_SOURCE = (
     "IBM aihwkit PCMLikeNoiseModel (aihwkit.inference.noise.pcm), after Nandakumar et al., ICECS 2019: "
     "programming sigma = (0.26348 + 1.9650 r - 1.1731 r^2) * g_max/25 uS, r = g_T/g_max, g_max 25 uS; "
-    "drift g(t) = g_prog ((t+t0)/t0)^-nu, t0 = 20 s, nu ~ |N(mu_nu, sigma_nu)|, "
+    "drift g(t) = g_prog·((t + t0)/t0)^(−ν), t0 = 20 s, nu ~ |N(mu_nu, sigma_nu)|, "
     "mu_nu = clip(-0.0155 ln r + 0.0244, 0.049, 0.1), sigma_nu = clip(-0.0125 ln r - 0.0059, 0.008, 0.045); "
     "1/f read noise Q_s = min(0.0088 / max((g/g_max)^0.65, 1e-3), 0.2), "
-    "sigma_read = g(t) Q_s sqrt(ln((t+t0+t_read)/(2 t_read))), t_read = 250 ns; "
+    "σ_read = g(t)·Q_s·sqrt(ln((t + t0 + t_read)/(2·t_read))), t_read = 250 ns; "
     "global drift compensation as aihwkit's default (here a fixed expected factor at g_max)."
 )
 
@@ -114,6 +115,11 @@ class PCMConfig(DeviceConfig):
 class PCMDevice(Device):
     Config = PCMConfig
     source = AIHWKIT_SOURCE
+    formulas = (
+        "σ_prog = (c0 + c1·r + c2·r²)·g_max/25 µS, r = g_T/g_max",
+        "g(t) = g_prog·((t + t0)/t0)^(−ν), ν ~ |N(μ_ν, σ_ν)|",
+        "σ_read = g(t)·Q_s·sqrt(ln((t + t0 + t_read)/(2·t_read)))",
+    )
 
     # -- the model's formulas (µS, seconds) ------------------------------------------------------
     def programming_sigma_us(self, conductance_us: torch.Tensor) -> torch.Tensor:
@@ -196,13 +202,24 @@ class PCMDevice(Device):
 
         return apply
 
-    def deviation_bound(self) -> float:
-        """``thg`` plus the drift/read-noise envelope at time ``t`` (level units); see the module doc."""
+    def deviation_bound(self, target_levels: torch.Tensor | None = None) -> float | torch.Tensor:
+        """``thg`` plus the drift/read-noise envelope at time ``t`` (level units), per target level.
+
+        Without ``target_levels``: the largest bound over all levels.  See the module doc.
+        """
+        table = self.bound_table()
+        if target_levels is None:
+            return max(table)
+        values = torch.tensor(table, dtype=target_levels.dtype, device=target_levels.device)
+        return values[target_levels.round().clamp(0, self.config.levels - 1).long()]
+
+    def bound_table(self) -> list[float]:
+        """The box of a device programmed to each level (lowest first), in level units."""
         c = self.config
         if not (c.drift or c.read_noise):
-            return c.thg
+            return [c.thg] * c.levels
         if math.isinf(c.thg):
-            return math.inf
+            return [math.inf] * c.levels
         step = self.level_step_us
         z = c.bound_z
         log_t = self.log_time_ratio
@@ -210,8 +227,9 @@ class PCMDevice(Device):
         read_factor = self.read_noise_time_factor if c.read_noise else 0.0
         targets = self.to_conductance_us(torch.arange(c.levels, dtype=torch.float64))
         mus, sds = self.drift_parameters(targets)
-        worst = c.thg
+        table = []
         for target, mu, sd in zip(targets.tolist(), mus.tolist(), sds.tolist()):
+            worst = c.thg
             if c.drift and log_t > 0:
                 low_nu = max(mu - z * sd, 0.0)  # ν = |X|: the fold puts 0 in range when mu - z·sd < 0
                 decays = (math.exp(-log_t * (mu + z * sd)), math.exp(-log_t * low_nu))
@@ -223,7 +241,8 @@ class PCMDevice(Device):
                     for n in (-z, z):
                         g = max(programmed * decay * (1.0 + q * read_factor * n), 0.0) * alpha
                         worst = max(worst, abs(g - target) / step)
-        return worst
+            table.append(worst)
+        return table
 
 
 def expected_folded_normal_decay(mu: float, sd: float, rate: float) -> float:

@@ -8,7 +8,10 @@ by Sandia's CrossSim (``RRAMMilo``)::
 over the measured range 50–225 µS (CrossSim's suggested on/off ratio 4.5).
 Converted to level units with the level step ``(g_max - g_min) / (levels - 1)``.
 Milo's spread is what their own verify loop leaves; cimguard's ``thg`` adds the
-verify window of the paper under study on top (``thg = inf`` turns it off).
+verify window of the paper under study on top (``thg = inf`` turns it off).  The
+worst-case box of a device is ``min(thg, bound_z·σ_G(level))`` levels: the verify
+window, or the spread's ``bound_z``-σ envelope (default 3σ) where that is tighter,
+which is per level because σ_G falls with G.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cimguard.device import Device, DeviceConfig
+from cimguard.device import Device, DeviceConfig, check_non_negative
 from cimguard.errors import CimguardError
 from cimguard.hookspecs import hookimpl
 
@@ -44,9 +47,13 @@ class RRAMConfig(DeviceConfig):
     """A in σ_G = A·G + B: change of the programming σ per µS of target conductance (µS/µS)."""
     sigma_offset_us: float = 4.782321
     """B in σ_G = A·G + B, in µS."""
+    bound_z: float = 3.0
+    """Standard deviations of the programming spread covered by deviation_bound() when that is
+    tighter than thg (the solvers' box per level is min(thg, bound_z·σ_G(level)))."""
 
     def validate(self) -> None:
         super().validate()
+        check_non_negative("bound_z", self.bound_z, "standard deviations")
         for end in (self.g_min_us, self.g_max_us):
             sigma = self.sigma_slope * end + self.sigma_offset_us
             if not sigma >= 0:
@@ -58,6 +65,7 @@ class RRAMConfig(DeviceConfig):
 class RRAMDevice(Device):
     Config = RRAMConfig
     source = MILO_SOURCE
+    formulas = ("σ_G = max(−0.009107·G + 4.782321, 0) µS (sigma_slope·G + sigma_offset_us)",)
 
     def sigma_us(self, conductance_us: torch.Tensor) -> torch.Tensor:
         """σ_G of one programming attempt at a target conductance, in µS."""
@@ -65,6 +73,13 @@ class RRAMDevice(Device):
 
     def programming_sigma(self, target_levels: torch.Tensor) -> torch.Tensor:
         return self.to_levels(self.sigma_us(self.to_conductance_us(target_levels)))
+
+    def deviation_bound(self, target_levels: torch.Tensor | None = None) -> float | torch.Tensor:
+        """``min(thg, bound_z·σ_G)`` per level (level units): σ_G shrinks as G grows, so with a
+        loose verify window (or ``thg = inf``, Milo's own loop only) high levels get a smaller box."""
+        levels = torch.arange(self.config.levels, dtype=torch.float64) if target_levels is None else target_levels
+        bound = (self.config.bound_z * self.programming_sigma(levels)).clamp_max(self.config.thg)
+        return float(bound.max()) if target_levels is None else bound
 
 
 @hookimpl

@@ -1,0 +1,253 @@
+"""Every accuracy table quoted in README.md and docs/, computed by the code as it is today.
+
+    python benchmarks/make_doc_tables.py [--seeds 0,1,2] [--epochs N] [--samples 100] [--threads 1]
+
+Stages, each saving its raw numbers to ``benchmarks/results/`` (a stage whose file exists is
+not re-run: delete the file to re-measure, nothing is ever overwritten):
+
+* ``hardening_seed{S}.json``: :func:`bench_hardening.harden_and_compare` for every training seed
+  (vanilla, noise, trice, atrice fine-tuned from the shipped LeNet; compared with the original
+  at thg 0.01/0.02/0.03 on the gaussian device, 100 Monte Carlo chips, ``flwc`` and ``pgd``);
+* ``solvers.json``: ``cimguard attack`` on the shipped LeNet, thg 0.01 and 0.03, solvers
+  ``flwc``, ``pgd``, ``lwc``, 100 Monte Carlo chips, seed 0;
+* ``device_box.json``: ``cimguard attack`` with each built-in device's own box (``--thg device``),
+  PCM at t = 0 and one day.
+
+Then ``doc_tables.json`` (every table as rows of strings) and ``doc_tables.md`` (the same as
+markdown) are written from the raw files.  ``tests/test_doc_tables.py`` checks that README.md
+and docs/ quote exactly these tables.  Hardening rows are the mean over the seeds with the
+range (min–max) beside it, because a single training seed is not a result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+TABLES_JSON = RESULTS / "doc_tables.json"
+TABLES_MD = RESULTS / "doc_tables.md"
+HARDENING_MODELS = ("original", "vanilla", "noise", "trice", "atrice")
+ROOT = HERE.parent
+#: The files whose tables come from this script; each table follows a ``<!-- doc-table: NAME -->`` line.
+DOC_FILES = ("README.md", "docs/hardening.md", "docs/solvers.md", "docs/devices.md")
+MARKER = re.compile(r"^<!-- doc-table: (\w+) -->$")
+
+
+def quoted_tables(text: str) -> list[tuple[str, list[str]]]:
+    """``(name, table lines)`` for every marked table of a markdown text, in order."""
+    lines = text.splitlines()
+    found = []
+    for index, line in enumerate(lines):
+        match = MARKER.match(line.strip())
+        if match:
+            table = []
+            for following in lines[index + 1:]:
+                if not following.startswith("|"):
+                    break
+                table.append(following)
+            found.append((match.group(1), table))
+    return found
+
+
+def fill_docs() -> None:
+    """Replace every marked table in :data:`DOC_FILES` with the saved one (the docs are ours to rewrite)."""
+    tables = json.loads(TABLES_JSON.read_text())
+    for relative in DOC_FILES:
+        path = ROOT / relative
+        lines = path.read_text().splitlines()
+        out: list[str] = []
+        index = 0
+        while index < len(lines):
+            line = lines[index]
+            out.append(line)
+            index += 1
+            match = MARKER.match(line.strip())
+            if match:
+                while index < len(lines) and lines[index].startswith("|"):
+                    index += 1
+                out.extend(tables[match.group(1)]["markdown"])
+        path.write_text("\n".join(out) + "\n")
+        print(f"filled the marked tables of {relative}")
+
+
+def _save(path: Path, record: dict) -> None:
+    from cimguard.report import write_json
+
+    write_json(path, record)
+    print(f"wrote {path}", flush=True)
+
+
+def run_hardening(seeds: list[int], epochs: int | None, samples: int) -> None:
+    sys.path.insert(0, str(HERE))
+    from bench_hardening import harden_and_compare
+
+    for seed in seeds:
+        path = RESULTS / f"hardening_seed{seed}.json"
+        if path.exists():
+            print(f"{path} exists, kept (delete it to re-measure)")
+            continue
+        start = time.time()
+        result = harden_and_compare(epochs=epochs, seed=seed, samples=samples,
+                                    log=lambda line: print(line, flush=True))
+        result["wall_seconds"] = time.time() - start
+        _save(path, result)
+
+
+def run_solvers(samples: int) -> None:
+    from cimguard.pipeline import build_setup
+    from cimguard.solve import attack_sweep
+
+    path = RESULTS / "solvers.json"
+    if path.exists():
+        print(f"{path} exists, kept (delete it to re-measure)")
+        return
+    setup = build_setup(None, "digits", "gaussian", {})
+    sweep = attack_sweep(setup.crossbar, setup.data, [0.01, 0.03], ["flwc", "pgd", "lwc"], samples=samples, seed=0)
+    rows = []
+    for point in sweep.points:
+        mc = point.monte_carlo
+        rows.append({"thg": point.thg, "clean": point.clean, "mc_mean": mc.mean, "kpp1": mc.percentiles["1"],
+                     "worst": {name: run.accuracy for name, run in point.runs.items()}})
+    _save(path, {"settings": {"model": "lenet_digits", "device": "gaussian", "samples": samples, "seed": 0},
+                 "rows": rows})
+
+
+def run_device_box(samples: int) -> None:
+    from cimguard.pipeline import build_setup
+    from cimguard.solve import attack_sweep
+
+    path = RESULTS / "device_box.json"
+    if path.exists():
+        print(f"{path} exists, kept (delete it to re-measure)")
+        return
+    cases = [("gaussian", {}), ("pcm", {}), ("pcm", {"t": "86400"}), ("rram", {}), ("fefet", {})]
+    rows = []
+    for device, params in cases:
+        setup = build_setup(None, "digits", device, params)
+        sweep = attack_sweep(setup.crossbar, setup.data, [None], ["flwc", "pgd"], samples=samples, seed=0)
+        point = sweep.points[0]
+        mc = point.monte_carlo
+        levels = torch.arange(setup.device.config.levels, dtype=torch.float64)
+        rows.append({"device": device, "params": params,
+                     "bound_levels": [float(b) for b in setup.device.level_bounds(levels)],
+                     "clean": point.clean, "mc_mean": mc.mean, "kpp1": mc.percentiles["1"],
+                     "worst": {name: run.accuracy for name, run in point.runs.items()}})
+    _save(path, {"settings": {"model": "lenet_digits", "samples": samples, "seed": 0}, "rows": rows})
+
+
+def _mean_range(values: list[float]) -> str:
+    mean = statistics.fmean(values)
+    low, high = min(values), max(values)
+    return f"{mean:.3f} ({low:.3f}–{high:.3f})" if high - low >= 0.0005 else f"{mean:.3f}"
+
+
+def hardening_table() -> tuple[list[str], list[list[str]], dict]:
+    files = sorted(RESULTS.glob("hardening_seed*.json"))
+    if not files:
+        raise SystemExit("no hardening results: run the hardening stage first")
+    runs = [json.loads(path.read_text()) for path in files]
+    seeds = [run["settings"]["seed"] for run in runs]
+    by: dict[tuple[str, float], list[dict]] = {}
+    for run in runs:
+        for row in run["rows"]:
+            by.setdefault((row["model"], row["thg"]), []).append(row)
+    header = ["model", "thg", "clean", "MC mean", "MC 1st pct", "worst flwc", "worst pgd"]
+    rows = []
+    thgs = sorted({thg for _, thg in by})
+    for model in HARDENING_MODELS:
+        for thg in thgs:
+            group = by[(model, thg)]
+            rows.append([model, f"{thg:g}",
+                         _mean_range([r["clean"] for r in group]),
+                         _mean_range([r["monte_carlo_mean"] for r in group]),
+                         _mean_range([r["monte_carlo_p1"] for r in group]),
+                         _mean_range([r["worst_case"]["flwc"] for r in group]),
+                         _mean_range([r["worst_case"]["pgd"] for r in group])])
+    settings = dict(runs[0]["settings"])
+    settings.pop("seed", None)
+    return header, rows, {"seeds": seeds, **settings}
+
+
+def solver_table() -> tuple[list[str], list[list[str]], dict]:
+    record = json.loads((RESULTS / "solvers.json").read_text())
+    header = ["thg", "clean", "Monte Carlo mean", "KPP 1%", "`flwc`", "`pgd`", "`lwc`"]
+    rows = [[f"{r['thg']:g}", f"{r['clean']:.3f}", f"{r['mc_mean']:.3f}", f"{r['kpp1']:.3f}",
+             f"{r['worst']['flwc']:.3f}", f"{r['worst']['pgd']:.3f}", f"{r['worst']['lwc']:.3f}"]
+            for r in record["rows"]]
+    return header, rows, record["settings"]
+
+
+def device_box_table() -> tuple[list[str], list[list[str]], dict]:
+    record = json.loads((RESULTS / "device_box.json").read_text())
+    header = ["device", "box per level (levels)", "clean", "MC mean", "worst flwc", "worst pgd"]
+    rows = []
+    for r in record["rows"]:
+        name = r["device"] + "".join(f", {k}={v}" for k, v in r["params"].items())
+        rows.append([f"`{name}`", " / ".join(f"{b:.3g}" for b in r["bound_levels"]), f"{r['clean']:.3f}",
+                     f"{r['mc_mean']:.3f}", f"{r['worst']['flwc']:.3f}", f"{r['worst']['pgd']:.3f}"])
+    return header, rows, record["settings"]
+
+
+def markdown(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def write_tables() -> None:
+    from cimguard.report import write_json
+
+    tables = {}
+    for name, build in (("hardening", hardening_table), ("solvers", solver_table), ("device_box", device_box_table)):
+        try:
+            header, rows, settings = build()
+        except FileNotFoundError as exc:
+            print(f"skipping table {name}: {exc}")
+            continue
+        tables[name] = {"settings": settings, "header": header, "rows": rows, "markdown": markdown(header, rows)}
+    for path in (TABLES_JSON, TABLES_MD):
+        path.unlink(missing_ok=True)  # derived files: always rebuilt from the raw results
+    write_json(TABLES_JSON, tables)
+    text = []
+    for name, table in tables.items():
+        text += [f"## {name}", "", f"settings: {json.dumps(table['settings'])}", "", *table["markdown"], ""]
+    TABLES_MD.write_text("\n".join(text))
+    print(f"wrote {TABLES_JSON} and {TABLES_MD}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--stages", default="hardening,solvers,device_box,tables,docs",
+                        help="comma-separated: hardening, solvers, device_box (measure), tables (aggregate), "
+                             "docs (write the tables into README.md and docs/)")
+    parser.add_argument("--seeds", default="0,1,2", help="training seeds of the hardening table")
+    parser.add_argument("--epochs", type=int, default=None, help="hardening epochs (default: atrice's)")
+    parser.add_argument("--samples", type=int, default=100, help="Monte Carlo chips per model and thg")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (the model is tiny: 1 is fastest)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    RESULTS.mkdir(exist_ok=True)
+    stages = args.stages.split(",")
+    if "solvers" in stages:
+        run_solvers(args.samples)
+    if "device_box" in stages:
+        run_device_box(args.samples)
+    if "hardening" in stages:
+        run_hardening([int(s) for s in args.seeds.split(",")], args.epochs, args.samples)
+    if "tables" in stages:
+        write_tables()
+    if "docs" in stages:
+        fill_docs()
+
+
+if __name__ == "__main__":
+    main()

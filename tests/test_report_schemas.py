@@ -1,0 +1,108 @@
+"""Every JSON report validates against the schema shipped in cimguard/schemas/, provenance included."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from importlib import resources
+from pathlib import Path
+
+import pytest
+
+jsonschema = pytest.importorskip("jsonschema")
+referencing = pytest.importorskip("referencing")
+
+SMALL = ("--max-samples", "40")
+
+
+def _validator(name: str):
+    folder = resources.files("cimguard") / "schemas"
+    schemas = {path.name: json.loads(path.read_text()) for path in folder.iterdir() if path.name.endswith(".json")}
+    registry = referencing.Registry().with_resources(
+        (schema["$id"], referencing.Resource.from_contents(schema)) for schema in schemas.values()
+    )
+    schema = schemas[f"{name}.schema.json"]
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema, registry=registry,
+                                           format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
+
+
+def _sha256(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _check_provenance(record: dict, model: Path, command: list[str]) -> dict:
+    provenance = record["provenance"]
+    assert provenance["command_line"] == ["cimguard", *command]
+    assert provenance["model"] == {"path": str(model.resolve()), "sha256": _sha256(model)}
+    for name in ("cimguard", "torch", "onnx", "onnx2torch", "onnxruntime"):
+        assert provenance["versions"][name]
+    return provenance
+
+
+def test_evaluate_report(invoke, tmp_path, default_model_path):
+    out = tmp_path / "e.json"
+    command = ["evaluate", "--device", "pcm", "--device-param", "t=86400", "--samples", "2", *SMALL, "--json", str(out)]
+    assert invoke(*command).exit_code == 0
+    record = json.loads(out.read_text())
+    _validator("evaluate").validate(record)
+    provenance = _check_provenance(record, default_model_path, command)
+    assert provenance["metric"] == record["metric"] == "accuracy"
+    assert provenance["device"]["overrides"] == {"t": "86400"}
+    assert provenance["device"]["parameters"]["t"] == 86400.0 and provenance["device"]["parameters"]["t0"] == 20.0
+    assert provenance["data"]["samples"] == 40 and provenance["torch_device"] == "cpu"
+    # crossbar.layers: the layers actually mapped (ONNX weight names), not the kinds that could be.
+    assert record["setup"]["crossbar"]["layers"] == [
+        "features.0.weight", "features.3.weight", "classifier.1.weight", "classifier.3.weight"]
+
+
+def test_the_data_hash_follows_the_data(invoke, tmp_path):
+    hashes = []
+    for count in ("40", "41"):
+        out = tmp_path / f"{count}.json"
+        assert invoke("evaluate", "--samples", "0", "--max-samples", count, "--json", out).exit_code == 0
+        hashes.append(json.loads(out.read_text())["provenance"]["data"]["sha256"])
+    assert hashes[0] != hashes[1]
+
+
+def test_attack_report_and_a_schema_violation_is_caught(invoke, tmp_path, default_model_path):
+    out = tmp_path / "a.json"
+    command = ["attack", "--samples", "0", "--iterations", "2", *SMALL, "--label-free", "--json", str(out)]
+    assert invoke(*command).exit_code == 0
+    record = json.loads(out.read_text())
+    validator = _validator("attack")
+    validator.validate(record)
+    assert _check_provenance(record, default_model_path, command)["metric"] == "agreement"
+    assert record["thg"] == ["device"] and record["points"][0]["box"] == "device"
+    del record["provenance"]["versions"]["onnxruntime"]
+    with pytest.raises(jsonschema.ValidationError):
+        validator.validate(record)
+
+
+def test_compare_and_harden_reports(invoke, tmp_path, default_model_path, one_thread):
+    hardened, harden_json = tmp_path / "h.onnx", tmp_path / "h.json"
+    command = ["harden", "--trainer", "noise", "--epochs", "1", *SMALL, "-o", str(hardened), "--json", str(harden_json)]
+    assert invoke(*command).exit_code == 0
+    record = json.loads(harden_json.read_text())
+    _validator("harden").validate(record)
+    _check_provenance(record, default_model_path, command)
+    assert record["output"] == {"path": str(hardened.resolve()), "sha256": _sha256(hardened)}
+
+    out = tmp_path / "c.json"
+    command = ["compare", str(default_model_path), str(hardened), "--thg", "device,0.01", "--samples", "2",
+               "--iterations", "2", *SMALL, "--json", str(out)]
+    assert invoke(*command).exit_code == 0
+    record = json.loads(out.read_text())
+    _validator("compare").validate(record)
+    provenance = _check_provenance(record, default_model_path, command)
+    assert [m["sha256"] for m in provenance["models"]] == [_sha256(default_model_path), _sha256(hardened)]
+    assert record["thg"] == ["device", 0.01]
+
+
+def test_inspect_report(invoke, default_model_path):
+    command = ["inspect", str(default_model_path), "--json"]
+    result = invoke(*command)
+    assert result.exit_code == 0
+    record = json.loads(result.output)
+    _validator("inspect").validate(record)
+    _check_provenance(record, default_model_path, command)
