@@ -267,6 +267,7 @@ def build_config(config_class: type[DeviceConfig], params: Mapping[str, Any], *,
     config = config_class(**values)
     from cimguard.checks import check_finite_fields
 
+    # Before validate(): a NaN or Inf must be named as such, not as the nonsense it makes of a formula.
     check_finite_fields(config, _field_docs(config_class))
     config.validate()
     return config

@@ -331,8 +331,39 @@ def run_onnxruntime_all(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) ->
     return list(_ort_session(model).run(None, feeds))
 
 
+def _import_onnxruntime():
+    """onnxruntime, imported so that it writes nothing under the user's home.
+
+    On import, onnxruntime creates a telemetry device id and database under
+    ``$XDG_CACHE_HOME`` (default ``~/.cache/Microsoft/DeveloperTools``).  cimguard
+    writes only the outputs the user names, so the import happens with
+    ``XDG_CACHE_HOME`` pointing at a private temporary folder, removed at exit.
+    """
+    import sys
+
+    if "onnxruntime" in sys.modules:
+        return sys.modules["onnxruntime"]
+    import atexit
+    import os
+    import shutil
+    import tempfile
+
+    scratch = tempfile.mkdtemp(prefix="cimguard-ort-")
+    atexit.register(shutil.rmtree, scratch, True)
+    previous = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = scratch
+    try:
+        import onnxruntime
+    finally:
+        if previous is None:
+            del os.environ["XDG_CACHE_HOME"]
+        else:
+            os.environ["XDG_CACHE_HOME"] = previous
+    return onnxruntime
+
+
 def _ort_session(model: onnx.ModelProto):
-    import onnxruntime as ort
+    ort = _import_onnxruntime()
 
     options = ort.SessionOptions()
     options.log_severity_level = 3

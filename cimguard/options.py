@@ -68,8 +68,8 @@ def checked_config(owner: Any, config: Any | None) -> Any:
         raise TypeError(f"{type(owner).__name__} needs a {config_class.__name__}, got {type(config).__name__}")
     from cimguard.checks import check_finite_fields
 
+    config.validate()  # the owner's own messages first; then no NaN, and ±Inf only where a field documents it
     check_finite_fields(config, field_docs(config_class))
-    config.validate()
     return config
 
 
