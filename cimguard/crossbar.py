@@ -30,6 +30,8 @@ drawn in blocks of about :data:`CPU_SAMPLE_BLOCK` devices, each block turned int
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 from typing import Mapping
 
@@ -142,6 +144,10 @@ class Crossbar:
     def _map(self, mapped: MappedWeight, weight: torch.Tensor) -> MappedLayer:
         weight = weight.float()
         scale = float(weight.abs().max()) if weight.numel() else 0.0
+        if not math.isfinite(scale):
+            # Models are checked at load time, so here it is weights a trainer produced.
+            raise CimguardError(f"the weights of layer {mapped.node} are not finite (NaN or ±Inf): the training "
+                                "diverged; lower --lr or the noise")
         k, b = self.config.weight_bits, self.device.config.bits_per_device
         top = 2**k - 1
         q = torch.round(weight.abs() / scale * top).clamp(0, top) if scale > 0 else torch.zeros_like(weight)
