@@ -177,10 +177,23 @@ def check_model_tensors(tensors, where: str) -> None:
     """Every floating-point constant of a model (initializers, Constant values) must be finite."""
     from onnx import numpy_helper
 
+    from onnx import TensorProto, helper
+
     for tensor in tensors:
+        if tensor.raw_data and tensor.data_type not in (TensorProto.STRING, TensorProto.UNDEFINED):
+            itemsize = helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+            expected = math.prod(tensor.dims) * itemsize
+            if len(tensor.raw_data) != expected:
+                raise CimguardError(f"{where}: tensor {tensor.name!r} declares shape {tuple(tensor.dims)} "
+                                    f"({expected} bytes) but holds {len(tensor.raw_data)} bytes")
         if tensor.data_type not in _FLOAT_TYPES:
             continue
-        check_finite(numpy_helper.to_array(tensor), f"{where}: tensor {tensor.name!r}")
+        try:
+            values = numpy_helper.to_array(tensor)
+        except ValueError as exc:
+            raise CimguardError(f"{where}: tensor {tensor.name!r} does not hold its declared shape "
+                                f"{tuple(tensor.dims)} ({str(exc)[:120]})") from None
+        check_finite(values, f"{where}: tensor {tensor.name!r}")
 
 
 def _float_types() -> frozenset[int]:
@@ -299,7 +312,7 @@ def _requested_elements(func: Any, args: tuple, kwargs: Mapping[str, Any]) -> in
             rows = a.shape[-2] if a.dim() >= 2 else 1
             return math.prod(batch) * rows * b.shape[-1]
         return None
-    if len(tensors) >= 2:
+    if len(tensors) >= 2 and torch.Tag.pointwise in getattr(func, "tags", ()):
         try:
             return math.prod(torch.broadcast_shapes(*(t.shape for t in tensors)))
         except RuntimeError:

@@ -151,6 +151,10 @@ def _models() -> dict[str, onnx.ModelProto]:
                              [_x(), _x(name="x2")], [_y()],
                              [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "b")]),
     }
+    for name, raw in (("short_raw_data", lambda r: r[:8]), ("long_raw_data", lambda r: r + b"\0" * 4000)):
+        model = gemm()
+        model.graph.initializer[0].raw_data = raw(model.graph.initializer[0].raw_data)
+        models[name] = model
     matmul_lies = models["bomb_matmul_lies"]
     matmul_lies.graph.value_info.append(helper.make_tensor_value_info("outer", TensorProto.FLOAT, [1, 1]))
     # inspect feeds random inputs of the declared shape: dynamic, huge, negative or zero dims
@@ -409,6 +413,8 @@ def _cases() -> list[Case]:
         "string_input": r"input 'x' is string",
         "two_inputs": r"2 inputs",
         "external_2gib": r"tensor 'big'.*(bytes|GiB)",
+        "short_raw_data": r"W.*(2560 bytes|too small)",
+        "long_raw_data": r"tensor 'W' declares shape \(10, 64\) \(2560 bytes\) but holds 6560 bytes",
         "out_1d": r"output 'z'.*\[batch, classes\]",
         "out_scalar": r"output 'z'.*\[batch, classes\]",
         "out_4d": r"output 'z'.*\[batch, classes\]",
@@ -422,7 +428,8 @@ def _cases() -> list[Case]:
     inspect_ok = {"out_1d", "out_scalar", "out_4d", "out_3d_first", "out_one_class", "two_inputs"}
     for model, pattern in model_refusals.items():
         commands = _commands(f"{{root}}/{model}.onnx", inspect=model not in inspect_ok)
-        if model in ("not_onnx", "empty", "folder", "missing", "opset99", "external_2gib", "bomb_expand"):
+        if model in ("not_onnx", "empty", "folder", "missing", "opset99", "external_2gib", "bomb_expand",
+                     "short_raw_data", "long_raw_data"):
             commands = {k: v for k, v in commands.items() if k in ("evaluate", "inspect")}
         for command, argv in commands.items():
             add(f"model-{model}-{command}", argv, 1, pattern)
