@@ -11,7 +11,6 @@ empty folder for that case's outputs (which must stay empty).
 
 from __future__ import annotations
 
-import io
 import json
 import struct
 import zipfile
@@ -195,17 +194,6 @@ def _digits_like(n: int = 20, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 def _npz(path: Path, **arrays) -> None:
     with open(path, "wb") as handle:
         np.savez(handle, **arrays)
-
-
-def _npy_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=True)
-    return buffer.getvalue()
-
-
-def _zip_with_member(path: Path, name: str, header_array: np.ndarray, body: bytes) -> None:
-    with zipfile.ZipFile(path, "w") as archive:
-        archive.writestr(name, _npy_bytes(header_array)[: -header_array.nbytes or None] + body)
 
 
 def _npy_header_declaring(shape: tuple[int, ...]) -> bytes:
