@@ -154,7 +154,7 @@ def _check_npy_member(path: Path, archive: zipfile.ZipFile, info: zipfile.ZipInf
         version = np.lib.format.read_magic(member)
         if version == (1, 0):
             shape, _, dtype = np.lib.format.read_array_header_1_0(member, max_header_size=10_000)
-        else:
+        else:  # 2.0 and 3.0 share the header layout (3.0 only allows UTF-8 field names)
             shape, _, dtype = np.lib.format.read_array_header_2_0(member, max_header_size=10_000)
         header_bytes = member.tell()
     if dtype.hasobject:
