@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import numpy as np
+import onnx
 import torch
 
 from cimguard.errors import CimguardError
@@ -177,11 +178,9 @@ def check_model_tensors(tensors, where: str) -> None:
     """Every floating-point constant of a model (initializers, Constant values) must be finite."""
     from onnx import numpy_helper
 
-    from onnx import TensorProto, helper
-
     for tensor in tensors:
-        if tensor.raw_data and tensor.data_type not in (TensorProto.STRING, TensorProto.UNDEFINED):
-            itemsize = helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+        if tensor.raw_data and tensor.data_type not in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
+            itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
             expected = math.prod(tensor.dims) * itemsize
             if len(tensor.raw_data) != expected:
                 raise CimguardError(f"{where}: tensor {tensor.name!r} declares shape {tuple(tensor.dims)} "
@@ -196,14 +195,9 @@ def check_model_tensors(tensors, where: str) -> None:
         check_finite(values, f"{where}: tensor {tensor.name!r}")
 
 
-def _float_types() -> frozenset[int]:
-    from onnx import TensorProto
-
-    return frozenset({TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16,
-                      TensorProto.COMPLEX64, TensorProto.COMPLEX128})
-
-
-_FLOAT_TYPES = _float_types()
+#: ONNX element types whose values can be NaN or ±Inf.
+_FLOAT_TYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
+                          onnx.TensorProto.BFLOAT16, onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128})
 
 #: Model input types cimguard can feed: floats (evaluation data is cast to them) and integer token ids.
 FLOAT_INPUTS = ("float", "float16", "double")
@@ -212,8 +206,6 @@ INTEGER_INPUTS = ("int32", "int64")
 
 def check_opsets(model, where: str) -> None:
     """Refuse opsets newer than the installed ``onnx`` knows (their semantics are not defined here)."""
-    import onnx
-
     newest = onnx.defs.onnx_opset_version()
     for opset in model.opset_import:
         if opset.domain in ("", "ai.onnx") and opset.version > newest:
@@ -359,8 +351,6 @@ def run_probe(module_call, where: str, model=None) -> Any:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         reason = f"{type(exc).__name__}: {reason[:300]}"
         if model is not None:
-            import onnx
-
             try:
                 onnx.shape_inference.infer_shapes(model, strict_mode=True)
             except Exception as inference:  # noqa: BLE001 - any inference failure is the better explanation
