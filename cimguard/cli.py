@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import os
 import sys
+import warnings
 from typing import Any
 
 import click
 
 from cimguard import __version__
 from cimguard.errors import CimguardError
-from cimguard.cli_options import model_option, seed_option, setup_from_options, setup_options
+from cimguard.cli_options import MAX_CHIPS, THG, model_option, seed_option, setup_from_options, setup_options
 
 DEBUG_ENV = "CIMGUARD_DEBUG"
 
@@ -44,7 +45,12 @@ class CimguardGroup(click.Group):
 
     def _invoke_with_one_line_errors(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            with warnings.catch_warnings():
+                # cimguard checks its inputs itself; library warnings (numpy, torch, the unpickler)
+                # must not print before the one-line error.  CIMGUARD_DEBUG shows them.
+                if not os.environ.get(DEBUG_ENV):
+                    warnings.simplefilter("ignore")
+                return super().invoke(ctx)
         except CimguardError as exc:
             raise click.ClickException(str(exc)) from None
         except click.UsageError as exc:
@@ -55,6 +61,12 @@ class CimguardGroup(click.Group):
             ctx.exit(130)
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
+        except OSError as exc:  # disk full, file-size limit, stdout closed: the same one line, exit 1
+            if os.environ.get(DEBUG_ENV):
+                raise
+            from cimguard.checks import os_error_message
+
+            raise click.ClickException(os_error_message(exc)) from None
         except Exception as exc:  # noqa: BLE001 - the user gets one line, developers set CIMGUARD_DEBUG
             if os.environ.get(DEBUG_ENV):
                 raise
@@ -104,12 +116,12 @@ def plugins_command(as_json: bool) -> None:
 @cli.command()
 @model_option
 @setup_options
-@click.option("--thg", type=click.FloatRange(min=0), default=None, help="Write-verify threshold in level units (default: the device's).")
-@click.option("--samples", type=click.IntRange(min=0), default=100, show_default=True,
+@click.option("--thg", type=THG, default=None, help="Write-verify threshold in level units (default: the device's).")
+@click.option("--samples", type=click.IntRange(min=0, max=MAX_CHIPS), default=100, show_default=True,
               help="Monte Carlo chips; 0 skips Monte Carlo (clean accuracy only), as in attack and compare.")
 @seed_option
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the full report to a new JSON file.")
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
+@click.option("--json", "json_path", type=click.Path(), default=None, help="Write the full report to a new JSON file.")
+@click.option("--plot", "plot_path", type=click.Path(), default=None,
               help="Draw the Monte Carlo accuracy histogram to a new .png/.pdf/.svg file.")
 def evaluate(model, data, device_name, device_params, device_file, weight_bits, label_free, verify, torch_device,
              max_samples, thg, samples, seed, json_path, plot_path) -> None:

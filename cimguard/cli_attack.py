@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import click
 
-from cimguard.cli_options import model_option, seed_option, setup_from_options, setup_options
+from cimguard.cli_options import MAX_CHIPS, MAX_COUNT, model_option, seed_option, setup_from_options, setup_options
 from cimguard.errors import CimguardError
 
 DEFAULT_THG = "device"
@@ -112,7 +112,7 @@ def solver_options(default: tuple[str, ...] = ("flwc",)) -> Callable:
             help="Set one solver option, e.g. flwc.k=20 or pgd.restarts=4 (repeatable; without SOLVER. it "
                  "goes to every chosen solver that has FIELD).")(command)
         command = click.option(
-            "--iterations", type=click.IntRange(min=1), default=None,
+            "--iterations", type=click.IntRange(min=1, max=MAX_COUNT), default=None,
             help="Passes over the evaluation data per solver (per start for pgd); default: each solver's own.")(command)
         return click.option(
             "--solver", "solver_names", multiple=True, default=default, show_default=True,
@@ -147,18 +147,18 @@ def _sha256(path: Path) -> str:
 @click.option("--thg", "thg_text", default=DEFAULT_THG, show_default=True,
               help="'device': the device's own worst-case box (its deviation_bound, per level), or write-verify "
                    "thresholds to sweep, in level units, comma-separated (e.g. 0.005,0.01,0.02,0.03).")
-@click.option("--samples", type=click.IntRange(min=0), default=100, show_default=True,
+@click.option("--samples", type=click.IntRange(min=0, max=MAX_CHIPS), default=100, show_default=True,
               help="Monte Carlo chips per thg; 0 skips Monte Carlo (worst case only, the table shows '-').")
 @seed_option
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
+@click.option("--plot", "plot_path", type=click.Path(), default=None,
               help="Write accuracy vs thg to a new .png/.pdf/.svg file.")
-@click.option("--save-perturbation", "save_path", type=click.Path(dir_okay=False), default=None,
+@click.option("--save-perturbation", "save_path", type=click.Path(), default=None,
               help="Write the worst ΔW found at the largest thg to a new .npz file (replay with --replay).")
 @click.option("--sensitivity", is_flag=True,
               help="Per-layer sensitivity: each layer's own worst case (first solver, largest thg).")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+@click.option("--json", "json_path", type=click.Path(), default=None,
               help="Write the full report to a new JSON file.")
-@click.option("--replay", "replay_path", type=click.Path(dir_okay=False), default=None,
+@click.option("--replay", "replay_path", type=click.Path(), default=None,
               help="Re-evaluate a saved perturbation (.npz) instead of searching.")
 @click.pass_context
 def attack(ctx, model, data, device_name, device_params, device_file, weight_bits, label_free, verify, torch_device,

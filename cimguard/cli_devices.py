@@ -16,7 +16,7 @@ from cimguard.report import to_jsonable
 
 @click.command(name="devices")
 @click.option("--show", "show", metavar="NAME", default=None, help="Print one device's parameters, units and source.")
-@click.option("--device-file", type=click.Path(dir_okay=False), default=None, help="TOML file of device profiles.")
+@click.option("--device-file", type=click.Path(), default=None, help="TOML file of device profiles.")
 @click.option("--device-param", "device_params", multiple=True, metavar="FIELD=VALUE",
               help="Override one parameter in --show (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import click
 
 from cimguard.cli_attack import DEFAULT_THG, check_thg_sweep, parse_thg_list, solver_options, solvers_from_options
-from cimguard.cli_options import seed_option, setup_from_options, setup_options, training_setup_options
+from cimguard.cli_options import MAX_CHIPS, MAX_COUNT, THG, seed_option, setup_from_options, setup_options, training_setup_options
 from cimguard.errors import CimguardError
 from cimguard.solve import BoxChoice
 
@@ -22,22 +22,22 @@ if TYPE_CHECKING:
 
 
 @click.command()
-@click.argument("model", required=False, type=click.Path(dir_okay=False))
+@click.argument("model", required=False, type=click.Path())
 @click.option("--trainer", "trainer_name", default="atrice", show_default=True, help="Hardening trainer (see `cimguard plugins`).")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="New .onnx file to write (never overwritten).")
+@click.option("-o", "--output", required=True, type=click.Path(), help="New .onnx file to write (never overwritten).")
 @training_setup_options
-@click.option("--thg", type=click.FloatRange(min=0), default=None, help="Write-verify threshold in level units (default: the device's).")
-@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Training epochs (default: the trainer's).")
+@click.option("--thg", type=THG, default=None, help="Write-verify threshold in level units (default: the device's).")
+@click.option("--epochs", type=click.IntRange(min=1, max=MAX_COUNT), default=None, help="Training epochs (default: the trainer's).")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Adam learning rate.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Mini-batch size.")
+@click.option("--batch-size", type=click.IntRange(min=1, max=2**31), default=None, help="Mini-batch size.")
 @click.option("--alpha", type=click.FloatRange(min=0), default=None, help="atrice: weight of the adversarial loss.")
 @click.option("--sigma", type=click.FloatRange(min=0), default=None, help="trice/atrice: sigma of the RCG noise (level units).")
 @click.option("--threshold", type=float, default=None, help="trice/atrice: RCG censoring threshold (units of sigma; inf: none).")
 @click.option("--eta-train", type=click.FloatRange(min=0), default=None, help="atrice: adversarial step in level units (default: 1.5 x thg).")
 @seed_option
-@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None, help="Checkpoint file, rewritten after every epoch.")
+@click.option("--checkpoint", type=click.Path(), default=None, help="Checkpoint file, rewritten after every epoch.")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run saved in --checkpoint.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write a training report to a new JSON file.")
+@click.option("--json", "json_path", type=click.Path(), default=None, help="Write a training report to a new JSON file.")
 def harden(model, trainer_name, output, data, device_name, device_params, device_file, weight_bits, verify,
            torch_device, max_samples, thg, epochs, lr, batch_size, alpha, sigma, threshold, eta_train, seed,
            checkpoint, resume, json_path) -> None:
@@ -77,6 +77,10 @@ def harden(model, trainer_name, output, data, device_name, device_params, device
         if checkpoint is not None and Path(checkpoint).exists():
             click.echo(f"Training stopped; rerun the same command with --resume to continue from {checkpoint}.", err=True)
         raise
+    from cimguard.checks import check_finite
+
+    for name, weight in result.weights.items():
+        check_finite(weight, f"training diverged (lower --lr or the noise): weight {name}")
     hardened = setup.crossbar.remapped(result.weights)
     export_onnx(setup.imported, result.weights, output, check_inputs=setup.data.x[:256])
 
@@ -224,17 +228,17 @@ def format_comparison(rows: Sequence[ModelComparison], solvers: Sequence[str] | 
 
 
 @click.command()
-@click.argument("models", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.argument("models", nargs=-1, required=True, type=click.Path())
 @setup_options
 @solver_options()
 @click.option("--thg", "thg_text", default=DEFAULT_THG, show_default=True,
               help="'device': the device's own worst-case box (per level), or write-verify thresholds to sweep, "
                    "in level units, comma-separated (e.g. 0.01,0.02,0.03).")
-@click.option("--samples", type=click.IntRange(min=0), default=100, show_default=True,
+@click.option("--samples", type=click.IntRange(min=0, max=MAX_CHIPS), default=100, show_default=True,
               help="Monte Carlo chips per thg; 0 skips Monte Carlo (worst case only, the table shows '-').")
 @seed_option
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None, help="Write a figure (.png/.pdf/.svg).")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the results to a new JSON file.")
+@click.option("--plot", "plot_path", type=click.Path(), default=None, help="Write a figure (.png/.pdf/.svg).")
+@click.option("--json", "json_path", type=click.Path(), default=None, help="Write the results to a new JSON file.")
 @click.pass_context
 def compare(ctx, models, data, device_name, device_params, device_file, weight_bits, label_free, verify, torch_device,
             max_samples, solver_names, iterations, solver_params, thg_text, samples, seed, plot_path, json_path) -> None:

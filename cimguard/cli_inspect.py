@@ -11,8 +11,10 @@ import click
 import numpy as np
 import onnx
 
+from cimguard.checks import check_declared_dims
+from cimguard.cli_options import SEED
 from cimguard.errors import CimguardError
-from cimguard.model import TensorSpec, _spec, import_model, onnxruntime_mismatch, random_inputs, read_onnx
+from cimguard.model import TensorSpec, _spec, comparison_tolerance, import_model, onnxruntime_mismatch, random_inputs, read_onnx
 from cimguard.report import to_jsonable
 
 #: Relative error (of the output scale) below which conversion counts as exact.
@@ -131,9 +133,33 @@ def _label(node: onnx.NodeProto) -> str:
 
 
 def _check(imported, seed: int) -> ConversionCheck:
+    from cimguard.checks import MAX_ELEMENTS, AllocationError, check_input_spec, run_probe
+
+    where = str(imported.path)
+    for value in imported.onnx_model.graph.input:
+        if value.name in {spec.name for spec in imported.inputs}:
+            check_declared_dims(value, where)
+    for spec in imported.inputs:
+        check_input_spec(spec, where)
+        elements = int(np.prod([d or 1 for d in spec.shape], dtype=np.float64))
+        if elements > MAX_ELEMENTS:
+            raise CimguardError(f"{where}: input {spec.name!r} declares {_shape(spec)}: {elements} elements, more than "
+                                f"the limit of {MAX_ELEMENTS} for the random check input")
     feeds = random_inputs(imported.inputs, seed)
-    error = onnxruntime_mismatch(imported.onnx_model, imported.module, feeds)
-    return ConversionCheck(error <= EXACT_TOLERANCE, error, {k: tuple(v.shape) for k, v in feeds.items()})
+    try:
+        error = run_probe(lambda: onnxruntime_mismatch(imported.onnx_model, imported.module, feeds), where,
+                          imported.legalised)
+    except AllocationError:
+        raise
+    except CimguardError as exc:
+        dynamic = {spec.name: [axis for axis, d in enumerate(spec.shape) if d is None] for spec in imported.inputs}
+        hints = [f"input {name!r} has dynamic axes {axes}, set to 1" for name, axes in dynamic.items() if axes[1:]]
+        if not hints:
+            raise
+        shapes = ", ".join(f"{name} {list(feed.shape)}" for name, feed in feeds.items())
+        raise CimguardError(f"{exc} [random check input {shapes}: {'; '.join(hints)}]") from None
+    tolerance = comparison_tolerance(imported.onnx_model, EXACT_TOLERANCE)
+    return ConversionCheck(error <= tolerance, error, {k: tuple(v.shape) for k, v in feeds.items()}, tolerance)
 
 
 def _shape(spec: TensorSpec) -> str:
@@ -176,9 +202,9 @@ def _print(report: ModelInspection) -> None:
 
 
 @click.command(name="inspect")
-@click.argument("model_path", metavar="MODEL.onnx", type=click.Path(dir_okay=False))
+@click.argument("model_path", metavar="MODEL.onnx", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random check input.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the random check input (0 <= seed < 2^64).")
 def inspect_command(model_path: str, as_json: bool, seed: int) -> None:
     """Opsets, operators, inputs/outputs, crossbar layers and whether conversion is exact.
 

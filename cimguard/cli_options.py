@@ -12,6 +12,39 @@ from cimguard.pipeline import Setup, build_setup
 
 F = Callable[..., Any]
 
+# File options are plain paths: cimguard checks them itself, so a missing file, a folder where a file
+# belongs and an unreadable file are all one-line errors with exit status 1 (click would give 2 for a folder).
+# Exit status 2 stays for a malformed command line (unknown option, a value that is not a number or out of range).
+
+#: Most Monte Carlo chips one command may ask for (10^6 chips of the embedded model take hours already).
+MAX_CHIPS = 1_000_000
+#: Most passes, epochs or steps one option may ask for.
+MAX_COUNT = 1_000_000
+
+
+class _NonNegativeFloat(click.ParamType):
+    """A float ``>= 0``: NaN refused, ``inf`` kept (a threshold where it means "none")."""
+
+    name = "float"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, float):
+            number = value
+        else:
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                self.fail(f"{value!r} is not a number", param, ctx)
+        if number != number or number < 0:
+            self.fail(f"{value!r} is not a number >= 0", param, ctx)
+        return number
+
+
+#: ``--thg`` of evaluate and harden (level units; ``inf``: no write-verify).
+THG = _NonNegativeFloat()
+#: Every ``--seed``: one 64-bit range in every command (torch and the Monte Carlo chip seeds take 64 bits).
+SEED = click.IntRange(0, 2**64 - 1)
+
 
 def _compose(*decorators: Callable[[F], F]) -> Callable[[F], F]:
     def apply(function: F) -> F:
@@ -23,7 +56,7 @@ def _compose(*decorators: Callable[[F], F]) -> Callable[[F], F]:
 
 
 model_option = click.option(
-    "--model", "model", type=click.Path(dir_okay=False), default=None,
+    "--model", "model", type=click.Path(), default=None,
     help="ONNX model to evaluate (default: the embedded LeNet on digits).",
 )
 
@@ -36,12 +69,12 @@ def _setup_options(*, label_free: bool) -> Callable[[F], F]:
         click.option("--data", default="digits", show_default=True, help="Dataset: NAME, NAME:ARG or a .npz file."),
         click.option("--device", "device_name", default="gaussian", show_default=True, help="Device model or profile name."),
         click.option("--device-param", "device_params", multiple=True, metavar="FIELD=VALUE", help="Override one device parameter (repeatable)."),
-        click.option("--device-file", type=click.Path(dir_okay=False), default=None, help="TOML file of device profiles."),
+        click.option("--device-file", type=click.Path(), default=None, help="TOML file of device profiles."),
         click.option("--weight-bits", type=int, default=8, show_default=True, help="Bits per weight magnitude (K)."),
         _LABEL_FREE if label_free else None,
         click.option("--verify", is_flag=True, help="Cross-check the converted model against onnxruntime first."),
         click.option("--torch-device", default="auto", show_default=True, help="auto, cpu or cuda."),
-        click.option("--max-samples", type=click.IntRange(min=1), default=None, help="Use only the first N evaluation samples."),
+        click.option("--max-samples", type=click.IntRange(min=1, max=2**62), default=None, help="Use only the first N evaluation samples."),
     ) if option is not None))
 
 
@@ -51,7 +84,7 @@ setup_options = _setup_options(label_free=True)
 training_setup_options = _setup_options(label_free=False)
 """:data:`setup_options` without ``--label-free``, for commands that train on labelled data (``harden``)."""
 
-seed_option = click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+seed_option = click.option("--seed", type=SEED, default=0, show_default=True, help="Random seed (0 <= seed < 2^64).")
 
 
 def setup_from_options(

@@ -30,6 +30,8 @@ drawn in blocks of about :data:`CPU_SAMPLE_BLOCK` devices, each block turned int
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 from typing import Mapping
 
@@ -142,6 +144,10 @@ class Crossbar:
     def _map(self, mapped: MappedWeight, weight: torch.Tensor) -> MappedLayer:
         weight = weight.float()
         scale = float(weight.abs().max()) if weight.numel() else 0.0
+        if not math.isfinite(scale):
+            # Models are checked at load time, so here it is weights a trainer produced.
+            raise CimguardError(f"the weights of layer {mapped.node} are not finite (NaN or ±Inf): the training "
+                                "diverged; lower --lr or the noise")
         k, b = self.config.weight_bits, self.device.config.bits_per_device
         top = 2**k - 1
         q = torch.round(weight.abs() / scale * top).clamp(0, top) if scale > 0 else torch.zeros_like(weight)
@@ -183,9 +189,14 @@ class Crossbar:
                     for name, layer in self.layers.items()}
         if not 0 <= thg < float("inf"):
             raise CimguardError("a worst-case bound needs a finite write-verify threshold thg >= 0")
-        return {
-            name: torch.full_like(layer.nominal, self.weight_bound(name, thg)) for name, layer in self.layers.items()
-        }
+        widths = {name: self.weight_bound(name, thg) for name in self.layers}
+        for name, width in widths.items():
+            dtype = self.layers[name].nominal.dtype
+            if not width <= torch.finfo(dtype).max:
+                raise CimguardError(f"thg {thg:g} gives layer {name} a box of ±{width:.3g}, wider than {dtype} can "
+                                    "hold; choose a smaller write-verify threshold")
+        bounds = {name: torch.full_like(layer.nominal, widths[name]) for name, layer in self.layers.items()}
+        return bounds
 
     # -- chips ----------------------------------------------------------------------------------
     def sample(self, generator: torch.Generator | None = None) -> Perturbation:
@@ -203,7 +214,16 @@ class Crossbar:
         for start, stop, draw in flat.blocks:
             deviation = draw(generator)  # (M, block weights), level units
             torch.mv(deviation.t(), self._significance.to(deviation.dtype), out=delta[start:stop])
-        return delta.mul_(flat.factor)
+        delta.mul_(flat.factor)
+        if not bool(torch.isfinite(delta).all()):
+            # A chip is never an accuracy when its ΔW is not: the device parameters overflow somewhere.
+            from cimguard.checks import config_text
+
+            raise CimguardError(
+                f"a simulated chip has {int((~torch.isfinite(delta)).sum())} non-finite ΔW values (NaN or ±Inf): "
+                f"the weights or the {type(self.device).__name__} parameters overflow ({config_text(self.device.config)})"
+            )
+        return delta
 
     def unflatten(self, flat_delta: torch.Tensor) -> Perturbation:
         """Split a flat vector (from :meth:`sample_flat`) into ``{name: tensor shaped like W}`` views."""
@@ -299,6 +319,12 @@ def check_within_bounds(perturbation: Mapping[str, torch.Tensor], bounds: Mappin
         raise CimguardError(f"perturbation layers do not match the crossbar (missing {sorted(missing)}, unexpected {sorted(extra)})")
     for name, delta in perturbation.items():
         bound = bounds[name]
+        if not delta.is_floating_point():
+            raise CimguardError(f"perturbation of layer {name} must be floating-point, got {delta.dtype}")
+        if not bool(torch.isfinite(delta).all()):
+            # NaN <= bound is never false: a non-finite ΔW is refused outright, never compared.
+            raise CimguardError(f"perturbation of layer {name} holds {int((~torch.isfinite(delta)).sum())} "
+                                "non-finite values (NaN or ±Inf)")
         excess = (delta.abs() - bound * (1 + slack) - 1e-12).max()
         if excess > 0:
             raise CimguardError(

@@ -53,17 +53,42 @@ def load_dataset(spec: str) -> Dataset:
 
 
 def fit_to_model(x: torch.Tensor, spec: TensorSpec, *, what: str = "data") -> torch.Tensor:
-    """Reshape samples to the model's input shape (batch axis first) or explain why they cannot be."""
+    """Reshape samples to the model's input shape (batch axis first) or explain why they cannot be.
+
+    Samples become the input's element type: a float model input gets finite floats of
+    its precision; an integer input (token ids) gets integers, never floats.
+    """
+    x = _as_input_type(x, spec, what)
     sample_shape = tuple(spec.shape[1:])
     if not sample_shape or any(d is None for d in sample_shape):
-        return x.float()
+        return x
     if tuple(x.shape[1:]) == sample_shape:
-        return x.float()
+        return x
     if int(np.prod(x.shape[1:])) == int(np.prod(sample_shape)):
-        return x.reshape(x.shape[0], *sample_shape).float()
+        return x.reshape(x.shape[0], *sample_shape)
     raise CimguardError(
         f"{what} samples have shape {tuple(x.shape[1:])} but the model input {spec.name!r} expects {sample_shape}"
     )
+
+
+_TORCH_TYPES = {"float": torch.float32, "float16": torch.float16, "double": torch.float64,
+                "int32": torch.int32, "int64": torch.int64}
+
+
+def _as_input_type(x: torch.Tensor, spec: TensorSpec, what: str) -> torch.Tensor:
+    from cimguard.checks import check_float_array
+
+    dtype = _TORCH_TYPES.get(spec.dtype, torch.float32)
+    if dtype.is_floating_point:
+        if x.is_floating_point() or x.is_complex():
+            # Checked against the file's own input type; computed in float32 like the imported module.
+            check_float_array(x.detach().cpu().numpy(), f"{what} samples", dtype=np.dtype(str(dtype).split(".")[1]))
+        return x.float()
+    if x.is_floating_point():
+        if not bool(torch.isfinite(x).all()) or not bool((x == x.round()).all()):
+            raise CimguardError(f"{what} samples are not whole numbers but the model input {spec.name!r} takes "
+                                f"{spec.dtype} token ids")
+    return x.to(dtype)
 
 
 def check_labels(y: torch.Tensor, num_classes: int, *, what: str = "data") -> None:
@@ -77,14 +102,10 @@ def check_labels(y: torch.Tensor, num_classes: int, *, what: str = "data") -> No
 
 def read_npz(path: str | Path) -> Dataset:
     """``x`` and optionally ``y`` (evaluation), ``x_train``/``y_train`` (training) from an ``.npz`` file."""
+    from cimguard.checks import check_float_array, read_npz as read_checked_npz
+
     path = Path(path)
-    if not path.is_file():
-        raise CimguardError(f"data file not found: {path}")
-    try:
-        with np.load(path, allow_pickle=False) as arrays:
-            content = {key: arrays[key] for key in arrays.files}
-    except (ValueError, OSError) as exc:
-        raise CimguardError(f"{path} is not a readable .npz file ({exc})") from None
+    content = read_checked_npz(path, "data file")
     if "x" not in content:
         raise CimguardError(f"{path} has no array named 'x' (found: {', '.join(content) or 'none'})")
 
@@ -92,18 +113,22 @@ def read_npz(path: str | Path) -> Dataset:
         if key not in content:
             return None
         array = content[key]
-        if not np.issubdtype(array.dtype, np.number) or array.ndim < 2:
+        if array.dtype.kind in "iu":  # token ids stay integers; fit_to_model types them for the model
+            array = array.astype(np.int64)
+        else:
+            check_float_array(array, f"{path}: array {key!r}")
+        if array.ndim < 2:
             raise CimguardError(f"{path}: array {key!r} must be numeric with a batch axis, got {array.dtype} {array.shape}")
         if array.shape[0] == 0:
             raise CimguardError(f"{path}: array {key!r} holds no samples")
-        return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+        return torch.from_numpy(np.ascontiguousarray(array if array.dtype.kind in "iu" else array.astype(np.float32)))
 
     def as_labels(key: str, count: int | None) -> torch.Tensor | None:
         if key not in content:
             return None
         array = content[key]
         if not np.issubdtype(array.dtype, np.integer):
-            if np.issubdtype(array.dtype, np.floating) and np.all(np.mod(array, 1) == 0):
+            if np.issubdtype(array.dtype, np.floating) and np.all(np.isfinite(array)) and np.all(np.mod(array, 1) == 0):
                 array = array.astype(np.int64)
             else:
                 raise CimguardError(f"{path}: labels {key!r} must be integers, got {array.dtype}")

@@ -35,7 +35,7 @@ from typing import Any, Callable, ClassVar, Mapping
 import torch
 
 from cimguard.errors import CimguardError
-from cimguard.options import checked_config, coerce, field_types, type_name
+from cimguard.options import checked_config, coerce, field_docs as _field_docs, field_types, type_name
 
 
 @dataclass(frozen=True)
@@ -155,9 +155,18 @@ class Device:
 
     def _programming_sampler(self, target_levels: torch.Tensor) -> DeviationSampler:
         """Write-verified programming, with every per-device constant computed here, once."""
-        sigma = self.programming_sigma(target_levels).to(target_levels.dtype)
-        if bool((sigma < 0).any()) or bool(sigma.isnan().any()):
-            raise CimguardError(f"{type(self).__name__} gave a negative or NaN programming sigma")
+        from cimguard.checks import config_text
+
+        try:
+            sigma = self.programming_sigma(target_levels).to(target_levels.dtype)
+        except RuntimeError as exc:
+            if "overflow" not in str(exc):
+                raise
+            raise CimguardError(f"{type(self).__name__}: a parameter overflows {target_levels.dtype} "
+                                f"({config_text(self.config)})") from None
+        if bool((sigma < 0).any()) or not bool(torch.isfinite(sigma).all()):
+            raise CimguardError(f"{type(self).__name__} gave a negative or non-finite programming sigma "
+                                f"(the parameters overflow? {config_text(self.config)})")
         bound = float(self.config.thg)
         shape, device, dtype = target_levels.shape, target_levels.device, target_levels.dtype
         if math.isinf(bound):
@@ -177,9 +186,12 @@ class Device:
         if width.dim() == 0:
             width, scale = float(width), float(scale)  # type: ignore[assignment]
 
+        # A threshold beyond the dtype's range truncates nothing; clamp at the range (a wider clamp overflows).
+        limit = min(bound, torch.finfo(dtype).max)
+
         def draw_verified(generator: torch.Generator | None) -> torch.Tensor:
             v = torch.empty(shape, device=device, dtype=dtype).uniform_(-1.0, 1.0, generator=generator)
-            return v.mul_(width).erfinv_().mul_(scale).clamp_(-bound, bound)
+            return v.mul_(width).erfinv_().mul_(scale).clamp_(-limit, limit)
 
         return draw_verified
 
@@ -289,6 +301,10 @@ def build_config(config_class: type[DeviceConfig], params: Mapping[str, Any], *,
         except ValueError:
             raise CimguardError(f"device parameter {key} must be a {type_name(hints[key])}, got {raw!r}") from None
     config = config_class(**values)
+    from cimguard.checks import check_finite_fields
+
+    # Before validate(): a NaN or Inf must be named as such, not as the nonsense it makes of a formula.
+    check_finite_fields(config, _field_docs(config_class))
     config.validate()
     return config
 
@@ -316,13 +332,15 @@ def read_device_file(path: str | Path) -> list[DeviceProfile]:
         source = "our 2025 wafer measurements"
         thg = 0.02
     """
-    path = Path(path)
+    from cimguard.checks import check_input_file
+
+    path = check_input_file(path, "device file")
     try:
         data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise CimguardError(f"device file not found: {path}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise CimguardError(f"{path} is not valid TOML: {exc}") from None
+    except RecursionError:
+        raise CimguardError(f"{path} nests tables or arrays too deep to be a device file") from None
     profiles = []
     for name, table in data.items():
         # A malformed profile is kept with its problem, so the file's good profiles stay usable.
@@ -383,30 +401,3 @@ def describe_config(config: DeviceConfig) -> list[tuple[str, Any, str]]:
     """``(field, value, docstring)`` for every field, for ``devices --show``."""
     docs = _field_docs(type(config))
     return [(f.name, getattr(config, f.name), docs.get(f.name, "")) for f in dataclasses.fields(config)]
-
-
-def _field_docs(cls: type) -> dict[str, str]:
-    """Attribute docstrings (the string literal after each field), read from the source."""
-    import ast
-    import inspect
-    import textwrap
-
-    docs: dict[str, str] = {}
-    for klass in reversed(cls.__mro__):
-        if not dataclasses.is_dataclass(klass):
-            continue
-        try:
-            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
-        except (OSError, TypeError):
-            continue
-        body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
-        for node, following in zip(body, body[1:]):
-            if (
-                isinstance(node, ast.AnnAssign)
-                and isinstance(node.target, ast.Name)
-                and isinstance(following, ast.Expr)
-                and isinstance(following.value, ast.Constant)
-                and isinstance(following.value.value, str)
-            ):
-                docs[node.target.id] = " ".join(following.value.value.split())
-    return docs

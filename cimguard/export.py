@@ -26,7 +26,7 @@ import torch
 from onnx import helper, numpy_helper
 
 from cimguard.errors import CimguardError
-from cimguard.model import ImportedModel, onnxruntime_mismatch, random_inputs
+from cimguard.model import ImportedModel, comparison_tolerance, onnx_feed, onnxruntime_mismatch, random_inputs
 from cimguard.report import check_new_output, write_new_file
 
 
@@ -158,11 +158,11 @@ def export_onnx(
     path = check_new_output(path, inputs=(imported.path,) if imported.path else ())
     model = with_weights(imported, weights)
     if check_inputs is not None:
-        feeds = {imported.input.name: check_inputs.detach().cpu().float().numpy()}
+        feeds = {imported.input.name: onnx_feed(imported.input, check_inputs)}
     else:
         feeds = random_inputs(imported.inputs)
     error = onnxruntime_mismatch(model, imported.module, feeds, weights)
-    if not error <= tolerance:
+    if not error <= comparison_tolerance(model, tolerance):
         raise CimguardError(
             f"the exported model does not reproduce the torch model in onnxruntime "
             f"(relative difference {error:.3g}); nothing was written"

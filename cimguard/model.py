@@ -16,6 +16,7 @@ from onnx2torch.onnx_graph import OnnxGraph
 from torch import fx, nn
 
 import cimguard.converters  # noqa: F401 - registers the extra onnx2torch converters before any conversion
+from cimguard.checks import check_input_file, check_model_tensors, check_opsets
 from cimguard.errors import CimguardError
 from cimguard.legalise import MAX_TENSOR_ELEMENTS, WeightOrigin, legalise_model
 
@@ -106,15 +107,13 @@ class ImportedModel:
 
 # Protobuf's hard limit; larger files need external data.
 _MAX_MODEL_BYTES = 2 * 1024**3
+# One tensor may hold at most this many bytes (MAX_TENSOR_ELEMENTS float32 values), checked before reading it.
+_MAX_TENSOR_BYTES = MAX_TENSOR_ELEMENTS * 4
 
 
 def read_onnx(path: str | Path) -> onnx.ModelProto:
     """Read and validate an ONNX file, with one-line errors for every way it can be wrong."""
-    path = Path(path)
-    if not path.exists():
-        raise CimguardError(f"model file not found: {path}")
-    if not path.is_file():
-        raise CimguardError(f"model path is not a file: {path}")
+    path = check_input_file(path, "model file")
     size = path.stat().st_size
     if size == 0:
         raise CimguardError(f"{path} is empty, not an ONNX model")
@@ -126,12 +125,14 @@ def read_onnx(path: str | Path) -> onnx.ModelProto:
         raise CimguardError(f"{path} is not a valid ONNX file ({_first_line(exc)})") from None
     if model.ir_version <= 0 or not model.HasField("graph") or len(model.graph.node) == 0:
         raise CimguardError(f"{path} is not an ONNX model (no graph or no IR version)")
+    check_opsets(model, str(path))
     _check_tensor_sizes(model, path)
     _load_external_data(model, path)
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
         raise CimguardError(f"{path} fails the ONNX checker: {_first_line(exc)}") from None
+    check_model_tensors(_all_tensors(model.graph), str(path))
     return model
 
 
@@ -157,6 +158,12 @@ def _check_tensor_sizes(model: onnx.ModelProto, path: Path) -> None:
         if elements > MAX_TENSOR_ELEMENTS:
             raise CimguardError(
                 f"{path}: tensor {tensor.name!r} has {elements} elements, more than the limit of {MAX_TENSOR_ELEMENTS}"
+            )
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize if tensor.data_type else 1
+        if elements * itemsize > _MAX_TENSOR_BYTES:
+            raise CimguardError(
+                f"{path}: tensor {tensor.name!r} needs {elements * itemsize} bytes, more than the limit of "
+                f"{_MAX_TENSOR_BYTES} bytes (1 GiB) per tensor"
             )
 
 
@@ -225,6 +232,11 @@ def import_model(original: onnx.ModelProto, *, path: Path | None = None, require
     except Exception as exc:  # noqa: BLE001 - onnx2torch raises many types; the user needs one line
         raise CimguardError(f"{where}: conversion to torch failed: {type(exc).__name__}: {_first_line(exc)}") from None
     module.eval()
+    notes = list(state.notes)
+    if any(t.is_floating_point() and t.dtype != torch.float32 for t in (*module.parameters(), *module.buffers())):
+        # Crossbars, devices and solvers compute in float32; the export writes the file's own dtype back.
+        module.float()
+        notes.append("float16/float64 weights are computed in float32 (export writes the original type back)")
     for p in module.parameters():
         p.requires_grad_(False)
     mapped = find_mapped_weights(legal, module)
@@ -235,7 +247,7 @@ def import_model(original: onnx.ModelProto, *, path: Path | None = None, require
     initializer_names = {init.name for init in legal.graph.initializer}
     inputs = tuple(_spec(v) for v in legal.graph.input if v.name not in initializer_names)
     outputs = tuple(_spec(v) for v in legal.graph.output)
-    return ImportedModel(path, original, legal, module, inputs, outputs, mapped, list(state.notes), dict(state.origins))
+    return ImportedModel(path, original, legal, module, inputs, outputs, mapped, notes, dict(state.origins))
 
 
 def _check_operators(model: onnx.ModelProto, where: str) -> None:
@@ -319,8 +331,39 @@ def run_onnxruntime_all(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) ->
     return list(_ort_session(model).run(None, feeds))
 
 
+def _import_onnxruntime():
+    """onnxruntime, imported so that it writes nothing under the user's home.
+
+    On import, onnxruntime creates a telemetry device id and database under
+    ``$XDG_CACHE_HOME`` (default ``~/.cache/Microsoft/DeveloperTools``).  cimguard
+    writes only the outputs the user names, so the import happens with
+    ``XDG_CACHE_HOME`` pointing at a private temporary folder, removed at exit.
+    """
+    import sys
+
+    if "onnxruntime" in sys.modules:
+        return sys.modules["onnxruntime"]
+    import atexit
+    import os
+    import shutil
+    import tempfile
+
+    scratch = tempfile.mkdtemp(prefix="cimguard-ort-")
+    atexit.register(shutil.rmtree, scratch, True)
+    previous = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = scratch
+    try:
+        import onnxruntime
+    finally:
+        if previous is None:
+            del os.environ["XDG_CACHE_HOME"]
+        else:
+            os.environ["XDG_CACHE_HOME"] = previous
+    return onnxruntime
+
+
 def _ort_session(model: onnx.ModelProto):
-    import onnxruntime as ort
+    ort = _import_onnxruntime()
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
@@ -381,7 +424,8 @@ def onnxruntime_mismatch(
     """
     state = list(module.parameters()) + list(module.buffers())
     device = state[0].device if state else torch.device("cpu")
-    args = [torch.from_numpy(np.ascontiguousarray(x)).to(device) for x in feeds.values()]
+    # The torch module computes in float32 (see import_model); onnxruntime gets the file's own input types.
+    args = [_torch_feed(x).to(device) for x in feeds.values()]
     with torch.no_grad():
         if weights is None:
             ours = module(*args)
@@ -397,13 +441,41 @@ def onnxruntime_mismatch(
 
 def verify_against_onnxruntime(imported: ImportedModel, x: torch.Tensor, tolerance: float = 1e-4) -> float:
     """Compare the torch model with onnxruntime on ``x``; raise on mismatch, return the relative error."""
-    error = onnxruntime_mismatch(imported.onnx_model, imported.module, {imported.input.name: x.cpu().float().numpy()})
+    error = onnxruntime_mismatch(imported.onnx_model, imported.module, {imported.input.name: onnx_feed(imported.input, x)})
+    tolerance = comparison_tolerance(imported.onnx_model, tolerance)
     if not error <= tolerance:
         raise CimguardError(
             f"the converted model disagrees with onnxruntime: max |difference| is {error:.3g} of the output scale "
             f"(tolerance {tolerance:g})"
         )
     return error
+
+
+#: Agreement expected between the float32 torch module and onnxruntime running a float16 model in float16
+#: (a few float16 roundings, 2^-11 each).
+FLOAT16_TOLERANCE = 2e-3
+
+
+def comparison_tolerance(model: onnx.ModelProto, tolerance: float) -> float:
+    """``tolerance``, widened to :data:`FLOAT16_TOLERANCE` for a model that computes in float16."""
+    half = onnx.TensorProto.FLOAT16
+    uses_half = any(init.data_type == half for init in model.graph.initializer) or any(
+        value.type.tensor_type.elem_type == half for value in model.graph.input)
+    return max(tolerance, FLOAT16_TOLERANCE) if uses_half else tolerance
+
+
+def onnx_feed(spec: TensorSpec, x: torch.Tensor) -> np.ndarray:
+    """``x`` as onnxruntime must receive it for input ``spec`` (its own element type: float16, int64 …)."""
+    numpy_type = {"float": np.float32, "float16": np.float16, "double": np.float64}.get(spec.dtype)
+    array = x.detach().cpu().numpy()
+    if numpy_type is None and spec.dtype.startswith(("int", "uint")):
+        numpy_type = np.dtype(spec.dtype)
+    return array.astype(numpy_type or np.float32)
+
+
+def _torch_feed(x: np.ndarray) -> torch.Tensor:
+    tensor = torch.from_numpy(np.ascontiguousarray(x))
+    return tensor.float() if tensor.is_floating_point() else tensor
 
 
 def _first_output(output: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:

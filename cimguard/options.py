@@ -7,6 +7,7 @@ TOML must become.
 
 from __future__ import annotations
 
+import functools
 import typing
 from typing import Any
 
@@ -40,6 +41,8 @@ def coerce(raw: Any, hint: Any) -> Any:
             if str(raw).lower() in _FALSE:
                 return False
             raise ValueError(raw)
+        if kind in (int, float) and isinstance(raw, bool):
+            raise ValueError(raw)  # TOML's true is not the number 1
         if kind is int:
             if isinstance(raw, float) and not raw.is_integer():
                 raise ValueError(raw)
@@ -63,5 +66,37 @@ def checked_config(owner: Any, config: Any | None) -> Any:
     config = config if config is not None else config_class()
     if not isinstance(config, config_class):
         raise TypeError(f"{type(owner).__name__} needs a {config_class.__name__}, got {type(config).__name__}")
-    config.validate()
+    from cimguard.checks import check_finite_fields
+
+    config.validate()  # the owner's own messages first; then no NaN, and ±Inf only where a field documents it
+    check_finite_fields(config, field_docs(config_class))
     return config
+
+
+@functools.lru_cache(maxsize=None)
+def field_docs(cls: type) -> dict[str, str]:
+    """Attribute docstrings (the string literal after each field) of a config dataclass, read from the source."""
+    import ast
+    import dataclasses
+    import inspect
+    import textwrap
+
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError):
+            continue
+        body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+        for node, following in zip(body, body[1:]):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and isinstance(following, ast.Expr)
+                and isinstance(following.value, ast.Constant)
+                and isinstance(following.value.value, str)
+            ):
+                docs[node.target.id] = " ".join(following.value.value.split())
+    return docs

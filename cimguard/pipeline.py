@@ -8,6 +8,7 @@ from typing import Any, Mapping
 
 import torch
 
+from cimguard.checks import PROBE_SAMPLES, check_model_io, probe_model
 from cimguard.crossbar import Crossbar, CrossbarConfig
 from cimguard.data import Dataset, check_labels, fit_to_model, load_dataset
 from cimguard.device import Device, create_device
@@ -30,8 +31,12 @@ def pick_torch_device(name: str = "auto") -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise CimguardError(f"unknown torch device {name!r} (use auto, cpu or cuda)") from None
+    if device.type not in ("cpu", "cuda"):
+        raise CimguardError(f"torch device {name!r} cannot run a model (use auto, cpu or cuda)")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise CimguardError("--torch-device cuda was asked for but no CUDA device is available")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise CimguardError(f"--torch-device {name}: there are {torch.cuda.device_count()} CUDA device(s)")
     return device
 
 
@@ -100,6 +105,7 @@ def build_setup(
     model_path = Path(model) if model is not None else default_model()
     dataset = load_dataset(data)
     imported = load_model(model_path)
+    check_model_io(imported, str(model_path))
     x = fit_to_model(dataset.x_eval, imported.input)
     y = None if label_free else dataset.y_eval
     if max_samples is not None:
@@ -111,6 +117,7 @@ def build_setup(
     imported.module.to(target)
     built_device = create_device(device, device_params, device_file=device_file)
     crossbar = Crossbar(imported, built_device, crossbar_config or CrossbarConfig())
+    probe_model(crossbar, x[:PROBE_SAMPLES].to(target), str(model_path))
     eval_data = make_eval_data(crossbar, x, y, batch_size)
     if not eval_data.label_free:
         num_classes = crossbar.logits(eval_data.x[:1]).shape[1]

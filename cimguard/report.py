@@ -30,17 +30,34 @@ def to_jsonable(value: Any) -> Any:
 
 
 def check_new_output(path: str | Path, *, inputs: tuple[str | Path, ...] = ()) -> Path:
-    """Refuse an output path that exists or that is one of the inputs; fail early, before work."""
+    """Refuse an output path that exists, is one of the inputs, or cannot be created; fail early, before work.
+
+    The folder must exist, be a folder and be writable, and the name must be one the
+    file system accepts, so an hour of work is never lost at the last step.
+    """
     path = Path(path)
     if not is_main():  # under torchrun rank 0 checks and writes every output
         return path
-    for source in inputs:
-        if source is not None and Path(source).exists() and path.exists() and path.resolve() == Path(source).resolve():
-            raise CimguardError(f"refusing to overwrite the input file {source}; choose a new output path")
-    if path.exists():
-        raise CimguardError(f"{path} already exists; cimguard never overwrites files, choose a new path")
-    if not path.parent.exists():
-        raise CimguardError(f"output folder {path.parent} does not exist")
+    try:
+        for source in inputs:
+            if source is not None and Path(source).exists() and path.exists() and path.resolve() == Path(source).resolve():
+                raise CimguardError(f"refusing to overwrite the input file {source}; choose a new output path")
+        if path.exists() or path.is_symlink():
+            raise CimguardError(f"{path} already exists; cimguard never overwrites files, choose a new path")
+        parent = path.parent
+        if not parent.exists():
+            raise CimguardError(f"output folder {parent} does not exist")
+        if not parent.is_dir():
+            raise CimguardError(f"output folder {parent} is not a folder")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise CimguardError(f"output folder {parent} is not writable")
+        name_max = os.pathconf(parent, "PC_NAME_MAX") if hasattr(os, "pathconf") else 255
+    except OSError as exc:
+        from cimguard.checks import os_error_message
+
+        raise CimguardError(f"cannot write the output file: {os_error_message(exc)}") from None
+    if len(os.fsencode(path.name)) > name_max:
+        raise CimguardError(f"output file name too long ({len(path.name)} characters; this folder allows {name_max})")
     return path
 
 

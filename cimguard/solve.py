@@ -368,17 +368,23 @@ def save_perturbation(path: str | Path, perturbation: Perturbation, metadata: Ma
 
 def load_perturbation(path: str | Path, crossbar: Crossbar | None = None) -> tuple[Perturbation, dict[str, Any]]:
     """Read a file written by :func:`save_perturbation`; with ``crossbar``, check it fits and move it there."""
+    from cimguard.checks import check_perturbation_metadata, read_npz
+
     path = Path(path)
-    if not path.is_file():
-        raise CimguardError(f"perturbation file {path} does not exist")
+    archive = read_npz(path, "perturbation file")
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            meta = json.loads(str(archive[_META_KEY]))
-            arrays = {key[len(_DELTA_PREFIX):]: archive[key] for key in archive.files if key.startswith(_DELTA_PREFIX)}
-    except (OSError, ValueError, KeyError, json.JSONDecodeError):
+        meta = json.loads(str(archive[_META_KEY]))
+    except (KeyError, ValueError):
         raise CimguardError(f"{path} is not a cimguard perturbation file (not a readable .npz with metadata)") from None
+    if not isinstance(meta, dict):
+        raise CimguardError(f"{path} is not a cimguard perturbation file (its metadata is not a JSON object)")
+    arrays = {key[len(_DELTA_PREFIX):]: value for key, value in archive.items() if key.startswith(_DELTA_PREFIX)}
     if meta.get("format") != PERTURBATION_FORMAT:
         raise CimguardError(f"{path} is not a cimguard perturbation file (format {meta.get('format')!r})")
+    check_perturbation_metadata(meta, path)
+    for name, value in arrays.items():
+        if value.dtype.kind != "f":
+            raise CimguardError(f"{path}: ΔW of layer {name} must be floating-point, got {value.dtype}")
     if crossbar is None:
         return {name: torch.from_numpy(value) for name, value in arrays.items()}, meta
     if set(arrays) != set(crossbar.layers):

@@ -284,7 +284,7 @@ class Trainer:
         optimiser = torch.optim.Adam(list(weights.values()), lr=self.config.lr)
         data_generator = torch.Generator().manual_seed(seed)
         # A different stream for noise, so the data order does not depend on how much noise is drawn.
-        noise_generator = crossbar.generator(seed + 0x9E3779B1)
+        noise_generator = crossbar.generator((seed + 0x9E3779B1) % 2**64)  # seeds are 64-bit
         return Run(crossbar, weights, optimiser, data_generator, noise_generator)
 
     # -- checkpoints ----------------------------------------------------------------------
@@ -455,7 +455,8 @@ def _check_training_data(crossbar: Crossbar, x: torch.Tensor, y: torch.Tensor) -
         raise CimguardError("the training split is empty")
     if len(x) != len(y):
         raise CimguardError(f"the training split has {len(x)} inputs but {len(y)} labels")
-    x = x.to(crossbar.torch_device).float()
+    x = x.to(crossbar.torch_device)
+    x = x.float() if x.is_floating_point() else x  # integer token ids stay integers
     y = y.to(crossbar.torch_device).long()
     num_classes = crossbar.logits(x[:1]).shape[1]
     if y.dim() != 1 or int(y.min()) < 0 or int(y.max()) >= num_classes:

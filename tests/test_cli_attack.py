@@ -109,7 +109,7 @@ def test_label_free_reports_agreement_and_sensitivity(invoke):
         (("--solver-param", "iterations=1.5"), "option iterations expects int"),
         (("--plot", "out.txt"), "--plot file out.txt must end in .png, .pdf or .svg"),
         (("--save-perturbation", "out.txt"), "--save-perturbation file out.txt must end in .npz"),
-        (("--replay", "missing.npz"), "does not exist"),
+        (("--replay", "missing.npz"), "not found"),
         (("--json", "out.npz", "--save-perturbation", "out.npz"),
          "--json and --save-perturbation name the same file; give each its own path"),
     ],

@@ -164,7 +164,7 @@ def test_gemm_model_label_free(invoke, tmp_path):
 def test_malformed_options_are_one_line(invoke):
     result = invoke("evaluate", "--samples", "-1")
     assert result.exit_code == 2
-    assert result.output.strip() == "Error: Invalid value for '--samples': -1 is not in the range x>=0."
+    assert result.output.strip() == "Error: Invalid value for '--samples': -1 is not in the range 0<=x<=1000000."
     result = invoke("evaluate", "--no-such-option")
     assert result.exit_code == 2 and result.output.strip() == "Error: No such option '--no-such-option'."
 

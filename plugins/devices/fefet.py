@@ -79,7 +79,8 @@ class FeFETConfig(DeviceConfig):
     sigma_levels_mv: tuple[float, ...] = ()
     """Optional σ of Vth per level in mV, lowest level first (2**B values); overrides sigma_mv."""
     thg: float = 3 * _MEASURED_SIGMA_MV / _VTH_STEP_MV
-    """Write-verify threshold in level units: 3σ = 114 mV, the authors' netlist truncation (truncate tr=3.0)."""
+    """Write-verify threshold in level units: 3σ = 114 mV, the authors' netlist truncation (truncate tr=3.0).
+    ``inf`` disables write-verify."""
 
     def __post_init__(self) -> None:
         # TOML gives a list and the CLI a comma-separated string; store a hashable tuple.

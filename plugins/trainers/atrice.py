@@ -42,7 +42,7 @@ class ATriceConfig(TrainerConfig):
     sigma: float = 0.2
     """σ of the RCG noise, in device level units."""
     threshold: float = 1.0
-    """Censoring threshold s of the RCG noise, in units of σ (``ε > s`` becomes ``s``)."""
+    """Censoring threshold s of the RCG noise, in units of σ (``ε > s`` becomes ``s``); ``inf``: no censoring."""
     eta_train: float | None = None
     """Size of the adversarial sign step, in device level units (the per-weight step is the
     crossbar's bound for this threshold); default: ``ETA_TRAIN_FACTOR`` × the device's

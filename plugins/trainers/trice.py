@@ -41,7 +41,7 @@ class TriceConfig(TrainerConfig):
     sigma: float | None = None
     """σ of the RCG noise in device level units; ``None``: searched over ``sigmas``."""
     threshold: float | None = None
-    """Censoring threshold s in units of σ; ``None``: searched over ``thresholds``."""
+    """Censoring threshold s in units of σ; ``None``: searched over ``thresholds``; ``inf``: no censoring."""
     sigmas: tuple[float, ...] = (0.1, 0.2, 0.4)
     """σ candidates of the search (level units)."""
     thresholds: tuple[float, ...] = (0.0, 1.0, 2.0)
