@@ -89,6 +89,9 @@ class ImportedModel:
     """What legalisation changed, for ``inspect``."""
     origins: dict[str, WeightOrigin] = field(default_factory=dict)
     """Initializers of ``legalised`` that a node of the original graph produced (export writes there)."""
+    batch_mode: str = "dynamic"
+    """How batches of any size run (:mod:`cimguard.batch`): ``dynamic`` (the file's own batch axis),
+    ``symbolic`` (a fixed batch made symbolic), ``vmap`` or ``loop`` (a batch-1 file, one sample at a time)."""
 
     @property
     def input(self) -> TensorSpec:
@@ -218,15 +221,8 @@ def import_model(original: onnx.ModelProto, *, path: Path | None = None, require
     state = legalise_model(original)
     legal = state.model
     _check_operators(legal, where)
-    try:
-        module = convert(legal)
-    except NotImplementedError as exc:
-        raise CimguardError(f"{where}: unsupported ONNX construct: {_first_line(exc)}") from None
-    except Exception as exc:  # noqa: BLE001 - onnx2torch raises many types; the user needs one line
-        raise CimguardError(f"{where}: conversion to torch failed: {type(exc).__name__}: {_first_line(exc)}") from None
-    module.eval()
-    for p in module.parameters():
-        p.requires_grad_(False)
+    module = _convert(legal, where)
+    legal, module, batch_mode = _any_batch_size(legal, module, where, state.notes)
     mapped = find_mapped_weights(legal, module)
     if not mapped and require_mapped:
         raise CimguardError(
@@ -235,7 +231,63 @@ def import_model(original: onnx.ModelProto, *, path: Path | None = None, require
     initializer_names = {init.name for init in legal.graph.initializer}
     inputs = tuple(_spec(v) for v in legal.graph.input if v.name not in initializer_names)
     outputs = tuple(_spec(v) for v in legal.graph.output)
-    return ImportedModel(path, original, legal, module, inputs, outputs, mapped, list(state.notes), dict(state.origins))
+    if batch_mode != "dynamic":  # every batch size runs now
+        inputs = tuple(TensorSpec(spec.name, (None, *spec.shape[1:]), spec.dtype) for spec in inputs)
+        outputs = tuple(TensorSpec(spec.name, (None, *spec.shape[1:]), spec.dtype) for spec in outputs)
+    return ImportedModel(path, original, legal, module, inputs, outputs, mapped, list(state.notes),
+                         dict(state.origins), batch_mode)
+
+
+def _convert(legal: onnx.ModelProto, where: str) -> fx.GraphModule:
+    """onnx2torch on a legalised model: an eval-mode module with frozen parameters, or a one-line error."""
+    import warnings
+
+    try:
+        # onnx2torch warns about constructs it converts exactly for inference (non-tuple indexing,
+        # slice truncation); cimguard checks conversions numerically, so the user is not shown them.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            module = convert(legal)
+    except NotImplementedError as exc:
+        raise CimguardError(f"{where}: unsupported ONNX construct: {_first_line(exc)}") from None
+    except Exception as exc:  # noqa: BLE001 - onnx2torch raises many types; the user needs one line
+        raise CimguardError(f"{where}: conversion to torch failed: {type(exc).__name__}: {_first_line(exc)}") from None
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
+
+
+def _any_batch_size(legal: onnx.ModelProto, module: fx.GraphModule, where: str,
+                    notes: list[str]) -> tuple[onnx.ModelProto, fx.GraphModule, str]:
+    """Make a file exported with a fixed batch run on any batch (see :mod:`cimguard.batch`)."""
+    from cimguard import batch as batching
+
+    size = batching.fixed_batch(legal)
+    if size is None:
+        return legal, module, batching.DYNAMIC
+    if size > batching.MAX_FIXED_BATCH:
+        raise CimguardError(f"{where} fixes the batch size to {size}; re-export it with batch 1 or a dynamic batch axis")
+    spec = _spec(next(v for v in legal.graph.input if v.name not in {i.name for i in legal.graph.initializer}))
+    sample_shape = spec.shape[1:]
+    if any(d is None for d in sample_shape) or not spec.dtype.startswith(("float", "double")):
+        return legal, module, batching.DYNAMIC  # cannot check a rewrite: keep the file's own behaviour
+    x = batching.check_inputs(sample_shape, batching.check_count(size))
+    rewrite = batching.symbolic_batch(legal, size)
+    try:
+        candidate = _convert(rewrite.model, where)
+    except CimguardError:
+        candidate = None
+    if candidate is not None and batching.batch_preserved(module, candidate, x, size):
+        notes.append(f"fixed batch {size} made symbolic: input, outputs and {rewrite.reshapes} Reshape shape(s); "
+                     f"checked against {'one sample at a time' if size == 1 else f'batches of {size}'}")
+        return rewrite.model, candidate, batching.SYMBOLIC
+    if size != 1:
+        raise CimguardError(f"{where} fixes the batch size to {size} and cimguard cannot make it symbolic; "
+                            "re-export it with batch 1 or a dynamic batch axis")
+    mode = batching.run_per_sample(module, x)
+    notes.append(f"fixed batch 1 could not be made symbolic: {batching.BATCH_MODE_TEXT[mode]}")
+    return legal, module, mode
 
 
 def _check_operators(model: onnx.ModelProto, where: str) -> None:
@@ -315,8 +367,27 @@ def run_onnxruntime(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
 
 
 def run_onnxruntime_all(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    """Run ``model`` with onnxruntime on named inputs; returns every output."""
-    return list(_ort_session(model).run(None, feeds))
+    """Run ``model`` with onnxruntime on named inputs; returns every output.
+
+    A file that fixes its batch size (``torch.onnx.export``'s default writes batch 1) is
+    run on chunks of that size, the last one padded with copies of the first sample
+    (the padding's outputs are dropped), so any number of samples can be checked.
+    """
+    from cimguard.batch import fixed_batch
+
+    session = _ort_session(model)
+    size = fixed_batch(model)
+    count = len(next(iter(feeds.values()))) if len(feeds) == 1 else None
+    if size is None or count is None or count == size:
+        return list(session.run(None, feeds))
+    name, x = next(iter(feeds.items()))
+    chunks = []
+    for start in range(0, count, size):
+        part = x[start : start + size]
+        if len(part) < size:
+            part = np.concatenate([part, np.repeat(x[:1], size - len(part), axis=0)])
+        chunks.append(session.run(None, {name: part}))
+    return [np.concatenate([chunk[k] for chunk in chunks])[:count] for k in range(len(chunks[0]))]
 
 
 def _ort_session(model: onnx.ModelProto):
