@@ -106,6 +106,17 @@ class Tracker:
         for callback in self._callbacks:
             callback(entry)
 
+    def stop(self, reason: str) -> None:
+        """Say in the trace why a search (or one phase of it) ended: the last record gets ``stopped``."""
+        if not self.trace:
+            self.trace.append({"accuracy": None, "best_accuracy": self.best_accuracy})
+        self.trace[-1]["stopped"] = reason
+
+    @property
+    def nothing_left(self) -> bool:
+        """True once a chip with accuracy 0 is found: no chip can do worse, so searching on is wasted."""
+        return self.best_accuracy <= 0.0
+
     def advance(self, passes: int = 1) -> None:
         """Count passes over the evaluation data on the progress bar."""
         self._bar.update(passes)
