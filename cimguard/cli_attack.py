@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -164,10 +163,10 @@ def attack(ctx, model, data, device_name, device_params, device_file, weight_bit
 
     setup = setup_from_options(model, data, device_name, device_params, device_file, weight_bits, label_free,
                                verify, torch_device, max_samples)
-    progress = sys.stderr.isatty()
+    progress = True  # a bar on a terminal, a line every few seconds in a log (cimguard.progress)
+    _print_header(setup, samples, seed)  # before any work
     sweep = attack_sweep(setup.crossbar, setup.data, thgs, solvers, samples=samples, seed=seed, options=options,
                          progress=progress)
-    _print_header(setup, sweep, samples, seed)
     _print_table(sweep)
 
     rows = None
@@ -207,7 +206,7 @@ def attack(ctx, model, data, device_name, device_params, device_file, weight_bit
         ctx.exit(130)
 
 
-def _print_header(setup, sweep, samples: int, seed: int) -> None:
+def _print_header(setup, samples: int, seed: int) -> None:
     click.echo(f"model   {setup.model_path}")
     click.echo(f"data    {setup.dataset.description}" + ("  [label-free: agreement with the clean model]"
                                                          if setup.data.label_free else ""))

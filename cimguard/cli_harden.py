@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
@@ -71,7 +70,12 @@ def harden(model, trainer_name, output, data, device_name, device_params, device
                                torch_device, max_samples, thg)
     x_train, y_train = setup.dataset.require_training()
     x_train = fit_to_model(x_train, setup.imported.input, what="training data")
-    progress = sys.stderr.isatty()
+    progress = True  # a bar on a terminal, a line every few seconds in a log (cimguard.progress)
+    # The header first: a long run under a pipe shows what it is doing before any work.
+    click.echo(f"model    {setup.model_path}")
+    click.echo(f"data     {setup.dataset.description}, {len(x_train)} training samples")
+    click.echo(f"device   {setup.device_name}, {setup.crossbar.num_weights} weights in {len(setup.crossbar.layers)} "
+               f"layers")
     try:
         result = trainer.fit(setup.crossbar, x_train, y_train, checkpoint=checkpoint, resume=resume, progress=progress)
     except KeyboardInterrupt:
@@ -82,7 +86,6 @@ def harden(model, trainer_name, output, data, device_name, device_params, device
     export_onnx(setup.imported, result.weights, output, check_inputs=setup.data.x[:256])
 
     before, after = accuracy(setup.crossbar, setup.data), accuracy(hardened, setup.data)
-    click.echo(f"model    {setup.model_path}")
     click.echo(f"trainer  {trainer_name} ({result.config['epochs']} epochs, seed {result.config['seed']})"
                + (f", resumed after epoch {result.resumed_from_epoch}" if result.resumed_from_epoch is not None else ""))
     for key, value in result.chosen.items():
@@ -245,7 +248,7 @@ def compare(ctx, models, data, device_name, device_params, device_file, weight_b
     comparison = compare_sweeps(
         list(models), thgs, solvers, data=data, device=device_name, device_params=params, device_file=device_file,
         weight_bits=weight_bits, label_free=label_free, samples=samples, seed=seed, options=options,
-        torch_device=torch_device, max_samples=max_samples, verify=verify, progress=sys.stderr.isatty(),
+        torch_device=torch_device, max_samples=max_samples, verify=verify, progress=True,
     )
     rows = comparison.rows
     monte_carlo = f"{samples} Monte Carlo chips per thg" if samples else "no Monte Carlo"

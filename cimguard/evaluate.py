@@ -10,9 +10,9 @@ from typing import Iterator, Mapping
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from cimguard.crossbar import Crossbar
+from cimguard.progress import progress_bar
 
 #: Percentiles reported as KPP (k-th percentile performance), as in TRICE.
 KPP_PERCENTILES: tuple[float, ...] = (1.0, 10.0, 50.0)
@@ -145,8 +145,7 @@ def monte_carlo(
     accuracies = []
     # closing(): an error or Ctrl-C in a forward pass stops the sampler thread now, not at garbage collection.
     with closing(_chip_deltas(crossbar, samples, seed, prefetch)) as deltas:
-        for delta in tqdm(deltas, total=samples, desc="Monte Carlo chips", unit="chip", disable=not progress,
-                          leave=False):
+        for delta in progress_bar(samples, "Monte Carlo chips", "chip", progress, iterable=deltas):
             accuracies.append(weights_accuracy(crossbar, data, crossbar.chip_weights(delta)))
     return summarise(accuracies, seed)
 

@@ -18,10 +18,10 @@ from typing import Any, Callable, ClassVar, Mapping
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from cimguard.crossbar import Crossbar, Perturbation, check_within_bounds
 from cimguard.errors import CimguardError
+from cimguard.progress import progress_bar
 from cimguard.options import checked_config, coerce, field_types, type_name
 from cimguard.evaluate import EvalData, accuracy
 
@@ -92,7 +92,7 @@ class Tracker:
         self.best_accuracy = float("inf")
         self.interrupted = False
         self._callbacks = list(solver.callbacks)
-        self._bar = tqdm(total=total, desc=desc, unit="pass", disable=not solver.progress, leave=False)
+        self._bar = progress_bar(total, desc, "pass", solver.progress)
 
     def record(self, perturbation: Perturbation | None, accuracy: float | None, **fields: Any) -> None:
         """Add one trace record; ``perturbation`` (inside the box) competes for the best chip."""
