@@ -47,9 +47,9 @@ LOOP = "loop"
 
 BATCH_MODE_TEXT = {
     DYNAMIC: "the file's batch axis is dynamic",
-    SYMBOLIC: "fixed batch made symbolic (checked against one sample at a time)",
-    VMAP: "fixed batch 1: runs one sample at a time, vectorised with torch.func.vmap",
-    LOOP: "fixed batch 1: runs one sample at a time in a loop",
+    SYMBOLIC: "the file fixes the batch size; cimguard made it symbolic (checked against one sample at a time)",
+    VMAP: "the file fixes batch 1; cimguard runs one sample at a time, vectorised with torch.func.vmap",
+    LOOP: "the file fixes batch 1; cimguard runs one sample at a time in a loop",
 }
 
 

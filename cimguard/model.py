@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -286,7 +287,9 @@ def _any_batch_size(legal: onnx.ModelProto, module: fx.GraphModule, where: str,
         raise CimguardError(f"{where} fixes the batch size to {size} and cimguard cannot make it symbolic; "
                             "re-export it with batch 1 or a dynamic batch axis")
     mode = batching.run_per_sample(module, x)
-    notes.append(f"fixed batch 1 could not be made symbolic: {batching.BATCH_MODE_TEXT[mode]}")
+    how = "vectorised with torch.func.vmap" if mode == batching.VMAP else "in a loop (vmap does not apply)"
+    notes.append(f"fixed batch 1 not provably symbolic ({rewrite.reshapes} Reshape shape(s) tried): "
+                 f"runs one sample at a time, {how}")
     return legal, module, mode
 
 
@@ -450,20 +453,62 @@ def onnxruntime_mismatch(
     Every output is compared; ``weights`` (by torch name) replace the module's own
     for the torch side, which is how export checks a model with new weights.
     """
-    state = list(module.parameters()) + list(module.buffers())
-    device = state[0].device if state else torch.device("cpu")
-    args = [torch.from_numpy(np.ascontiguousarray(x)).to(device) for x in feeds.values()]
-    with torch.no_grad():
+    args = [torch.from_numpy(np.ascontiguousarray(x)) for x in feeds.values()]
+    # Like with like: onnxruntime computes in float32 on the CPU, so the torch side does too.  On
+    # CUDA, TF32 convolutions and matmuls alone differ from it by ~3e-4 of the output scale.
+    with float32_like_onnxruntime(module), torch.no_grad():
         if weights is None:
             ours = module(*args)
         else:
-            replaced = {name: value.to(device) for name, value in weights.items()}
+            replaced = {name: value.detach().to("cpu", torch.float32) for name, value in weights.items()}
             ours = torch.func.functional_call(module, replaced, tuple(args), strict=False)
     ours = [ours] if isinstance(ours, torch.Tensor) else list(ours)
     reference = run_onnxruntime_all(model, feeds)
     if len(ours) != len(reference):
         return float("inf")
     return max(output_mismatch(ref, out.cpu().numpy()) for ref, out in zip(reference, ours))
+
+
+@contextmanager
+def float32_like_onnxruntime(module: nn.Module) -> Iterator[None]:
+    """Within the block ``module`` computes as onnxruntime's CPU provider does: float32 on the CPU, no TF32.
+
+    The module is moved to the CPU and back (the same parameter objects, so everything
+    holding them stays valid); TF32 is switched off for the block and restored after.
+    """
+    state = list(module.parameters()) + list(module.buffers())
+    device = state[0].device if state else torch.device("cpu")
+    with _tf32_disabled():
+        if device.type != "cpu":
+            module.to("cpu")
+        try:
+            yield
+        finally:
+            if device.type != "cpu":
+                module.to(device)
+
+
+@contextmanager
+def _tf32_disabled() -> Iterator[None]:
+    """TF32 off for cuBLAS matmuls and cuDNN convolutions, through whichever torch API the user's settings use."""
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    try:  # the legacy flags; torch refuses to read them once its fp32_precision API has been used
+        saved = (matmul.allow_tf32, cudnn.allow_tf32)
+    except RuntimeError:
+        saved = None
+    if saved is not None:
+        matmul.allow_tf32, cudnn.allow_tf32 = False, False
+        try:
+            yield
+        finally:
+            matmul.allow_tf32, cudnn.allow_tf32 = saved
+        return
+    precision = (matmul.fp32_precision, cudnn.conv.fp32_precision)
+    matmul.fp32_precision, cudnn.conv.fp32_precision = "ieee", "ieee"
+    try:
+        yield
+    finally:
+        matmul.fp32_precision, cudnn.conv.fp32_precision = precision
 
 
 def verify_against_onnxruntime(imported: ImportedModel, x: torch.Tensor, tolerance: float = 1e-4) -> float:

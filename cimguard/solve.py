@@ -110,7 +110,8 @@ class Tracker:
         """Say in the trace why a search (or one phase of it) ended: the last record gets ``stopped``."""
         if not self.trace:
             self.trace.append({"accuracy": None, "best_accuracy": self.best_accuracy})
-        self.trace[-1]["stopped"] = reason
+        last = self.trace[-1]
+        last["stopped"] = f"{last['stopped']}; {reason}" if "stopped" in last else reason
 
     @property
     def nothing_left(self) -> bool:
