@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,11 @@ from torch import fx, nn
 import cimguard.converters  # noqa: F401 - registers the extra onnx2torch converters before any conversion
 from cimguard.errors import CimguardError
 from cimguard.legalise import MAX_TENSOR_ELEMENTS, WeightOrigin, legalise_model
+
+# onnx2torch's Slice module warns on every new input shape (non-tuple indexing, truncated slice
+# bounds) about behaviour that is exact for the models it converts; cimguard checks conversions
+# against onnxruntime, so these warnings only clutter the user's terminal.
+warnings.filterwarnings("ignore", category=UserWarning, module=r"onnx2torch\.")
 
 #: ONNX operators whose constant weight input is programmed into a crossbar.
 MAPPABLE_OPS: tuple[str, ...] = ("Conv", "Gemm", "MatMul")
@@ -241,8 +247,6 @@ def import_model(original: onnx.ModelProto, *, path: Path | None = None, require
 
 def _convert(legal: onnx.ModelProto, where: str) -> fx.GraphModule:
     """onnx2torch on a legalised model: an eval-mode module with frozen parameters, or a one-line error."""
-    import warnings
-
     try:
         # onnx2torch warns about constructs it converts exactly for inference (non-tuple indexing,
         # slice truncation); cimguard checks conversions numerically, so the user is not shown them.
