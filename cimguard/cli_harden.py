@@ -245,15 +245,15 @@ def compare(ctx, models, data, device_name, device_params, device_file, weight_b
     check_outputs({"--plot": plot_path, "--json": json_path}, suffixes={"--plot": PLOT_SUFFIXES},
                   inputs=(*models, data, device_file))
     params = dict(parse_param_overrides(device_params))
+    monte_carlo = f"{samples} Monte Carlo chips per thg" if samples else "no Monte Carlo"
+    click.echo(f"device {device_name}, {monte_carlo}, seed {seed}; solvers: {', '.join(solvers)}; "
+               f"{'agreement' if label_free else 'accuracy'}" + (" with each model's clean chip" if label_free else ""))
     comparison = compare_sweeps(
         list(models), thgs, solvers, data=data, device=device_name, device_params=params, device_file=device_file,
         weight_bits=weight_bits, label_free=label_free, samples=samples, seed=seed, options=options,
         torch_device=torch_device, max_samples=max_samples, verify=verify, progress=True,
     )
     rows = comparison.rows
-    monte_carlo = f"{samples} Monte Carlo chips per thg" if samples else "no Monte Carlo"
-    click.echo(f"device {device_name}, {monte_carlo}, seed {seed}; solvers: {', '.join(solvers)}; "
-               f"{comparison.metric}" + (" with each model's clean chip" if label_free else ""))
     for line in format_comparison(rows, solvers):
         click.echo(line)
     if plot_path:

@@ -94,10 +94,11 @@ def test_fixed_batch_file_converts_and_inspect_says_how_it_runs(exported, invoke
         assert kinds == {"MatMul", "Gemm"} and len(report["crossbar_layers"]) == 10
     else:
         assert "Conv" in kinds and "Gemm" in kinds
-    assert json.loads(invoke("inspect", dynamic, "--json").output)["batch"] == "dynamic"
-    text = invoke("inspect", fixed).output
-    assert f"batch       {EXPECTED_MODE[name]}: the file fixes" in text
-    assert "Warning" not in text and "warn" not in text.lower()  # onnx2torch's warnings stay out of the terminal
+    if name == "transformer":  # the cheap model for the checks that do not depend on the network
+        assert json.loads(invoke("inspect", dynamic, "--json").output)["batch"] == "dynamic"
+        text = invoke("inspect", fixed).output
+        assert "batch       vmap: the file fixes batch 1; cimguard runs one sample at a time" in text
+        assert "warn" not in text.lower()  # onnx2torch's warnings stay out of the terminal
 
 
 def _json_run(invoke, tmp_path, tag: str, *args) -> dict:
@@ -113,10 +114,10 @@ def test_evaluate_attack_harden_give_the_numbers_of_a_dynamic_batch_export(expor
     numbers = {}
     for tag, model in (("fixed", fixed), ("dynamic", dynamic)):
         evaluated = _json_run(invoke, tmp_path, f"{tag}-evaluate", "evaluate", "--model", model, "--data", data,
-                              "--label-free", "--samples", "2", *COMMON)
+                              "--label-free", "--samples", "1", *COMMON)
         attacked = _json_run(invoke, tmp_path, f"{tag}-attack", "attack", "--model", model, "--data", data,
                              "--label-free", "--samples", "0", "--thg", "0.03", "--solver", "flwc,pgd",
-                             "--iterations", "2", "--solver-param", "pgd.restarts=0", *COMMON)
+                             "--iterations", "1", "--solver-param", "pgd.restarts=0", *COMMON)
         hardened_path = tmp_path / f"{tag}-hardened.onnx"
         hardened = _json_run(invoke, tmp_path, f"{tag}-harden", "harden", model, "--data", data, "--trainer", "atrice",
                              "--epochs", "1", "--batch-size", "8", "-o", hardened_path, *COMMON)
