@@ -44,12 +44,14 @@ DYNAMIC = "dynamic"
 SYMBOLIC = "symbolic"
 VMAP = "vmap"
 LOOP = "loop"
+FIXED = "fixed"
 
 BATCH_MODE_TEXT = {
     DYNAMIC: "the file's batch axis is dynamic",
     SYMBOLIC: "the file fixes the batch size; cimguard made it symbolic (checked against one sample at a time)",
     VMAP: "the file fixes batch 1; cimguard runs one sample at a time, vectorised with torch.func.vmap",
     LOOP: "the file fixes batch 1; cimguard runs one sample at a time in a loop",
+    FIXED: "the file fixes the batch size and its samples are not independent: it runs only on batches of that size",
 }
 
 
@@ -202,23 +204,43 @@ class PerSampleForward:
         return torch.func.vmap(one)(x)
 
 
+class FixedBatchForward:
+    """The forward pass of a module that only runs on its file's batch size: anything else is a clear error."""
+
+    def __init__(self, forward: Callable, size: int) -> None:
+        self._forward = forward
+        self.size = size
+
+    def __call__(self, x: torch.Tensor):
+        if len(x) != self.size:
+            from cimguard.errors import CimguardError
+
+            raise CimguardError(
+                f"the model fixes the batch size to {self.size} and cimguard could not check that its samples are "
+                f"independent, so it cannot run {len(x)} samples; re-export it with batch 1 or a dynamic batch axis"
+            )
+        return self._forward(x)
+
+
+def keep_fixed(module: nn.Module, size: int) -> str:
+    """Let ``module`` run only on batches of ``size`` (with a one-line error otherwise); returns :data:`FIXED`."""
+    module.forward = FixedBatchForward(module.forward, size)
+    return FIXED
+
+
 def run_per_sample(module: nn.Module, x: torch.Tensor) -> str:
     """Make ``module`` (exported with batch 1) run on any batch; returns :data:`VMAP` or :data:`LOOP`.
 
-    vmap is used only when it runs and matches the loop on ``x``; outputs must keep a
-    leading batch axis of size 1.
+    vmap is used only when it runs and matches the loop on ``x``.  Outputs without a
+    leading batch axis of size 1 (a loss, a reduction over the batch) cannot be split by
+    sample: the module then keeps its fixed batch (:func:`keep_fixed`, :data:`FIXED`).
     """
-    from cimguard.errors import CimguardError
-
     forward = module.forward
     with torch.no_grad():
         single = forward(x[:1])
     for output in [single] if isinstance(single, torch.Tensor) else list(single):
         if output.dim() == 0 or output.shape[0] != 1:
-            raise CimguardError(
-                f"the model has a fixed batch of 1 but an output of shape {tuple(output.shape)} without a leading "
-                "batch axis; re-export it with a dynamic batch axis"
-            )
+            return keep_fixed(module, 1)
     vectorised = PerSampleForward(forward, vectorised=True)
     try:
         with torch.no_grad():

@@ -98,7 +98,8 @@ class ImportedModel:
     """Initializers of ``legalised`` that a node of the original graph produced (export writes there)."""
     batch_mode: str = "dynamic"
     """How batches of any size run (:mod:`cimguard.batch`): ``dynamic`` (the file's own batch axis),
-    ``symbolic`` (a fixed batch made symbolic), ``vmap`` or ``loop`` (a batch-1 file, one sample at a time)."""
+    ``symbolic`` (a fixed batch made symbolic), ``vmap`` or ``loop`` (a batch-1 file, one sample at a time),
+    ``fixed`` (runs only on the file's own batch size; any other is a one-line error)."""
 
     @property
     def input(self) -> TensorSpec:
@@ -238,7 +239,7 @@ def import_model(original: onnx.ModelProto, *, path: Path | None = None, require
     initializer_names = {init.name for init in legal.graph.initializer}
     inputs = tuple(_spec(v) for v in legal.graph.input if v.name not in initializer_names)
     outputs = tuple(_spec(v) for v in legal.graph.output)
-    if batch_mode != "dynamic":  # every batch size runs now
+    if batch_mode not in ("dynamic", "fixed"):  # every batch size runs now
         inputs = tuple(TensorSpec(spec.name, (None, *spec.shape[1:]), spec.dtype) for spec in inputs)
         outputs = tuple(TensorSpec(spec.name, (None, *spec.shape[1:]), spec.dtype) for spec in outputs)
     return ImportedModel(path, original, legal, module, inputs, outputs, mapped, list(state.notes),
@@ -271,12 +272,12 @@ def _any_batch_size(legal: onnx.ModelProto, module: fx.GraphModule, where: str,
     size = batching.fixed_batch(legal)
     if size is None:
         return legal, module, batching.DYNAMIC
-    if size > batching.MAX_FIXED_BATCH:
-        raise CimguardError(f"{where} fixes the batch size to {size}; re-export it with batch 1 or a dynamic batch axis")
     spec = _spec(next(v for v in legal.graph.input if v.name not in {i.name for i in legal.graph.initializer}))
     sample_shape = spec.shape[1:]
-    if any(d is None for d in sample_shape) or not spec.dtype.startswith(("float", "double")):
-        return legal, module, batching.DYNAMIC  # cannot check a rewrite: keep the file's own behaviour
+    if (any(d is None for d in sample_shape) or not spec.dtype.startswith(("float", "double"))
+            or size > batching.MAX_FIXED_BATCH):
+        notes.append(f"fixed batch {size} kept: {batching.BATCH_MODE_TEXT[batching.FIXED]}")
+        return legal, module, batching.keep_fixed(module, size)
     x = batching.check_inputs(sample_shape, batching.check_count(size))
     rewrite = batching.symbolic_batch(legal, size)
     try:
@@ -287,10 +288,10 @@ def _any_batch_size(legal: onnx.ModelProto, module: fx.GraphModule, where: str,
         notes.append(f"fixed batch {size} made symbolic: input, outputs and {rewrite.reshapes} Reshape shape(s); "
                      f"checked against {'one sample at a time' if size == 1 else f'batches of {size}'}")
         return rewrite.model, candidate, batching.SYMBOLIC
-    if size != 1:
-        raise CimguardError(f"{where} fixes the batch size to {size} and cimguard cannot make it symbolic; "
-                            "re-export it with batch 1 or a dynamic batch axis")
-    mode = batching.run_per_sample(module, x)
+    mode = batching.run_per_sample(module, x) if size == 1 else batching.keep_fixed(module, size)
+    if mode == batching.FIXED:
+        notes.append(f"fixed batch {size} kept: {batching.BATCH_MODE_TEXT[mode]}")
+        return legal, module, mode
     how = "vectorised with torch.func.vmap" if mode == batching.VMAP else "in a loop (vmap does not apply)"
     notes.append(f"fixed batch 1 not provably symbolic ({rewrite.reshapes} Reshape shape(s) tried): "
                  f"runs one sample at a time, {how}")

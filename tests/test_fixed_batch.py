@@ -38,6 +38,11 @@ def test_a_fixed_batch_of_four_becomes_symbolic(tmp_path):
     assert onnxruntime_mismatch(imported.onnx_model, imported.module, {"x": x.numpy()}) <= 1e-5
 
 
-def test_a_fixed_batch_folded_into_features_is_refused(tmp_path):
-    with pytest.raises(CimguardError, match="fixes the batch size to 3 and cimguard cannot make it symbolic"):
-        load_model(_model(tmp_path / "b3.onnx", 3, merge_batch=True))
+def test_a_fixed_batch_folded_into_features_runs_only_at_its_own_size(tmp_path):
+    imported = load_model(_model(tmp_path / "b3.onnx", 3, merge_batch=True))
+    assert imported.batch_mode == "fixed" and imported.input.shape == (3, 64)
+    x = torch.randn(3, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert imported.module(x).shape == (1, 10)  # the file's own behaviour is kept
+        with pytest.raises(CimguardError, match="fixes the batch size to 3 .* cannot run 4 samples; re-export"):
+            imported.module(torch.randn(4, 64))
