@@ -21,11 +21,6 @@ import cimguard.converters  # noqa: F401 - registers the extra onnx2torch conver
 from cimguard.errors import CimguardError
 from cimguard.legalise import MAX_TENSOR_ELEMENTS, WeightOrigin, legalise_model
 
-# onnx2torch's Slice module warns on every new input shape (non-tuple indexing, truncated slice
-# bounds) about behaviour that is exact for the models it converts; cimguard checks conversions
-# against onnxruntime, so these warnings only clutter the user's terminal.
-warnings.filterwarnings("ignore", category=UserWarning, module=r"onnx2torch\.")
-
 #: ONNX operators whose constant weight input is programmed into a crossbar.
 MAPPABLE_OPS: tuple[str, ...] = ("Conv", "Gemm", "MatMul")
 
@@ -248,9 +243,14 @@ def import_model(original: onnx.ModelProto, *, path: Path | None = None, require
 
 def _convert(legal: onnx.ModelProto, where: str) -> fx.GraphModule:
     """onnx2torch on a legalised model: an eval-mode module with frozen parameters, or a one-line error."""
+    # onnx2torch's modules (Slice) warn at run time, on every new input shape, about behaviour that
+    # is exact for the models it converts (non-tuple indexing, truncated slice bounds); cimguard
+    # checks conversions against onnxruntime, so these warnings only clutter the user's terminal.
+    # Installed at every conversion: the same filter replaces itself, and code that resets the
+    # warning filters (pytest does per test) gets it back with the next model.
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"onnx2torch\.")
     try:
-        # onnx2torch warns about constructs it converts exactly for inference (non-tuple indexing,
-        # slice truncation); cimguard checks conversions numerically, so the user is not shown them.
+        # ... and the converter warns too while converting.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             module = convert(legal)
