@@ -149,8 +149,8 @@ def monte_carlo(
     if prefetch is None:
         prefetch = crossbar.torch_device.type == "cpu" and usable_cores() > 1
     accuracies = []
-    # closing(): an error or Ctrl-C in a forward pass stops the sampler thread now, not at garbage collection.
     group = chips_per_pass_for(crossbar, data) if chips_per_pass is None else max(1, int(chips_per_pass))
+    # closing(): an error or Ctrl-C in a forward pass stops the sampler thread now, not at garbage collection.
     with closing(_chip_deltas(crossbar, samples, seed, prefetch)) as deltas:
         bar = progress_bar(samples, "Monte Carlo chips", "chip", progress)
         try:

@@ -108,8 +108,8 @@ class Tracker:
 
     def stop(self, reason: str) -> None:
         """Say in the trace why a search (or one phase of it) ended: the last record gets ``stopped``."""
-        if not self.trace:
-            self.trace.append({"accuracy": None, "best_accuracy": self.best_accuracy})
+        if not self.trace:  # stopped before scoring anything
+            self.trace.append({"accuracy": None})
         last = self.trace[-1]
         last["stopped"] = f"{last['stopped']}; {reason}" if "stopped" in last else reason
 
