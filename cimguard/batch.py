@@ -17,6 +17,9 @@ and never gives a wrong answer:
   class token expanded to batch 1...), the fixed-batch module runs on each sample alone,
   vectorised with ``torch.func.vmap`` when that gives the same numbers as a plain loop,
   else in a loop.  Only files exported with batch 1 can run this way.
+* **fixed** (:class:`FixedBatchForward`): a file whose batch is neither (a fixed batch
+  above 1 whose rewrite fails the check, a batch-1 file whose outputs have no per-sample
+  axis) runs only on its own batch size, as before; any other size is a one-line error.
 """
 
 from __future__ import annotations
