@@ -417,7 +417,8 @@ def _first_output(crossbar, x: torch.Tensor):
 
 #: The metadata ``attack --replay`` reads, and the JSON types each may have (``None``: may be null).
 _PERTURBATION_FIELDS: dict[str, tuple[type, ...]] = {
-    "thg": (int, float),
+    "thg": (int, float, type(None)),
+    "box": (str,),
     "model": (str, type(None)),
     "model_sha256": (str, type(None)),
     "data": (str,),
@@ -431,7 +432,7 @@ _PERTURBATION_FIELDS: dict[str, tuple[type, ...]] = {
 
 
 def check_perturbation_metadata(meta: Mapping[str, Any], path: Path) -> None:
-    """The metadata of a saved perturbation: ``thg`` present and a finite number >= 0, every other field well typed."""
+    """The metadata of a saved perturbation: ``thg`` present (a finite number >= 0, or null for the device's own box), every other field well typed."""
     if "thg" not in meta:
         raise CimguardError(f"{path}: the metadata has no thg (the write-verify threshold the ΔW was found at)")
     for key, types in _PERTURBATION_FIELDS.items():
@@ -444,9 +445,15 @@ def check_perturbation_metadata(meta: Mapping[str, Any], path: Path) -> None:
         if wrong:
             kinds = " or ".join("null" if t is type(None) else t.__name__ for t in types)
             raise CimguardError(f"{path}: metadata field {key} must be {kinds}, got {value!r}")
-    thg = float(meta["thg"])
-    if not math.isfinite(thg) or thg < 0:
-        raise CimguardError(f"{path}: metadata thg must be a finite number >= 0, got {meta['thg']!r}")
+    box = meta.get("box", "thg")
+    if box not in ("thg", "device"):
+        raise CimguardError(f"{path}: metadata box must be 'thg' or 'device', got {box!r}")
+    if (meta["thg"] is None) != (box == "device"):
+        raise CimguardError(f"{path}: metadata thg must be null exactly when box is 'device', got thg {meta['thg']!r}")
+    if meta["thg"] is not None:
+        thg = float(meta["thg"])
+        if not math.isfinite(thg) or thg < 0:
+            raise CimguardError(f"{path}: metadata thg must be a finite number >= 0, got {meta['thg']!r}")
 
 
 def config_text(config: Any) -> str:

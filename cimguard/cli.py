@@ -136,10 +136,7 @@ def evaluate(model, data, device_name, device_params, device_file, weight_bits, 
                   inputs=tuple(p for p in (model, device_file) if p))
     setup = setup_from_options(model, data, device_name, device_params, device_file, weight_bits, label_free,
                                verify, torch_device, max_samples, thg)
-    clean = accuracy(setup.crossbar, setup.data)
-    floating = float_accuracy(setup.crossbar, setup.data)
-    stats = monte_carlo(setup.crossbar, setup.data, samples, seed, progress=sys.stderr.isatty()) if samples else None
-    metric = "agreement" if setup.data.label_free else "accuracy"
+    # The header first: a long run under a pipe shows what it is doing before any work.
     click.echo(f"model   {setup.model_path}")
     click.echo(f"data    {setup.data_label}")
     thg_note = "" if "thg" in setup.device_overrides else f" (thg {setup.device.config.thg:g} levels)"
@@ -147,6 +144,10 @@ def evaluate(model, data, device_name, device_params, device_file, weight_bits, 
                f"{setup.crossbar.num_weights} weights in {len(setup.crossbar.layers)} layers, "
                f"{setup.crossbar.config.weight_bits}-bit weights on {setup.crossbar.slices} devices each")
     click.echo("")
+    clean = accuracy(setup.crossbar, setup.data)
+    floating = float_accuracy(setup.crossbar, setup.data)
+    stats = monte_carlo(setup.crossbar, setup.data, samples, seed, progress=True) if samples else None
+    metric = "agreement" if setup.data.label_free else "accuracy"
     rows = [(f"float model {metric}", floating), (f"clean chip {metric}", clean)]
     if stats is not None:
         rows += [

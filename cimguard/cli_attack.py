@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -189,10 +188,10 @@ def attack(ctx, model, data, device_name, device_params, device_file, weight_bit
 
     setup = setup_from_options(model, data, device_name, device_params, device_file, weight_bits, label_free,
                                verify, torch_device, max_samples)
-    progress = sys.stderr.isatty()
+    progress = True  # a bar on a terminal, a line every few seconds in a log (cimguard.progress)
+    _print_header(setup, thgs, samples, seed)  # before any work
     sweep = attack_sweep(setup.crossbar, setup.data, thgs, solvers, samples=samples, seed=seed, options=options,
                          progress=progress)
-    _print_header(setup, sweep, samples, seed)
     _print_table(sweep)
 
     rows = None
@@ -238,7 +237,9 @@ def attack(ctx, model, data, device_name, device_params, device_file, weight_bit
         ctx.exit(130)
 
 
-def _print_header(setup, sweep, samples: int, seed: int) -> None:
+def _print_header(setup, thgs: list[float | None], samples: int, seed: int) -> None:
+    from cimguard.solve import device_box_levels
+
     click.echo(f"model   {setup.model_path}")
     click.echo(f"data    {setup.data_label}" + ("  [label-free: agreement with the clean model]"
                                                          if setup.data.label_free else ""))
@@ -246,12 +247,12 @@ def _print_header(setup, sweep, samples: int, seed: int) -> None:
                f"layers, {setup.crossbar.config.weight_bits}-bit weights on {setup.crossbar.slices} devices each")
     monte_carlo = f"Monte Carlo {samples} chips per thg" if samples else "Monte Carlo skipped (--samples 0)"
     click.echo(f"seed    {seed}; {monte_carlo}; worst case: one ΔW shared by all {len(setup.data.labels)} inputs")
-    for point in sweep.points:
-        if point.thg is None:
-            per_level = ", ".join(f"{b:.4g}" for b in point.box_levels or [])
-            click.echo(f"box     thg 'device': the device's own worst-case box, {per_level} levels per device at "
-                       f"levels 0..{len(point.box_levels or []) - 1} (deviation_bound); Monte Carlo at its thg "
-                       f"{setup.device.config.thg:g}")
+    if None in thgs:
+        box = device_box_levels(setup.device)
+        per_level = ", ".join(f"{b:.4g}" for b in box)
+        click.echo(f"box     thg 'device': the device's own worst-case box, {per_level} levels per device at "
+                   f"levels 0..{len(box) - 1} (deviation_bound); Monte Carlo at its thg "
+                   f"{setup.device.config.thg:g}")
     click.echo("")
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
@@ -70,7 +69,12 @@ def harden(model, trainer_name, output, data, device_name, device_params, device
                                torch_device, max_samples, thg)
     x_train, y_train = setup.dataset.require_training()
     x_train = fit_to_model(x_train, setup.imported.input, what="training data")
-    progress = sys.stderr.isatty()
+    progress = True  # a bar on a terminal, a line every few seconds in a log (cimguard.progress)
+    # The header first: a long run under a pipe shows what it is doing before any work.
+    click.echo(f"model    {setup.model_path}")
+    click.echo(f"data     {setup.dataset.description}, {len(x_train)} training samples")
+    click.echo(f"device   {setup.device_label} (thg {setup.device.config.thg:g} levels), "
+               f"{setup.crossbar.num_weights} weights in {len(setup.crossbar.layers)} layers")
     try:
         result = trainer.fit(setup.crossbar, x_train, y_train, checkpoint=checkpoint, resume=resume, progress=progress)
     except KeyboardInterrupt:
@@ -85,8 +89,6 @@ def harden(model, trainer_name, output, data, device_name, device_params, device
     export_onnx(setup.imported, result.weights, output, check_inputs=setup.data.x[:256])
 
     before, after = accuracy(setup.crossbar, setup.data), accuracy(hardened, setup.data)
-    click.echo(f"model    {setup.model_path}")
-    click.echo(f"device   {setup.device_label} (thg {setup.device.config.thg:g} levels)")
     click.echo(f"trainer  {trainer_name} ({result.config['epochs']} epochs, seed {result.config['seed']})"
                + (f", resumed after epoch {result.resumed_from_epoch}" if result.resumed_from_epoch is not None else ""))
     for key, value in result.chosen.items():
@@ -247,7 +249,8 @@ def compare(ctx, models, data, device_name, device_params, device_file, weight_b
     Every model runs the same sweep as `cimguard attack` (same device, thg values,
     solvers, solver options and seeds).
     """
-    from cimguard.device import parse_param_overrides
+    from cimguard.device import create_device, parse_param_overrides
+    from cimguard.pipeline import describe_device_choice
     from cimguard.report import PLOT_SUFFIXES, check_outputs, write_json
 
     # Every check before any work, as `attack` does: thresholds, solvers (built, so their settings
@@ -258,16 +261,19 @@ def compare(ctx, models, data, device_name, device_params, device_file, weight_b
     check_outputs({"--plot": plot_path, "--json": json_path}, suffixes={"--plot": PLOT_SUFFIXES},
                   inputs=(*models, data, device_file))
     params = dict(parse_param_overrides(device_params))
+    # The header first (a long run under a pipe shows what it is doing); building the device
+    # here also refuses a bad device parameter before any model is loaded.
+    device_label = describe_device_choice(device_name, create_device(device_name, params, device_file=device_file),
+                                          params)
+    monte_carlo = f"{samples} Monte Carlo chips per thg" if samples else "no Monte Carlo"
+    click.echo(f"device {device_label}, {monte_carlo}, seed {seed}; solvers: {', '.join(solvers)}; "
+               f"{'agreement' if label_free else 'accuracy'}" + (" with each model's clean chip" if label_free else ""))
     comparison = compare_sweeps(
         list(models), thgs, solvers, data=data, device=device_name, device_params=params, device_file=device_file,
         weight_bits=weight_bits, label_free=label_free, samples=samples, seed=seed, options=options,
-        torch_device=torch_device, max_samples=max_samples, verify=verify, progress=sys.stderr.isatty(),
+        torch_device=torch_device, max_samples=max_samples, verify=verify, progress=True,
     )
     rows = comparison.rows
-    monte_carlo = f"{samples} Monte Carlo chips per thg" if samples else "no Monte Carlo"
-    device_label = comparison.setups[0].device_label if comparison.setups else device_name
-    click.echo(f"device {device_label}, {monte_carlo}, seed {seed}; solvers: {', '.join(solvers)}; "
-               f"{comparison.metric}" + (" with each model's clean chip" if label_free else ""))
     for line in format_comparison(rows, solvers):
         click.echo(line)
     if plot_path:

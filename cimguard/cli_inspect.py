@@ -71,6 +71,10 @@ class ModelInspection:
     legalisation: list[str] = field(default_factory=list)
     converts: bool = False
     conversion_error: str | None = None
+    batch: str | None = None
+    """How batches of any size run (:mod:`cimguard.batch`): ``dynamic``, ``symbolic``, ``vmap`` or ``loop``."""
+    batch_text: str | None = None
+    """The same in words."""
     check: ConversionCheck | None = None
     provenance: dict | None = None
     """Versions, the model's SHA-256 and absolute path, command line and times (:mod:`cimguard.provenance`)."""
@@ -98,7 +102,11 @@ def inspect_model(path: str | Path, *, seed: int = 0) -> ModelInspection:
         return report
     from cimguard.export import weight_locations
 
+    from cimguard.batch import BATCH_MODE_TEXT
+
     report.converts = True
+    report.batch = imported.batch_mode
+    report.batch_text = BATCH_MODE_TEXT[imported.batch_mode]
     report.legalisation = list(imported.notes)
     report.parameters = sum(
         int(np.prod(init.dims)) for init in imported.legalised.graph.initializer
@@ -179,6 +187,7 @@ def _print(report: ModelInspection) -> None:
         click.echo(f"conversion  FAILED: {report.conversion_error}")
         return
     click.echo(f"parameters  {report.parameters}")
+    click.echo(f"batch       {report.batch}: {report.batch_text}")
     if report.legalisation:
         click.echo("legalised   " + "\n            ".join(report.legalisation))
     else:

@@ -26,7 +26,7 @@ import torch
 from onnx import helper, numpy_helper
 
 from cimguard.errors import CimguardError
-from cimguard.model import ImportedModel, comparison_tolerance, onnx_feed, onnxruntime_mismatch, random_inputs
+from cimguard.model import ImportedModel, MappedWeight, comparison_tolerance, onnx_feed, onnxruntime_mismatch, random_inputs
 from cimguard.report import check_new_output, write_new_file
 
 
@@ -74,16 +74,15 @@ def weight_locations(imported: ImportedModel) -> list[WeightLocation]:
 def with_weights(imported: ImportedModel, weights: Mapping[str, torch.Tensor]) -> onnx.ModelProto:
     """A copy of the original model whose mapped weights hold ``weights`` (by torch name)."""
     by_tensor: dict[str, np.ndarray] = {}
+    untied: list[tuple[MappedWeight, np.ndarray]] = []
     for mapped in imported.mapped:
         if mapped.torch_name not in weights:
             continue
         value = mapped.to_onnx(weights[mapped.torch_name])
         previous = by_tensor.get(mapped.initializer)
         if previous is not None and not np.array_equal(previous, value):
-            raise CimguardError(
-                f"initializer {mapped.initializer} feeds several layers that now hold different weights; "
-                "it cannot be exported as one tensor"
-            )
+            untied.append((mapped, value))  # layers that shared one stored tensor were trained apart
+            continue
         by_tensor[mapped.initializer] = value
     locations = {loc.tensor: loc for loc in weight_locations(imported) if loc.tensor in by_tensor}
     model = onnx.ModelProto()
@@ -100,7 +99,35 @@ def with_weights(imported: ImportedModel, weights: Mapping[str, torch.Tensor]) -
             _set_constant_value(node, by_tensor[name], _constant_dtype(node))
         else:
             _rewrite_as_constant(node, by_tensor[name], imported.legalised, name)
+    for mapped, value in untied:
+        _untie(model, mapped, value)
     return model
+
+
+def _untie(model: onnx.ModelProto, mapped: MappedWeight, value: np.ndarray) -> None:
+    """Give one consumer of a shared initializer its own copy holding its new value.
+
+    Exporters store identical tensors once (an untrained ``nn.TransformerEncoder``'s layers are
+    copies of one layer); on a chip every layer has its own crossbar, so after hardening they
+    differ.  The consuming node's weight input is pointed at a new initializer; nothing else changes.
+    """
+    shared = next((init for init in model.graph.initializer if init.name == mapped.initializer), None)
+    node = next((n for n in model.graph.node if (n.name or "") == mapped.node and len(n.input) > 1
+                 and n.input[1] == mapped.initializer), None)
+    if shared is None or node is None:
+        raise CimguardError(
+            f"initializer {mapped.initializer} feeds several layers that now hold different weights; "
+            "it cannot be exported as one tensor"
+        )
+    taken = {init.name for init in model.graph.initializer} | {out for n in model.graph.node for out in n.output}
+    name, suffix = f"{mapped.initializer}.{mapped.node}", 1
+    while name in taken:
+        name, suffix = f"{mapped.initializer}.{mapped.node}.{suffix}", suffix + 1
+    dtype = helper.tensor_dtype_to_np_dtype(shared.data_type)
+    if tuple(shared.dims) != value.shape:
+        raise CimguardError(f"weight {shared.name} has shape {value.shape}, the model stores {tuple(shared.dims)}")
+    model.graph.initializer.append(numpy_helper.from_array(value.astype(dtype), name=name))
+    node.input[1] = name
 
 
 def _replace_tensor(tensor: onnx.TensorProto, value: np.ndarray) -> None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -16,7 +19,7 @@ from onnx2torch.onnx_graph import OnnxGraph
 from torch import fx, nn
 
 import cimguard.converters  # noqa: F401 - registers the extra onnx2torch converters before any conversion
-from cimguard.checks import check_input_file, check_model_tensors, check_opsets
+from cimguard.checks import AllocationError, allocation_guard, check_input_file, check_model_tensors, check_opsets
 from cimguard.errors import CimguardError
 from cimguard.legalise import MAX_TENSOR_ELEMENTS, WeightOrigin, legalise_model
 
@@ -90,6 +93,10 @@ class ImportedModel:
     """What legalisation changed, for ``inspect``."""
     origins: dict[str, WeightOrigin] = field(default_factory=dict)
     """Initializers of ``legalised`` that a node of the original graph produced (export writes there)."""
+    batch_mode: str = "dynamic"
+    """How batches of any size run (:mod:`cimguard.batch`): ``dynamic`` (the file's own batch axis),
+    ``symbolic`` (a fixed batch made symbolic), ``vmap`` or ``loop`` (a batch-1 file, one sample at a time),
+    ``fixed`` (runs only on the file's own batch size; any other is a one-line error)."""
 
     @property
     def input(self) -> TensorSpec:
@@ -225,20 +232,9 @@ def import_model(original: onnx.ModelProto, *, path: Path | None = None, require
     state = legalise_model(original)
     legal = state.model
     _check_operators(legal, where)
-    try:
-        module = convert(legal)
-    except NotImplementedError as exc:
-        raise CimguardError(f"{where}: unsupported ONNX construct: {_first_line(exc)}") from None
-    except Exception as exc:  # noqa: BLE001 - onnx2torch raises many types; the user needs one line
-        raise CimguardError(f"{where}: conversion to torch failed: {type(exc).__name__}: {_first_line(exc)}") from None
-    module.eval()
     notes = list(state.notes)
-    if any(t.is_floating_point() and t.dtype != torch.float32 for t in (*module.parameters(), *module.buffers())):
-        # Crossbars, devices and solvers compute in float32; the export writes the file's own dtype back.
-        module.float()
-        notes.append("float16/float64 weights are computed in float32 (export writes the original type back)")
-    for p in module.parameters():
-        p.requires_grad_(False)
+    module = _convert(legal, where, notes)
+    legal, module, batch_mode = _any_batch_size(legal, module, where, notes)
     mapped = find_mapped_weights(legal, module)
     if not mapped and require_mapped:
         raise CimguardError(
@@ -247,7 +243,84 @@ def import_model(original: onnx.ModelProto, *, path: Path | None = None, require
     initializer_names = {init.name for init in legal.graph.initializer}
     inputs = tuple(_spec(v) for v in legal.graph.input if v.name not in initializer_names)
     outputs = tuple(_spec(v) for v in legal.graph.output)
-    return ImportedModel(path, original, legal, module, inputs, outputs, mapped, notes, dict(state.origins))
+    if batch_mode not in ("dynamic", "fixed"):  # every batch size runs now
+        inputs = tuple(TensorSpec(spec.name, (None, *spec.shape[1:]), spec.dtype) for spec in inputs)
+        outputs = tuple(TensorSpec(spec.name, (None, *spec.shape[1:]), spec.dtype) for spec in outputs)
+    return ImportedModel(path, original, legal, module, inputs, outputs, mapped, notes,
+                         dict(state.origins), batch_mode)
+
+
+def _convert(legal: onnx.ModelProto, where: str, notes: list[str] | None = None) -> fx.GraphModule:
+    """onnx2torch on a legalised model: an eval-mode float32 module with frozen parameters, or a one-line error.
+
+    ``notes`` (when given) learns that float16/float64 weights are computed in float32.
+    """
+    # onnx2torch's modules (Slice) warn at run time, on every new input shape, about behaviour that
+    # is exact for the models it converts (non-tuple indexing, truncated slice bounds); cimguard
+    # checks conversions against onnxruntime, so these warnings only clutter the user's terminal.
+    # Installed at every conversion: the same filter replaces itself, and code that resets the
+    # warning filters (pytest does per test) gets it back with the next model.
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"onnx2torch\.")
+    try:
+        # ... and the converter warns too while converting.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            module = convert(legal)
+    except NotImplementedError as exc:
+        raise CimguardError(f"{where}: unsupported ONNX construct: {_first_line(exc)}") from None
+    except Exception as exc:  # noqa: BLE001 - onnx2torch raises many types; the user needs one line
+        raise CimguardError(f"{where}: conversion to torch failed: {type(exc).__name__}: {_first_line(exc)}") from None
+    module.eval()
+    if any(t.is_floating_point() and t.dtype != torch.float32 for t in (*module.parameters(), *module.buffers())):
+        # Crossbars, devices and solvers compute in float32; the export writes the file's own dtype back.
+        module.float()
+        if notes is not None:
+            notes.append("float16/float64 weights are computed in float32 (export writes the original type back)")
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
+
+
+def _any_batch_size(legal: onnx.ModelProto, module: fx.GraphModule, where: str,
+                    notes: list[str]) -> tuple[onnx.ModelProto, fx.GraphModule, str]:
+    """Make a file exported with a fixed batch run on any batch (see :mod:`cimguard.batch`)."""
+    from cimguard import batch as batching
+
+    size = batching.fixed_batch(legal)
+    if size is None:
+        return legal, module, batching.DYNAMIC
+    spec = _spec(next(v for v in legal.graph.input if v.name not in {i.name for i in legal.graph.initializer}))
+    sample_shape = spec.shape[1:]
+    if (any(d is None for d in sample_shape) or not spec.dtype.startswith(("float", "double"))
+            or size > batching.MAX_FIXED_BATCH
+            or math.prod(sample_shape) * batching.check_count(size) > MAX_TENSOR_ELEMENTS):
+        # Too large to try (the later input checks say why) or not a float batch: as the file says.
+        notes.append(f"fixed batch {size} kept: {batching.BATCH_MODE_TEXT[batching.FIXED]}")
+        return legal, module, batching.keep_fixed(module, size)
+    x = batching.check_inputs(sample_shape, batching.check_count(size))
+    rewrite = batching.symbolic_batch(legal, size)
+    try:
+        candidate = _convert(rewrite.model, where)
+    except CimguardError:
+        candidate = None
+    try:
+        # The trial runs an untrusted graph: a memory bomb is refused before it allocates, and the
+        # file then keeps its fixed batch (the run-time probe names the node at fault).
+        with allocation_guard(where):
+            if candidate is not None and batching.batch_preserved(module, candidate, x, size):
+                notes.append(f"fixed batch {size} made symbolic: input, outputs and {rewrite.reshapes} Reshape "
+                             f"shape(s); checked against {'one sample at a time' if size == 1 else f'batches of {size}'}")
+                return rewrite.model, candidate, batching.SYMBOLIC
+            mode = batching.run_per_sample(module, x) if size == 1 else batching.keep_fixed(module, size)
+    except AllocationError:
+        mode = batching.keep_fixed(module, size)
+    if mode == batching.FIXED:
+        notes.append(f"fixed batch {size} kept: {batching.BATCH_MODE_TEXT[mode]}")
+        return legal, module, mode
+    how = "vectorised with torch.func.vmap" if mode == batching.VMAP else "in a loop (vmap does not apply)"
+    notes.append(f"fixed batch 1 not provably symbolic ({rewrite.reshapes} Reshape shape(s) tried): "
+                 f"runs one sample at a time, {how}")
+    return legal, module, mode
 
 
 def _check_operators(model: onnx.ModelProto, where: str) -> None:
@@ -327,8 +400,27 @@ def run_onnxruntime(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
 
 
 def run_onnxruntime_all(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    """Run ``model`` with onnxruntime on named inputs; returns every output."""
-    return list(_ort_session(model).run(None, feeds))
+    """Run ``model`` with onnxruntime on named inputs; returns every output.
+
+    A file that fixes its batch size (``torch.onnx.export``'s default writes batch 1) is
+    run on chunks of that size, the last one padded with copies of the first sample
+    (the padding's outputs are dropped), so any number of samples can be checked.
+    """
+    from cimguard.batch import fixed_batch
+
+    session = _ort_session(model)
+    size = fixed_batch(model)
+    count = len(next(iter(feeds.values()))) if len(feeds) == 1 else None
+    if size is None or count is None or count == size:
+        return list(session.run(None, feeds))
+    name, x = next(iter(feeds.items()))
+    chunks = []
+    for start in range(0, count, size):
+        part = x[start : start + size]
+        if len(part) < size:
+            part = np.concatenate([part, np.repeat(x[:1], size - len(part), axis=0)])
+        chunks.append(session.run(None, {name: part}))
+    return [np.concatenate([chunk[k] for chunk in chunks])[:count] for k in range(len(chunks[0]))]
 
 
 def _import_onnxruntime():
@@ -422,21 +514,63 @@ def onnxruntime_mismatch(
     Every output is compared; ``weights`` (by torch name) replace the module's own
     for the torch side, which is how export checks a model with new weights.
     """
-    state = list(module.parameters()) + list(module.buffers())
-    device = state[0].device if state else torch.device("cpu")
     # The torch module computes in float32 (see import_model); onnxruntime gets the file's own input types.
-    args = [_torch_feed(x).to(device) for x in feeds.values()]
-    with torch.no_grad():
+    args = [_torch_feed(x) for x in feeds.values()]
+    # Like with like: onnxruntime computes in float32 on the CPU, so the torch side does too.  On
+    # CUDA, TF32 convolutions and matmuls alone differ from it by ~3e-4 of the output scale.
+    with float32_like_onnxruntime(module), torch.no_grad():
         if weights is None:
             ours = module(*args)
         else:
-            replaced = {name: value.to(device) for name, value in weights.items()}
+            replaced = {name: value.detach().to("cpu", torch.float32) for name, value in weights.items()}
             ours = torch.func.functional_call(module, replaced, tuple(args), strict=False)
     ours = [ours] if isinstance(ours, torch.Tensor) else list(ours)
     reference = run_onnxruntime_all(model, feeds)
     if len(ours) != len(reference):
         return float("inf")
     return max(output_mismatch(ref, out.cpu().numpy()) for ref, out in zip(reference, ours))
+
+
+@contextmanager
+def float32_like_onnxruntime(module: nn.Module) -> Iterator[None]:
+    """Within the block ``module`` computes as onnxruntime's CPU provider does: float32 on the CPU, no TF32.
+
+    The module is moved to the CPU and back (the same parameter objects, so everything
+    holding them stays valid); TF32 is switched off for the block and restored after.
+    """
+    state = list(module.parameters()) + list(module.buffers())
+    device = state[0].device if state else torch.device("cpu")
+    with _tf32_disabled():
+        if device.type != "cpu":
+            module.to("cpu")
+        try:
+            yield
+        finally:
+            if device.type != "cpu":
+                module.to(device)
+
+
+@contextmanager
+def _tf32_disabled() -> Iterator[None]:
+    """TF32 off for cuBLAS matmuls and cuDNN convolutions, through whichever torch API the user's settings use."""
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    try:  # the legacy flags; torch refuses to read them once its fp32_precision API has been used
+        saved = (matmul.allow_tf32, cudnn.allow_tf32)
+    except RuntimeError:
+        saved = None
+    if saved is not None:
+        matmul.allow_tf32, cudnn.allow_tf32 = False, False
+        try:
+            yield
+        finally:
+            matmul.allow_tf32, cudnn.allow_tf32 = saved
+        return
+    precision = (matmul.fp32_precision, cudnn.conv.fp32_precision)
+    matmul.fp32_precision, cudnn.conv.fp32_precision = "ieee", "ieee"
+    try:
+        yield
+    finally:
+        matmul.fp32_precision, cudnn.conv.fp32_precision = precision
 
 
 def verify_against_onnxruntime(imported: ImportedModel, x: torch.Tensor, tolerance: float = 1e-4) -> float:

@@ -16,9 +16,11 @@ import sys
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+from cimguard import distributed
 
 if TYPE_CHECKING:
     from cimguard.pipeline import Setup
@@ -93,6 +95,8 @@ def provenance(setup: "Setup | None" = None, *, metric: str | None = None,
         "started": datetime.datetime.fromtimestamp(started, tz=datetime.timezone.utc).isoformat(),
         "wall_seconds": round(time.time() - started, 3),
         "metric": metric,
+        # torchrun: the report of a run on several processes equals the one-process report (cimguard.distributed).
+        "processes": distributed.world_size(),
     }
     paths = list(models or [])
     if setup is not None:

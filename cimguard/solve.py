@@ -18,10 +18,10 @@ from typing import Any, Callable, ClassVar, Mapping
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from cimguard.crossbar import Crossbar, Perturbation, check_within_bounds
 from cimguard.errors import CimguardError
+from cimguard.progress import progress_bar
 from cimguard.options import checked_config, coerce, field_types, type_name
 from cimguard import distributed
 from cimguard.evaluate import EvalData, accuracy, local_part
@@ -96,7 +96,7 @@ class Tracker:
         self.best_accuracy = float("inf")
         self.interrupted = False
         self._callbacks = list(solver.callbacks)
-        self._bar = tqdm(total=total, desc=desc, unit="pass", disable=not solver.progress, leave=False)
+        self._bar = progress_bar(total, desc, "pass", solver.progress)
 
     def record(self, perturbation: Perturbation | None, accuracy: float | None, **fields: Any) -> None:
         """Add one trace record; ``perturbation`` (inside the box) competes for the best chip."""
@@ -109,6 +109,18 @@ class Tracker:
             self._bar.set_postfix(accuracy=f"{accuracy:.3f}", best=f"{self.best_accuracy:.3f}", refresh=False)
         for callback in self._callbacks:
             callback(entry)
+
+    def stop(self, reason: str) -> None:
+        """Say in the trace why a search (or one phase of it) ended: the last record gets ``stopped``."""
+        if not self.trace:  # stopped before scoring anything
+            self.trace.append({"accuracy": None})
+        last = self.trace[-1]
+        last["stopped"] = f"{last['stopped']}; {reason}" if "stopped" in last else reason
+
+    @property
+    def nothing_left(self) -> bool:
+        """True once a chip with accuracy 0 is found: no chip can do worse, so searching on is wasted."""
+        return self.best_accuracy <= 0.0
 
     def advance(self, passes: int = 1) -> None:
         """Count passes over the evaluation data on the progress bar."""
@@ -509,6 +521,12 @@ def crossbar_at(crossbar: Crossbar, thg: float) -> Crossbar:
     return Crossbar(crossbar.imported, new_device, crossbar.config, source_weights=crossbar.source_weights)
 
 
+def device_box_levels(device: Any) -> list[float]:
+    """The device's own worst-case box per target level (lowest level first, level units)."""
+    levels = torch.arange(device.config.levels, dtype=torch.float64)
+    return [float(b) for b in device.level_bounds(levels)]
+
+
 def attack_sweep(
     crossbar: Crossbar,
     data: EvalData,
@@ -537,8 +555,7 @@ def attack_sweep(
         chip = crossbar if thg is None else crossbar_at(crossbar, thg)
         point = ThgPoint(thg, clean, None)
         if thg is None:
-            levels = torch.arange(crossbar.device.config.levels, dtype=torch.float64)
-            point.box_levels = [float(b) for b in crossbar.device.level_bounds(levels)]
+            point.box_levels = device_box_levels(crossbar.device)
         sweep.points.append(point)
         try:
             if samples > 0:

@@ -31,12 +31,12 @@ from typing import Any, Callable, ClassVar, Mapping
 
 import torch
 from torch.nn import functional as F
-from tqdm.auto import tqdm
 
 from cimguard import distributed
 from cimguard.crossbar import Crossbar, Perturbation
 from cimguard.errors import CimguardError
 from cimguard.options import checked_config
+from cimguard.progress import progress_bar
 
 #: Bumped when the checkpoint layout changes; older checkpoints are refused.
 CHECKPOINT_FORMAT = 1
@@ -232,14 +232,8 @@ class Trainer:
                 self._save(run, checkpoint, fingerprint)
 
         batches = math.ceil(len(x) / self.config.batch_size)
-        bar = tqdm(
-            total=self.config.epochs * batches,
-            initial=run.epoch * batches,
-            desc=f"training ({type(self).__name__})",
-            unit="batch",
-            disable=not progress,
-            leave=False,
-        )
+        bar = progress_bar(self.config.epochs * batches, f"training ({type(self).__name__})", "batch", progress,
+                           initial=run.epoch * batches)
         try:
             while run.epoch < self.config.epochs:
                 losses, correct = [], []

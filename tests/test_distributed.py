@@ -50,7 +50,12 @@ def test_evaluate_on_two_processes_reports_exactly_what_one_process_reports(invo
     assert two.returncode == 0, two.stderr
     single, double = json.loads((tmp_path / "one.json").read_text()), json.loads((tmp_path / "two.json").read_text())
     # Every chip's accuracy (9 chips: 4 on rank 0, 5 on rank 1), mean, std and KPP: number for number.
+    # Provenance says how and when each run went (its own command line, clock and process count).
+    run_one, run_two = single.pop("provenance"), double.pop("provenance")
     assert double == single
+    assert (run_one["processes"], run_two["processes"]) == (1, 2)
+    for key in ("versions", "model", "data", "device", "torch_device", "metric"):
+        assert run_two[key] == run_one[key], key
     assert len(set(single["monte_carlo"]["accuracies"])) > 1  # the chips really differ
     # Only rank 0 prints: the table once.
     assert two.stdout.count("clean chip accuracy") == 1 and two.stdout.count("wrote two.json") == 1

@@ -27,6 +27,9 @@ def test_the_corpus_covers_every_class_with_enough_cases():
     prefixes = {case.id.split("-")[0] for case in CASES}
     assert prefixes >= {"model", "data", "device", "devicefile", "replay", "seed", "number", "output", "input"}
 
+#: What evaluate, attack, harden and compare print before any work (issue 10: the header first).
+HEADER_LINE = re.compile(r"^(model|data|device|seed|box|trainer) ")
+
 
 @pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
 def test_hostile_input_is_refused(case, corpus, tmp_path, invoke):
@@ -39,9 +42,13 @@ def test_hostile_input_is_refused(case, corpus, tmp_path, invoke):
     assert "internal error" not in output, output
     assert result.exit_code == case.exit_code, output
     lines = output.strip().splitlines()
-    assert len(lines) == 1 or argv[0] == "inspect", output  # inspect prints its report before refusing
     error = lines[-1]
     assert error.startswith("Error: "), output
+    # One error line, last; before it only what a command prints before any work (its header:
+    # model, data, device, …), and for inspect its report.  Never a figure (checked below).
+    assert sum(line.startswith("Error: ") for line in lines) == 1, output
+    if argv[0] != "inspect":
+        assert all(not line.strip() or HEADER_LINE.match(line) for line in lines[:-1]), output
     assert re.search(case.pattern, error), f"{error!r} does not match {case.pattern!r}"
     figures = [line for line in lines if not line.startswith("Error: ") and ACCURACY_LINE.search(line)]
     assert not figures, output

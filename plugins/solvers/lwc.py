@@ -94,7 +94,8 @@ class LWC(Solver):
         c, inside, outside = config.c0, None, None
         for run in range(config.runs):
             if budget < config.passes:
-                break
+                tracker.stop(f"used its budget of {config.iterations} passes")
+                return
             budget -= config.passes
             start = tracker.best if config.warm_start else None
             delta, reached = self._run(problem, generator, tracker, c, lr, run, start)
@@ -102,7 +103,11 @@ class LWC(Solver):
             acc = accuracy(problem.crossbar, problem.data, feasible)
             tracker.record(feasible, acc, record="run", run=run, c=c, distance=reached, lr=lr)
             if abs(reached - 1.0) * problem.thg < config.tol:
-                break
+                tracker.stop(f"run {run}: the distance reached the box within tol")
+                return
+            if tracker.nothing_left:
+                tracker.stop(f"accuracy 0 (every margin negative) after run {run}")
+                return
             if reached >= 1.0:
                 outside = c
             else:
@@ -114,6 +119,7 @@ class LWC(Solver):
                 c /= 10.0
             else:
                 c = math.sqrt(inside * outside)
+        tracker.stop(f"tried {config.runs} values of c")
 
     def _run(self, problem: AttackProblem, generator: torch.Generator, tracker: Tracker, c: float, lr: float,
              run: int, start: Perturbation | None = None):
@@ -152,6 +158,8 @@ class LWC(Solver):
                 tracker.record(feasible, accuracy(problem.crossbar, problem.data, feasible), record="pass", run=run,
                                c=c, **{"pass": done + 1})
             done += 1
+            if tracker.nothing_left:
+                break  # accuracy 0: the rest of this run cannot find a worse chip
         with torch.no_grad():
             delta = {name: (u[name] * bounds[name]).detach() for name in u}
         return delta, linf_ratio(delta, bounds)

@@ -95,10 +95,16 @@ class PGD(Solver):
                                       stop_at_bound=config.stop_at_bound, label="start 0 (flwc)")
         decay_step = {name: bound * config.step for name, bound in problem.bounds.items()}
         remaining = config.iterations - flwc_passes
+        if tracker.nothing_left:  # accuracy 0: decay and restarts cannot find a worse chip
+            tracker.stop("accuracy 0 reached: decay phase and restarts skipped")
+            return
         if remaining > 0 and tracker.best is not None:
             sign_descent(problem, tracker.best, remaining, decay_step, kappa, tracker, label="start 0 (decay)",
                          schedule=_halving_schedule(remaining, config.halvings))
         for restart in range(1, config.restarts + 1):
+            if tracker.nothing_left:
+                tracker.stop(f"accuracy 0 reached: restarts {restart}..{config.restarts} skipped")
+                return
             start = {
                 name: (2 * torch.rand(bound.shape, generator=generator, device=bound.device, dtype=bound.dtype) - 1) * bound
                 for name, bound in problem.bounds.items()
