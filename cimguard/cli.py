@@ -139,8 +139,7 @@ def evaluate(model, data, device_name, device_params, device_file, weight_bits, 
     # The header first: a long run under a pipe shows what it is doing before any work.
     click.echo(f"model   {setup.model_path}")
     click.echo(f"data    {setup.data_label}")
-    thg_note = "" if "thg" in setup.device_overrides else f" (thg {setup.device.config.thg:g} levels)"
-    click.echo(f"device  {setup.device_label}{thg_note}, "
+    click.echo(f"device  {setup.device_summary}, "
                f"{setup.crossbar.num_weights} weights in {len(setup.crossbar.layers)} layers, "
                f"{setup.crossbar.config.weight_bits}-bit weights on {setup.crossbar.slices} devices each")
     click.echo("")

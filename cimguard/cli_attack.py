@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
-from pathlib import Path
 from typing import Any, Callable
 
 import click
 
 from cimguard.cli_options import MAX_CHIPS, MAX_COUNT, model_option, seed_option, setup_from_options, setup_options
 from cimguard.errors import CimguardError
-
-DEFAULT_THG = "device"
-"""``attack`` and ``compare`` search the device's own box unless told to sweep thresholds."""
+from cimguard.provenance import file_sha256
 
 DEVICE_BOX = "device"
+"""``--thg device``: the device's own worst-case box (its ``deviation_bound``, per level)."""
+
+DEFAULT_THG = DEVICE_BOX
+"""``attack`` and ``compare`` search the device's own box unless told to sweep thresholds."""
 
 
 def parse_thg_list(text: str) -> list[float | None]:
@@ -135,10 +135,6 @@ def solvers_from_options(solver_names: tuple[str, ...], iterations: int | None,
     return names, options
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 @click.command(name="attack")
 @model_option
 @setup_options
@@ -152,9 +148,9 @@ def _sha256(path: Path) -> str:
 @click.option("--plot", "plot_path", type=click.Path(), default=None,
               help="Write accuracy vs thg to a new .png/.pdf/.svg file.")
 @click.option("--save-perturbation", "save_path", type=click.Path(), default=None,
-              help="Write the worst ΔW found at the largest thg to a new .npz file (replay with --replay).")
+              help="Write the worst ΔW found in the largest box to a new .npz file (replay with --replay).")
 @click.option("--sensitivity", is_flag=True,
-              help="Per-layer sensitivity: each layer's own worst case (first solver, largest thg).")
+              help="Per-layer sensitivity: each layer's own worst case (first solver, largest box).")
 @click.option("--json", "json_path", type=click.Path(), default=None,
               help="Write the full report to a new JSON file.")
 @click.option("--replay", "replay_path", type=click.Path(), default=None,
@@ -198,9 +194,11 @@ def attack(ctx, model, data, device_name, device_params, device_file, weight_bit
     if sensitivity and not sweep.interrupted:
         from cimguard.sensitivity import layer_sensitivity
 
-        rows = layer_sensitivity(setup.crossbar, setup.data, thgs[-1], solvers[0], seed, options[solvers[0]],
+        # The largest box, as for --save-perturbation (the device's own box can be larger than any thg).
+        largest = max(sweep.points, key=lambda point: point.size)
+        rows = layer_sensitivity(setup.crossbar, setup.data, largest.thg, solvers[0], seed, options[solvers[0]],
                                  progress=progress)
-        _print_sensitivity(rows, solvers[0], sweep.points[-1].label, sweep.metric)
+        _print_sensitivity(rows, solvers[0], largest.label, sweep.metric)
         sweep.interrupted = any(row.interrupted for row in rows)
 
     if plot_path is not None:
@@ -211,7 +209,7 @@ def attack(ctx, model, data, device_name, device_params, device_file, weight_bit
     worst = sweep.worst_run()
     if save_path is not None and worst is not None:
         save_perturbation(save_path, worst.worst.perturbation, {
-            "model": str(setup.model_path), "model_sha256": _sha256(setup.model_path), "data": data,
+            "model": str(setup.model_path), "model_sha256": file_sha256(setup.model_path), "data": data,
             "device": device_name, "device_params": list(device_params), "device_file": device_file,
             "box": "device" if worst.thg is None else "thg", "device_parameters": setup.describe()["device_params"],
             "weight_bits": weight_bits, "label_free": setup.data.label_free, "max_samples": max_samples,
@@ -306,7 +304,7 @@ def _replay(ctx, replay_path, model, data, device_name, device_params, device_fi
         pick("weight_bits", weight_bits, "weight_bits"), pick("label_free", label_free, "label_free"), verify,
         torch_device, pick("max_samples", max_samples, "max_samples"),
     )
-    if meta.get("model_sha256") and _sha256(setup.model_path) != meta["model_sha256"]:
+    if meta.get("model_sha256") and file_sha256(setup.model_path) != meta["model_sha256"]:
         raise CimguardError(f"{replay_path} was found on a different model file than {setup.model_path} (hash differs)")
     perturbation, _ = load_perturbation(replay_path, setup.crossbar)
     thg = None if meta.get("thg") is None else float(meta["thg"])

@@ -11,6 +11,7 @@ import click
 
 from cimguard.cli_attack import DEFAULT_THG, check_thg_sweep, parse_thg_list, solver_options, solvers_from_options
 from cimguard.cli_options import MAX_CHIPS, MAX_COUNT, THG, seed_option, setup_from_options, setup_options, training_setup_options
+from cimguard.distributed import is_main
 from cimguard.errors import CimguardError
 from cimguard.solve import BoxChoice
 
@@ -72,8 +73,8 @@ def harden(model, trainer_name, output, data, device_name, device_params, device
     progress = True  # a bar on a terminal, a line every few seconds in a log (cimguard.progress)
     # The header first: a long run under a pipe shows what it is doing before any work.
     click.echo(f"model    {setup.model_path}")
-    click.echo(f"data     {setup.dataset.description}, {len(x_train)} training samples")
-    click.echo(f"device   {setup.device_label} (thg {setup.device.config.thg:g} levels), "
+    click.echo(f"data     {setup.data_label}; {len(x_train)} training samples")
+    click.echo(f"device   {setup.device_summary}, "
                f"{setup.crossbar.num_weights} weights in {len(setup.crossbar.layers)} layers")
     try:
         result = trainer.fit(setup.crossbar, x_train, y_train, checkpoint=checkpoint, resume=resume, progress=progress)
@@ -96,7 +97,7 @@ def harden(model, trainer_name, output, data, device_name, device_params, device
             click.echo(f"         {key} = {value:g}" if isinstance(value, float) else f"         {key} = {value}")
     click.echo(f"clean chip accuracy  {before:.4f} -> {after:.4f} ({setup.dataset.name} evaluation split)")
     click.echo(f"wrote {output}")
-    if json_path:
+    if json_path and is_main():  # torchrun: -o and the report live on rank 0's host
         from cimguard.provenance import file_sha256, provenance
 
         write_json(json_path, {"provenance": provenance(setup, metric="accuracy"), "setup": setup.describe(),

@@ -66,6 +66,12 @@ class Setup:
         """The device and every parameter the user overrode, with units: ``pcm, t=86400 s``."""
         return describe_device_choice(self.device_name, self.device, self.device_overrides)
 
+    @property
+    def device_summary(self) -> str:
+        """:attr:`device_label` plus the write-verify threshold when the user did not set it (headers)."""
+        thg_note = "" if "thg" in self.device_overrides else f" (thg {self.device.config.thg:g} levels)"
+        return self.device_label + thg_note
+
     def describe(self) -> dict[str, Any]:
         import dataclasses
 
