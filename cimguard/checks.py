@@ -445,6 +445,8 @@ def check_perturbation_metadata(meta: Mapping[str, Any], path: Path) -> None:
         if wrong:
             kinds = " or ".join("null" if t is type(None) else t.__name__ for t in types)
             raise CimguardError(f"{path}: metadata field {key} must be {kinds}, got {value!r}")
+    if meta.get("max_samples") is not None and meta["max_samples"] < 1:
+        raise CimguardError(f"{path}: metadata max_samples must be >= 1 or null, got {meta['max_samples']!r}")
     box = meta.get("box", "thg")
     if box not in ("thg", "device"):
         raise CimguardError(f"{path}: metadata box must be 'thg' or 'device', got {box!r}")

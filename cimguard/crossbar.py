@@ -185,8 +185,13 @@ class Crossbar:
         mapping when each device ``i`` stays within ``b(g_i)``.
         """
         if thg is None:
-            return {name: self.weight_delta(name, self.device.level_bounds(layer.levels)) * layer.sign
-                    for name, layer in self.layers.items()}
+            bounds = {name: self.weight_delta(name, self.device.level_bounds(layer.levels)) * layer.sign
+                      for name, layer in self.layers.items()}
+            for name, bound in bounds.items():
+                if not bool(torch.isfinite(bound).all()):
+                    raise CimguardError(f"the device's own box gives layer {name} bounds wider than {bound.dtype} can "
+                                        "hold; choose a smaller write-verify threshold")
+            return bounds
         if not 0 <= thg < float("inf"):
             raise CimguardError("a worst-case bound needs a finite write-verify threshold thg >= 0")
         widths = {name: self.weight_bound(name, thg) for name in self.layers}

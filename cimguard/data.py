@@ -88,6 +88,11 @@ def _as_input_type(x: torch.Tensor, spec: TensorSpec, what: str) -> torch.Tensor
         if not bool(torch.isfinite(x).all()) or not bool((x == x.round()).all()):
             raise CimguardError(f"{what} samples are not whole numbers but the model input {spec.name!r} takes "
                                 f"{spec.dtype} token ids")
+    info = torch.iinfo(dtype)
+    if x.numel() and (float(x.min()) < info.min or float(x.max()) > info.max):
+        # A cast would wrap silently (2**32 + 5 becomes 5 in int32): a wrong token, never a wrong number.
+        raise CimguardError(f"{what} samples range over {x.min().item()}..{x.max().item()}, outside "
+                            f"{spec.dtype} of the model input {spec.name!r}")
     return x.to(dtype)
 
 
@@ -114,6 +119,8 @@ def read_npz(path: str | Path) -> Dataset:
             return None
         array = content[key]
         if array.dtype.kind in "iu":  # token ids stay integers; fit_to_model types them for the model
+            if array.dtype == np.uint64 and array.size and int(array.max()) > np.iinfo(np.int64).max:
+                raise CimguardError(f"{path}: array {key!r} holds integers above {np.iinfo(np.int64).max}")
             array = array.astype(np.int64)
         else:
             check_float_array(array, f"{path}: array {key!r}")

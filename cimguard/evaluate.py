@@ -181,8 +181,13 @@ def monte_carlo(
                 if len(group_deltas) == 1:
                     accuracies.append(weights_accuracy(crossbar, data, crossbar.chip_weights(group_deltas[0])))
                 else:
-                    accuracies.extend(stacked_weights_accuracy(
-                        crossbar, data, [crossbar.chip_weights(delta) for delta in group_deltas]))
+                    weights = [crossbar.chip_weights(delta) for delta in group_deltas]
+                    try:
+                        accuracies.extend(stacked_weights_accuracy(crossbar, data, weights))
+                    except (RuntimeError, NotImplementedError):
+                        # An op vmap cannot batch over weights, or the stack does not fit in memory:
+                        # the same chips one by one (the numbers of the one-chip loop by definition).
+                        accuracies.extend(weights_accuracy(crossbar, data, chip) for chip in weights)
                 bar.update(len(group_deltas))
                 if distributed.stop_requested():  # Ctrl-C under torchrun: stop at the gather, with every rank
                     break

@@ -166,12 +166,22 @@ def _check_tensor_sizes(model: onnx.ModelProto, path: Path) -> None:
             raise CimguardError(
                 f"{path}: tensor {tensor.name!r} has {elements} elements, more than the limit of {MAX_TENSOR_ELEMENTS}"
             )
-        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize if tensor.data_type else 1
+        itemsize = _itemsize(tensor, path)
         if elements * itemsize > _MAX_TENSOR_BYTES:
             raise CimguardError(
                 f"{path}: tensor {tensor.name!r} needs {elements * itemsize} bytes, more than the limit of "
                 f"{_MAX_TENSOR_BYTES} bytes (1 GiB) per tensor"
             )
+
+
+def _itemsize(tensor: onnx.TensorProto, path: Path) -> int:
+    """Bytes per element of ``tensor``'s declared type; an unknown type is the file's error, in one line."""
+    if not tensor.data_type:
+        return 1
+    try:
+        return onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    except (KeyError, ValueError, TypeError):
+        raise CimguardError(f"{path}: tensor {tensor.name!r} has an unknown element type {tensor.data_type}") from None
 
 
 def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
@@ -191,8 +201,7 @@ def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
             )
         if not target.is_file():
             raise CimguardError(f"{path}: external data file {info.location!r} for tensor {tensor.name!r} not found")
-        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize if tensor.data_type else 1
-        expected = int(np.prod(tensor.dims, dtype=np.int64)) * itemsize
+        expected = int(np.prod(tensor.dims, dtype=np.int64)) * _itemsize(tensor, path)
         offset = int(info.offset or 0)
         length = int(info.length) if info.length is not None else target.stat().st_size - offset
         if offset < 0 or length < 0 or offset + length > target.stat().st_size or length != expected:
@@ -312,7 +321,9 @@ def _any_batch_size(legal: onnx.ModelProto, module: fx.GraphModule, where: str,
                              f"shape(s); checked against {'one sample at a time' if size == 1 else f'batches of {size}'}")
                 return rewrite.model, candidate, batching.SYMBOLIC
             mode = batching.run_per_sample(module, x) if size == 1 else batching.keep_fixed(module, size)
-    except AllocationError:
+    except (AllocationError, RuntimeError, ValueError, IndexError, TypeError):
+        # The graph does not run on the trial input: keep the file's own batch and let the
+        # run-time probe (checks.probe_model) refuse it in one line, naming what fails.
         mode = batching.keep_fixed(module, size)
     if mode == batching.FIXED:
         notes.append(f"fixed batch {size} kept: {batching.BATCH_MODE_TEXT[mode]}")

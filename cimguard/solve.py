@@ -301,8 +301,7 @@ def make_problem(crossbar: Crossbar, data: EvalData, thg: float | None = None,
     device_box = thg is None
     if device_box:
         bounds = crossbar.bounds(None)
-        thg = float(crossbar.device.level_bounds(torch.arange(crossbar.device.config.levels,
-                                                               dtype=torch.float64)).max())
+        thg = max(device_box_levels(crossbar.device))
     else:
         thg = float(thg)
         bounds = crossbar.bounds(thg)

@@ -163,6 +163,15 @@ def _models() -> dict[str, onnx.ModelProto]:
         [_x(dims=(1, 10**10))], [_y((1, CLASSES))],
         [numpy_helper.from_array(np.ones((1, CLASSES), np.float32), "W1"), _int64("axis", [1])])
     models["inspect_dynamic_all"] = gemm(x=_x(dims=("n", "m")))
+    # an element type no ONNX version defines
+    unknown = gemm()
+    unknown.graph.initializer[0].data_type = 999
+    models["unknown_dtype"] = unknown
+    # batch 1 fixed by the exporter and a graph that cannot run: refused by the probe, not by the batch trial
+    broken = _gemm_then([helper.make_node("Reshape", ["y", "s"], ["r"]), helper.make_node("Reshape", ["r", "t"], ["z"])],
+                        [1, CLASSES], [_int64("s", [3, 7]), _int64("t", [1, CLASSES])])
+    broken.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
+    models["fixed_batch_broken"] = broken
     return models
 
 
@@ -330,6 +339,7 @@ def _replay_files(root: Path) -> None:
     write("replay_bits_text", zero, weight_bits="eight")
     write("replay_model_number", zero, model=17)
     write("replay_samples_text", zero, max_samples="all")
+    write("replay_samples_negative", zero, max_samples=-1)
     write("replay_hash_number", zero, model_sha256=5)
     write("replay_other_model", zero, model_sha256="0" * 64)
     _npz(root / "replay_no_meta.npz", **{"delta/fc.weight": zero})
@@ -412,6 +422,8 @@ def _cases() -> list[Case]:
         "bomb_constantofshape": r"(allocate|elements)",
         "bomb_expand": r"(allocate|elements)",
         "bomb_matmul_lies": r"(allocate|elements)",
+        "unknown_dtype": r"tensor 'W' has an unknown element type 999",
+        "fixed_batch_broken": r"(fails on the input|fixes the batch size to 1)",
     }
     inspect_ok = {"out_1d", "out_scalar", "out_4d", "out_3d_first", "out_one_class", "two_inputs"}
     for model, pattern in model_refusals.items():
@@ -516,7 +528,7 @@ def _cases() -> list[Case]:
         "replay_no_thg": r"metadata.*thg", "replay_thg_text": r"metadata.*thg", "replay_thg_nan": r"thg",
         "replay_thg_negative": r"thg", "replay_no_format": r"format", "replay_params_text": r"metadata.*device_params",
         "replay_bits_text": r"metadata.*weight_bits", "replay_model_number": r"metadata.*model",
-        "replay_samples_text": r"metadata.*max_samples", "replay_hash_number": r"metadata.*model_sha256",
+        "replay_samples_text": r"metadata.*max_samples", "replay_samples_negative": r"max_samples must be >= 1", "replay_hash_number": r"metadata.*model_sha256",
         "replay_other_model": r"different model", "replay_no_meta": r"not a cimguard perturbation",
         "replay_meta_not_json": r"not a cimguard perturbation", "replay_meta_list": r"not a cimguard perturbation",
         "crc_error": r"(CRC|corrupt)", "zip_bomb": r"(declares|holds).*bytes", "header_4tib": r"elements",

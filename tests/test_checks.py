@@ -100,14 +100,14 @@ def test_read_npz_refuses_members_before_np_load_allocates(tmp_path):
 # -- model types cimguard supports --------------------------------------------------------------------
 
 
-def _token_model(path):
+def _token_model(path, ids_type=TensorProto.INT64):
     """ids [batch, 8] int64 -> Gather on an embedding initializer -> mean -> Gemm: an embedding classifier."""
     rng = np.random.default_rng(0)
     graph = helper.make_graph(
         [helper.make_node("Gather", ["emb", "ids"], ["e"]),
          helper.make_node("ReduceMean", ["e"], ["m"], axes=[1], keepdims=0),
          helper.make_node("Gemm", ["m", "W", "b"], ["y"], transB=1, name="fc")],
-        "tokens", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", 8])],
+        "tokens", [helper.make_tensor_value_info("ids", ids_type, ["batch", 8])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 10])],
         [numpy_helper.from_array(rng.normal(0, 1, (50, 16)).astype(np.float32), "emb"),
          numpy_helper.from_array(rng.normal(0, 0.3, (10, 16)).astype(np.float32), "W"),
@@ -135,6 +135,31 @@ def test_integer_token_inputs_stay_integers_and_only_float_weights_are_perturbed
     np.savez(floats, x=ids + 0.5)
     result = invoke("evaluate", "--model", model, "--data", floats)
     assert result.exit_code == 1 and "token ids" in result.output
+
+
+def test_token_ids_that_do_not_fit_the_input_type_are_refused_not_wrapped(invoke, tmp_path):
+    model = _token_model(tmp_path / "tokens32.onnx", TensorProto.INT32)
+    wide = tmp_path / "wide.npz"
+    np.savez(wide, x=np.full((4, 8), 2**32 + 5, np.int64))  # a cast to int32 would make it token 5
+    result = invoke("evaluate", "--model", model, "--data", wide, "--samples", "1")
+    assert result.exit_code == 1 and "outside int32" in result.output, result.output
+    huge = tmp_path / "huge.npz"
+    np.savez(huge, x=np.full((4, 8), 2**64 - 1, np.uint64))
+    result = invoke("evaluate", "--model", model, "--data", huge, "--samples", "1")
+    assert result.exit_code == 1 and "integers above" in result.output, result.output
+
+
+def test_stacked_chips_that_cannot_run_fall_back_to_the_one_chip_loop(setup, monkeypatch):
+    from cimguard import evaluate
+
+    one = evaluate.monte_carlo(setup.crossbar, setup.data, 5, seed=3, progress=False, chips_per_pass=1)
+
+    def cannot_stack(*args, **kwargs):
+        raise RuntimeError("vmap: an op that cannot be batched over weights")
+
+    monkeypatch.setattr(evaluate, "stacked_weights_accuracy", cannot_stack)
+    stacked = evaluate.monte_carlo(setup.crossbar, setup.data, 5, seed=3, progress=False, chips_per_pass=2)
+    assert stacked.accuracies == one.accuracies
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float64])
