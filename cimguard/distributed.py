@@ -240,6 +240,25 @@ def local_slice(count: int) -> slice:
     return slice(count * _world.rank // _world.size, count * (_world.rank + 1) // _world.size)
 
 
+def mini_batches(count: int, batch_size: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` of consecutive mini-batches of ``count`` samples, each split over the ranks.
+
+    One process: plain batches of ``batch_size``.  Under torchrun a last batch with fewer
+    samples than ranks is merged into the one before, so no rank is ever left with no
+    sample (an empty forward pass fails on many exported graphs, e.g. ``Reshape [0, -1]``).
+    """
+    bounds = [(start, min(start + batch_size, count)) for start in range(0, count, batch_size)]
+    if _world is None:
+        return bounds
+    if count < _world.size:
+        from cimguard.errors import CimguardError
+
+        raise CimguardError(f"{count} samples cannot be shared by {_world.size} processes; use fewer processes")
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < _world.size:
+        bounds[-2:] = [(bounds[-2][0], count)]
+    return bounds
+
+
 def chip_range(samples: int) -> range:
     """The Monte Carlo chip indices this rank evaluates (all of them in one process)."""
     part = local_slice(samples)

@@ -238,8 +238,8 @@ class Trainer:
             while run.epoch < self.config.epochs:
                 losses, correct = [], []
                 order = torch.randperm(len(x), generator=run.data_generator).to(x.device)
-                for start in range(0, len(x), self.config.batch_size):
-                    index = order[start : start + self.config.batch_size]
+                for start, stop in distributed.mini_batches(len(x), self.config.batch_size):
+                    index = order[start:stop]
                     run.batch_size = len(index)
                     index = index[distributed.local_slice(len(index))]  # torchrun: this rank's share
                     loss, acc = self.train_batch(run, x[index], y[index])

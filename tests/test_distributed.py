@@ -135,3 +135,18 @@ def test_without_torchrun_every_helper_is_the_one_process_identity():
 
 def _initializers(path: Path) -> dict[str, np.ndarray]:
     return {init.name: numpy_helper.to_array(init) for init in onnx.load(path).graph.initializer}
+
+
+def test_no_rank_is_left_without_a_sample(monkeypatch):
+    from types import SimpleNamespace
+
+    from cimguard import distributed
+    from cimguard.errors import CimguardError
+
+    assert distributed.mini_batches(10, 4) == [(0, 4), (4, 8), (8, 10)]  # one process: plain batches
+    monkeypatch.setattr(distributed, "_world", SimpleNamespace(rank=0, size=3))
+    # The last batch (2 samples for 3 ranks) joins the one before; a batch of 3 or more is kept.
+    assert distributed.mini_batches(10, 4) == [(0, 4), (4, 10)]
+    assert distributed.mini_batches(11, 4) == [(0, 4), (4, 8), (8, 11)]
+    with pytest.raises(CimguardError, match="2 samples cannot be shared by 3 processes"):
+        distributed.mini_batches(2, 4)

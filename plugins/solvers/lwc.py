@@ -138,8 +138,8 @@ class LWC(Solver):
         done = 0
         for _ in range(self.config.passes):
             order = torch.randperm(len(y_all), generator=generator, device=y_all.device)
-            for start in range(0, len(order), self.config.batch_size):
-                index = order[start : start + self.config.batch_size]
+            for start, stop in distributed.mini_batches(len(order), self.config.batch_size):
+                index = order[start:stop]
                 index = index[distributed.local_slice(len(index))]  # torchrun: this rank's share of the batch
                 # Weights with a zero bound (layers outside the box) stay exactly zero.
                 delta = {name: u[name] * bounds[name] for name in u}
