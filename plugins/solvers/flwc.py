@@ -16,19 +16,19 @@ from dataclasses import dataclass
 
 import torch
 
-from cimguard.errors import CimguardError
-from cimguard.hookspecs import hookimpl
-from cimguard.solve import (
+from cimguard.plugin_api import (
     AttackProblem,
+    CimguardError,
     Perturbation,
     Solver,
     SolverConfig,
     Tracker,
+    accuracy,
+    hookimpl,
     is_finite,
     linf_ratio,
     margin_gradient_with_accuracy,
 )
-from cimguard.evaluate import accuracy
 
 
 @dataclass(frozen=True)
