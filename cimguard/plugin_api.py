@@ -125,7 +125,7 @@ A dataset
 ---------
 ::
 
-    from cimguard.plugin_api import Dataset, hookimpl, read_npz
+    from cimguard.plugin_api import hookimpl, read_npz  # read_npz returns a Dataset
 
     @hookimpl
     def register_datasets(register):
