@@ -151,7 +151,9 @@ from cimguard.solve import (
     linf_ratio,
     margin_gradient_with_accuracy,
     margin_loss,
+    flwc_step,
     project,
+    sign_descent,
     sign_step,
 )
 from cimguard.train import Run, Trainer, TrainerConfig, check_rcg, rcg_mean_perturbation, rcg_perturbation
@@ -184,6 +186,8 @@ __all__: list[str] = [
     "margin_gradient_with_accuracy",
     "project",
     "sign_step",
+    "sign_descent",
+    "flwc_step",
     # trainers
     "Trainer",
     "TrainerConfig",

@@ -206,7 +206,7 @@ def test_ctrl_c_returns_best_so_far_marked_interrupted(small, solver, options):
 
 
 def test_ctrl_c_before_any_candidate_gives_the_clean_chip(small, monkeypatch):
-    import cimguard_plugins.solvers.flwc as flwc_module
+    import cimguard.solve as flwc_module  # flwc's sign descent lives in the core
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

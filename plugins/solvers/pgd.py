@@ -37,10 +37,11 @@ from cimguard.plugin_api import (
     Solver,
     SolverConfig,
     Tracker,
+    flwc_step,
     hookimpl,
     is_finite,
+    sign_descent,
 )
-from cimguard_plugins.solvers.flwc import flwc_step, sign_descent
 
 
 @dataclass(frozen=True)
