@@ -5,7 +5,7 @@
 Every trainer starts from the embedded LeNet (digits), with the same seed, epochs,
 learning rate and batch size (the ``atrice`` defaults unless given):
 
-* ``vanilla``: quantisation-aware fine-tuning without variation (``cimguard.train.VanillaTrainer``);
+* ``vanilla``: quantisation-aware fine-tuning without variation (the ``vanilla`` trainer);
 * ``noise``: a gaussian-device chip per mini-batch, programmed *without* write-verify
   (σ 0.1 levels, untruncated; after write-verify at 0.03 the noise is too small to matter);
 * ``trice``: RCG noise with its automatic (σ, threshold) search, KPP scored on chips of that
@@ -40,10 +40,11 @@ def harden_and_compare(*, epochs: int | None = None, lr: float | None = None, se
     from cimguard.data import fit_to_model
     from cimguard.export import export_onnx
     from cimguard.pipeline import build_setup, default_model
-    from cimguard.train import TrainerConfig, VanillaTrainer
+    from cimguard.train import TrainerConfig
     from cimguard_plugins.trainers.atrice import ATriceConfig, ATriceTrainer
     from cimguard_plugins.trainers.noise import NoiseTrainer
     from cimguard_plugins.trainers.trice import TriceConfig, TriceTrainer
+    from cimguard_plugins.trainers.vanilla import VanillaTrainer
 
     defaults = ATriceConfig()
     common = {

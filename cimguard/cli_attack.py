@@ -91,8 +91,8 @@ def parse_solver_params(pairs: tuple[str, ...], solvers: list[str], iterations: 
             raise CimguardError(f"--solver-param {pair!r} names solver {target!r}, which is not in --solver")
         takers = [name for name in targets if field_name in solver_option_names(name)]
         if not takers:
-            known = sorted(set().union(*(solver_option_names(name) for name in targets)))
-            raise CimguardError(f"--solver-param: no chosen solver has an option {field_name!r} (options: {', '.join(known)})")
+            known = "; ".join(f"{name}: {', '.join(sorted(solver_option_names(name)))}" for name in targets)
+            raise CimguardError(f"--solver-param: no chosen solver has an option {field_name!r} (options of {known})")
         for name in takers:
             raw[name][field_name] = value.strip()
     return {name: coerce_solver_options(name, options) for name, options in raw.items()}

@@ -34,13 +34,15 @@ if TYPE_CHECKING:
 @click.option("--sigma", type=click.FloatRange(min=0), default=None, help="trice/atrice: sigma of the RCG noise (level units).")
 @click.option("--threshold", type=float, default=None, help="trice/atrice: RCG censoring threshold (units of sigma; inf: none).")
 @click.option("--eta-train", type=click.FloatRange(min=0), default=None, help="atrice: adversarial step in level units (default: 1.5 x thg).")
+@click.option("--trainer-param", "trainer_params", multiple=True, metavar="FIELD=VALUE",
+              help="Set one field of the trainer's config, e.g. sigma=0.2 (repeatable; any trainer, third-party included).")
 @seed_option
 @click.option("--checkpoint", type=click.Path(), default=None, help="Checkpoint file, rewritten after every epoch.")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run saved in --checkpoint.")
 @click.option("--json", "json_path", type=click.Path(), default=None, help="Write a training report to a new JSON file.")
 def harden(model, trainer_name, output, data, device_name, device_params, device_file, weight_bits, verify,
-           torch_device, max_samples, thg, epochs, lr, batch_size, alpha, sigma, threshold, eta_train, seed,
-           checkpoint, resume, json_path) -> None:
+           torch_device, max_samples, thg, epochs, lr, batch_size, alpha, sigma, threshold, eta_train, trainer_params,
+           seed, checkpoint, resume, json_path) -> None:
     """Fine-tune MODEL (default: the embedded model) to resist device variation; write the result to -o.
 
     Only the crossbar weights change: the output is the input's ONNX graph with new
@@ -55,10 +57,7 @@ def harden(model, trainer_name, output, data, device_name, device_params, device
     from cimguard.train import check_checkpoint
 
     trainer_class = registry("trainers").get(trainer_name)
-    trainer = trainer_class.from_options(
-        trainer_name, epochs=epochs, lr=lr, batch_size=batch_size, alpha=alpha, sigma=sigma, threshold=threshold,
-        eta_train=eta_train, seed=seed,
-    )
+    trainer = trainer_class.from_options(trainer_name, **trainer_options(click.get_current_context(), trainer_params))
     # Every refusal happens before any training starts.  The checkpoint rules are the
     # trainer's own (checked again by Trainer.fit); with --resume the checkpoint is an input.
     check_checkpoint(checkpoint, resume)
@@ -106,6 +105,33 @@ def harden(model, trainer_name, output, data, device_name, device_params, device
                                "clean_accuracy_before": before, "clean_accuracy_after": after,
                                "output": {"path": str(Path(output).resolve()), "sha256": file_sha256(output)}})
         click.echo(f"wrote {json_path}")
+
+
+#: The trainer config fields that have an option of their own, and that option.
+TRAINER_SHORTHANDS: dict[str, str] = {
+    "epochs": "--epochs", "lr": "--lr", "batch_size": "--batch-size", "alpha": "--alpha", "sigma": "--sigma",
+    "threshold": "--threshold", "eta_train": "--eta-train", "seed": "--seed",
+}
+
+
+def trainer_options(ctx: click.Context, trainer_params: Sequence[str]) -> dict[str, Any]:
+    """The trainer's options: the shorthand options' values, then ``--trainer-param FIELD=VALUE`` (text,
+    typed by the trainer's config when it is built).
+
+    A field set both by its shorthand and by ``--trainer-param`` is refused rather than one silently winning.
+    """
+    from click.core import ParameterSource
+
+    from cimguard.device import parse_param_overrides
+
+    given = parse_param_overrides(trainer_params, option="--trainer-param")
+    options: dict[str, Any] = {}
+    for field_name, flag in TRAINER_SHORTHANDS.items():
+        explicit = ctx.get_parameter_source(field_name) not in (None, ParameterSource.DEFAULT)
+        if explicit and field_name in given:
+            raise CimguardError(f"{flag} and --trainer-param {field_name}={given[field_name]} both set {field_name}; give one")
+        options[field_name] = ctx.params[field_name]
+    return {**options, **given}
 
 
 # -- compare ------------------------------------------------------------------------------------

@@ -246,43 +246,16 @@ class Device:
         return conductance_us / self.level_step_us
 
 
-def truncated_normal(
-    mean: torch.Tensor,
-    std: torch.Tensor,
-    low: float,
-    high: float,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Samples of ``N(mean, std)`` conditioned on ``low <= x <= high`` (inverse-CDF method).
-
-    Exact for any truncation width (no rejection loop), so its cost is one uniform
-    draw and one ``ndtri`` per sample.  ``std == 0`` gives ``mean`` clamped.
-    """
-    if math.isinf(low) and math.isinf(high):
-        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
-        return mean + std * noise
-    safe_std = std.clamp_min(1e-12)
-    a = (low - mean) / safe_std
-    b = (high - mean) / safe_std
-    cdf_a = torch.special.ndtr(a)
-    cdf_b = torch.special.ndtr(b)
-    u = torch.rand(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
-    p = (cdf_a + u * (cdf_b - cdf_a)).clamp(1e-12, 1 - 1e-12)
-    x = mean + safe_std * torch.special.ndtri(p)
-    x = torch.where(std > 0, x, mean)
-    return x.clamp(low, high)
-
-
 # -- building devices from names, profiles and overrides ------------------------------------
 
 
-def parse_param_overrides(pairs: typing.Iterable[str]) -> dict[str, str]:
-    """``["sigma=0.05", "t=86400"]`` -> ``{"sigma": "0.05", "t": "86400"}``."""
+def parse_param_overrides(pairs: typing.Iterable[str], option: str = "--device-param") -> dict[str, str]:
+    """``["sigma=0.05", "t=86400"]`` -> ``{"sigma": "0.05", "t": "86400"}``; errors name ``option``."""
     result: dict[str, str] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise CimguardError(f"--device-param expects FIELD=VALUE, got {pair!r}")
+            raise CimguardError(f"{option} expects FIELD=VALUE, got {pair!r}")
         result[key.strip()] = value.strip()
     return result
 

@@ -10,6 +10,9 @@ third-party plugins are found through the ``cimguard`` entry-point group::
 Every ``register_*`` hook receives a ``register(name, factory)`` callback.  Names
 are global per kind: registering a name that another plugin already registered
 is an error naming both plugins.
+
+Plugin authors import everything (``hookimpl``, base classes, helpers) from
+:mod:`cimguard.plugin_api`, which documents each hook with an example.
 """
 
 from __future__ import annotations

@@ -448,11 +448,6 @@ def legalise_model(model: onnx.ModelProto) -> Legalised:
     return state
 
 
-def legalise(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Return a legalised copy of ``model``."""
-    return legalise_model(model).model
-
-
 def _default_opset(model: onnx.ModelProto) -> int:
     for op in model.opset_import:
         if op.domain in ("", "ai.onnx"):

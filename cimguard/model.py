@@ -623,12 +623,6 @@ def _torch_feed(x: np.ndarray) -> torch.Tensor:
     return tensor.float() if tensor.is_floating_point() else tensor
 
 
-def _first_output(output: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
-    if isinstance(output, torch.Tensor):
-        return output
-    return output[0]
-
-
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0][:300]

@@ -1,15 +1,18 @@
 """Plugin configs: checking a config for its owner, and typing option values given as text.
 
 Devices, solvers and trainers each take a frozen config dataclass (``Config``); a
-field's annotation says what text from ``--device-param``, ``--solver-param`` or
-TOML must become.
+field's annotation says what text from ``--device-param``, ``--solver-param``,
+``--trainer-param`` or TOML must become.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import typing
-from typing import Any
+from typing import Any, Mapping
+
+from cimguard.errors import CimguardError
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
@@ -54,6 +57,26 @@ def coerce(raw: Any, hint: Any) -> Any:
     except TypeError:
         raise ValueError(raw) from None
     return raw
+
+
+def config_values(kind: str, name: str, config_class: type, raw: Mapping[str, Any]) -> dict[str, Any]:
+    """``raw`` as values of ``config_class``'s fields: text typed by each field's annotation.
+
+    A field the config does not have is refused with one line naming the ``kind``
+    ("solver", "trainer") called ``name`` and its fields, never dropped silently.
+    """
+    hints = field_types(config_class)
+    fields = sorted(f.name for f in dataclasses.fields(config_class))
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise CimguardError(f"{kind} {name!r} has no option {', '.join(unknown)} (its options: {', '.join(fields)})")
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        try:
+            values[key] = coerce(value, hints[key]) if isinstance(value, str) else value
+        except ValueError:
+            raise CimguardError(f"{kind} {name!r}: option {key} expects {type_name(hints[key])}, got {value!r}") from None
+    return values
 
 
 def checked_config(owner: Any, config: Any | None) -> Any:

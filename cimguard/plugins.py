@@ -27,6 +27,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "cimguard_plugins.trainers.noise",
     "cimguard_plugins.trainers.trice",
     "cimguard_plugins.trainers.atrice",
+    "cimguard_plugins.trainers.vanilla",
 )
 
 #: Set to any non-empty value to skip loading plugins from the ``cimguard``
@@ -117,13 +118,6 @@ def _load_entry_points(manager: pluggy.PluginManager) -> None:
 
 pm: pluggy.PluginManager = _new_manager()
 _registries: dict[str, Registry[Any]] | None = None
-
-
-def reload() -> None:
-    """Rebuild the manager (re-reading entry points) and forget cached registries."""
-    global pm, _registries
-    pm = _new_manager()
-    _registries = None
 
 
 def plugin_label(plugin: object) -> str:

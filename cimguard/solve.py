@@ -8,6 +8,7 @@ is negative exactly when a sample is misclassified.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -22,7 +23,7 @@ import torch
 from cimguard.crossbar import Crossbar, Perturbation, check_within_bounds
 from cimguard.errors import CimguardError
 from cimguard.progress import progress_bar
-from cimguard.options import checked_config, coerce, field_types, type_name
+from cimguard.options import checked_config, config_values
 from cimguard import distributed
 from cimguard.evaluate import EvalData, accuracy, local_part
 
@@ -157,10 +158,18 @@ class Solver:
         self.callbacks: list[TraceCallback] = []
 
     @classmethod
-    def from_options(cls, **options: Any) -> "Solver":
-        """Build with only the options this solver's config has (others are ignored)."""
-        names = {f.name for f in dataclasses.fields(cls.Config)}
-        return cls(cls.Config(**{k: v for k, v in options.items() if k in names and v is not None}))
+    def from_options(cls, name: str | None = None, **options: Any) -> "Solver":
+        """Build from option values (text is typed by the config); ``None`` means "not given".
+
+        An option this solver's config does not have is an error naming its fields;
+        a bad value is an error naming the solver.
+        """
+        label = name or cls.__name__
+        values = config_values("solver", label, cls.Config, {k: v for k, v in options.items() if v is not None})
+        try:
+            return cls(cls.Config(**values))
+        except CimguardError as exc:
+            raise CimguardError(f"solver {label!r}: {exc}") from None
 
     def total_passes(self, problem: AttackProblem) -> int | None:
         """Upper bound on passes over the data, for the progress bar (``None``: unknown)."""
@@ -236,6 +245,65 @@ def sign_step(perturbation: Perturbation, gradient: Perturbation, step: Perturba
         name: value - (step[name] if isinstance(step, dict) else step) * torch.sign(gradient[name])
         for name, value in perturbation.items()
     }
+
+
+def sign_descent(
+    problem: AttackProblem,
+    start: Perturbation,
+    steps: int,
+    step: Perturbation,
+    kappa: float,
+    tracker: Tracker,
+    *,
+    stop_at_bound: bool = False,
+    label: str = "flwc",
+    schedule: Callable[[int], float] | None = None,
+) -> tuple[Perturbation, int]:
+    """Projected sign-gradient descent on the summed margin; every iterate goes to ``tracker``.
+
+    ``schedule(t)`` (optional) scales the step at iteration ``t``.  Returns the last
+    iterate and the number of steps taken.  Iterate ``t`` is scored from the logits of the gradient pass at ``t``;
+    the final iterate costs one extra forward pass.
+
+    The descent stops early, and says why in the trace (``stopped``), when there is
+    nothing left to find: the accuracy is 0 (every margin is negative: no chip can do
+    worse) or the gradient vanished inside the box (every step would leave ΔW where it is,
+    e.g. a label-free model whose margins are all clamped at ``-κ``).
+    """
+    delta = {name: value.clone() for name, value in start.items()}
+    taken = 0
+    stopped = f"{label}: used its {steps} steps"
+    scored = False  # True when the last iterate's accuracy is already in the trace
+    for t in range(steps):
+        distance = linf_ratio(delta, problem.bounds)
+        if stop_at_bound and distance >= 1.0 - 1e-6:
+            stopped = f"{label}: reached the box (max |ΔW| = bound)"
+            break
+        grads, margin, acc = margin_gradient_with_accuracy(problem.crossbar, problem.data, delta, kappa)
+        tracker.advance()
+        tracker.record(delta, acc, phase=label, iteration=t, margin=margin, distance=distance)
+        if acc <= 0.0:
+            stopped, scored = f"{label}: accuracy 0 (every margin negative) after {t + 1} passes", True
+            break
+        if not any(bool(((grad != 0) & (problem.bounds[name] > 0)).any()) for name, grad in grads.items()):
+            stopped, scored = f"{label}: the margin gradient vanished after {t + 1} passes", True
+            break
+        scale = 1.0 if schedule is None else schedule(t)
+        with torch.no_grad():  # in place: this is sign_step + project without new full-size tensors
+            for name, value in delta.items():
+                value.addcmul_(torch.sign(grads[name]), step[name], value=-scale)
+                torch.clamp(value, -problem.bounds[name], problem.bounds[name], out=value)
+        taken += 1
+    if not scored:
+        final = accuracy(problem.crossbar, problem.data, delta)
+        tracker.record(delta, final, phase=label, iteration="final", distance=linf_ratio(delta, problem.bounds))
+    tracker.stop(stopped)
+    return delta, taken
+
+
+def flwc_step(problem: AttackProblem, k: float) -> Perturbation:
+    """The F-LWC step ``η = bound / k`` per weight."""
+    return {name: bound / k for name, bound in problem.bounds.items()}
 
 
 def verified(problem: AttackProblem, result: WorstCase, solver_name: str) -> WorstCase:
@@ -317,11 +385,7 @@ def build_solver(name: str, options: Mapping[str, Any] | None = None) -> Solver:
     """Look up solver ``name`` and build it with ``options`` (validated: a bad value is a one-line error)."""
     from cimguard.plugins import registry
 
-    solver_class = registry("solvers").get(name)
-    try:
-        return solver_class.from_options(**dict(options or {}))
-    except CimguardError as exc:
-        raise CimguardError(f"solver {name!r}: {exc}") from None
+    return registry("solvers").get(name).from_options(name, **dict(options or {}))
 
 
 def build_solvers(names: list[str], options: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Solver]:
@@ -330,7 +394,7 @@ def build_solvers(names: list[str], options: Mapping[str, Mapping[str, Any]] | N
 
 
 def run_solver(
-    name: str,
+    solver: str | Solver,
     problem: AttackProblem,
     seed: int = 0,
     options: Mapping[str, Any] | None = None,
@@ -338,8 +402,21 @@ def run_solver(
     progress: bool = False,
     callbacks: tuple[TraceCallback, ...] = (),
 ) -> SolverRun:
-    """Look up solver ``name``, run it, and return its answer after the core's independent check."""
-    solver = build_solver(name, options)
+    """Run ``solver`` (a registered name, or a :class:`Solver` object) and return its answer after the
+    core's independent check.
+
+    ``options`` configure a solver given by name; a :class:`Solver` object carries its own config.
+    """
+    if isinstance(solver, Solver):
+        if options:
+            raise CimguardError("run_solver: options configure a solver given by name; this Solver object has its config")
+        name = _registered_name(solver)
+        # A shallow copy: this run's progress flag and callbacks must not stick to the caller's object.
+        solver = copy.copy(solver)
+        solver.callbacks = list(solver.callbacks)
+    else:
+        name = solver
+        solver = build_solver(name, options)
     solver.progress = progress
     solver.callbacks.extend(callbacks)
     start = time.perf_counter()
@@ -350,6 +427,14 @@ def run_solver(
     checked = verified(problem, worst, name)
     return SolverRun(name, None if problem.device_box else problem.thg, checked, seconds, dataclasses.asdict(solver.config),
                      linf_ratio(checked.perturbation, problem.bounds))
+
+
+def _registered_name(solver: Solver) -> str:
+    """The name ``solver``'s class is registered under, else its class name (for reports and errors)."""
+    from cimguard.plugins import registry
+
+    solvers = registry("solvers")
+    return next((name for name in solvers.names() if solvers.get(name) is type(solver)), type(solver).__name__)
 
 
 # -- saved perturbations ------------------------------------------------------------------------------
@@ -422,19 +507,10 @@ def solver_option_names(name: str) -> set[str]:
 
 
 def coerce_solver_options(name: str, raw: Mapping[str, Any]) -> dict[str, Any]:
-    """Text values (``--solver-param k=20``) typed by solver ``name``'s config; unknown fields are skipped."""
+    """Text values (``--solver-param k=20``) typed by solver ``name``'s config; an unknown field is an error."""
     from cimguard.plugins import registry
 
-    hints = field_types(registry("solvers").get(name).Config)
-    result: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key not in hints:
-            continue
-        try:
-            result[key] = coerce(value, hints[key]) if isinstance(value, str) else value
-        except ValueError:
-            raise CimguardError(f"solver {name!r}: option {key} expects {type_name(hints[key])}, got {value!r}") from None
-    return result
+    return config_values("solver", name, registry("solvers").get(name).Config, raw)
 
 
 # -- sweeps over the write-verify threshold -----------------------------------------------------------

@@ -35,7 +35,7 @@ from torch.nn import functional as F
 from cimguard import distributed
 from cimguard.crossbar import Crossbar, Perturbation
 from cimguard.errors import CimguardError
-from cimguard.options import checked_config
+from cimguard.options import checked_config, config_values
 from cimguard.progress import progress_bar
 
 #: Bumped when the checkpoint layout changes; older checkpoints are refused.
@@ -168,20 +168,13 @@ class Trainer:
 
     @classmethod
     def from_options(cls, name: str | None = None, **options: Any) -> "Trainer":
-        """Build from option values; ``None`` means "not given".
+        """Build from option values (text is typed by the config); ``None`` means "not given".
 
         An option given explicitly that this trainer does not have is an error
         (``--alpha`` means nothing to the ``noise`` trainer).
         """
-        names = {f.name for f in dataclasses.fields(cls.Config)}
         given = {k: v for k, v in options.items() if v is not None}
-        unknown = sorted(set(given) - names)
-        if unknown:
-            label = name or cls.__name__
-            raise CimguardError(
-                f"trainer {label!r} has no option {', '.join(unknown)} (its options: {', '.join(sorted(names))})"
-            )
-        return cls(cls.Config(**given))
+        return cls(cls.Config(**config_values("trainer", name or cls.__name__, cls.Config, given)))
 
     # -- what subclasses implement ----------------------------------------------------------
     def prepare(self, crossbar: Crossbar, x: torch.Tensor, y: torch.Tensor, *, progress: bool = False) -> dict[str, Any]:
@@ -368,17 +361,6 @@ def check_checkpoint(checkpoint: str | Path | None, resume: bool) -> Path | None
     elif not path.parent.is_dir():
         raise CimguardError(f"checkpoint folder {path.parent} does not exist")
     return path
-
-
-class VanillaTrainer(Trainer):
-    """Quantisation-aware fine-tuning without any variation: the baseline hardening is compared with."""
-
-    summary = "fine-tune on the quantised chip without variation (baseline)"
-
-    def train_batch(self, run: Run, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-        loss, acc = run.cross_entropy(run.chip(), x, y)
-        run.step(loss)
-        return float(loss.detach()), acc
 
 
 # -- right-censored Gaussian noise (TRICE) ----------------------------------------------------

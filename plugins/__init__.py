@@ -1,5 +1,6 @@
 """cimguard's built-in plugins.
 
-Installed as ``cimguard_plugins``.  Each module here uses only the public hooks in
-:mod:`cimguard.hookspecs`, exactly as a third-party plugin would.
+Installed as ``cimguard_plugins``.  Each module here imports from cimguard only
+:mod:`cimguard.plugin_api` (the public hooks, base classes and helpers), exactly as
+a third-party plugin would; a test walks their imports to keep it so.
 """

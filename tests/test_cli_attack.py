@@ -141,7 +141,7 @@ def test_replay_refuses_another_model(invoke, tmp_path):
 
 
 def test_ctrl_c_stops_cleanly_and_keeps_the_best_chip(invoke, tmp_path, monkeypatch):
-    import cimguard_plugins.solvers.flwc as flwc_module
+    import cimguard.solve as flwc_module  # flwc's sign descent lives in the core
 
     real = flwc_module.margin_gradient_with_accuracy
     calls = {"n": 0}

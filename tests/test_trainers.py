@@ -14,7 +14,6 @@ from cimguard.plugins import registry
 from cimguard.solve import make_problem, run_solver
 from cimguard.train import (
     TrainerConfig,
-    VanillaTrainer,
     rcg_mean,
     rcg_mean_perturbation,
     rcg_perturbation,
@@ -22,6 +21,7 @@ from cimguard.train import (
 from cimguard_plugins.trainers.atrice import ATriceConfig, ATriceTrainer
 from cimguard_plugins.trainers.noise import NoiseTrainer
 from cimguard_plugins.trainers.trice import TriceConfig, TriceTrainer
+from cimguard_plugins.trainers.vanilla import VanillaTrainer
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -10,9 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from cimguard.data import Dataset
-from cimguard.errors import CimguardError
-from cimguard.hookspecs import hookimpl
+from cimguard.plugin_api import CimguardError, Dataset, hookimpl
 
 
 def load_digits_dataset(argument: str | None = None) -> Dataset:

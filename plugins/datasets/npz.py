@@ -6,9 +6,7 @@ without it cimguard runs label-free), optional ``x_train`` / ``y_train``.
 
 from __future__ import annotations
 
-from cimguard.data import Dataset, read_npz
-from cimguard.errors import CimguardError
-from cimguard.hookspecs import hookimpl
+from cimguard.plugin_api import CimguardError, Dataset, hookimpl, read_npz
 
 
 def load_npz_dataset(argument: str | None) -> Dataset:

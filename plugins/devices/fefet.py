@@ -32,9 +32,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cimguard.device import Device, DeviceConfig, check_non_negative
-from cimguard.errors import CimguardError
-from cimguard.hookspecs import hookimpl
+from cimguard.plugin_api import CimguardError, Device, DeviceConfig, check_non_negative, hookimpl
 
 FEFET_SOURCE = (
     "Soliman et al., 'First demonstration of in-memory computing crossbar using multi-level cell FeFET', "

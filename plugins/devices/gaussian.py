@@ -11,9 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cimguard.device import Device, DeviceConfig
-from cimguard.errors import CimguardError
-from cimguard.hookspecs import hookimpl
+from cimguard.plugin_api import CimguardError, Device, DeviceConfig, hookimpl
 
 
 @dataclass(frozen=True)

@@ -38,9 +38,14 @@ from dataclasses import dataclass
 
 import torch
 
-from cimguard.device import AfterProgramming, Device, DeviceConfig, check_non_negative
-from cimguard.errors import CimguardError
-from cimguard.hookspecs import hookimpl
+from cimguard.plugin_api import (
+    AfterProgramming,
+    CimguardError,
+    Device,
+    DeviceConfig,
+    check_non_negative,
+    hookimpl,
+)
 
 AIHWKIT_SOURCE = (
     "IBM aihwkit PCMLikeNoiseModel (aihwkit.inference.noise.pcm), after Nandakumar et al., ICECS 2019: "

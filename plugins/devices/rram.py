@@ -20,9 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cimguard.device import Device, DeviceConfig, check_non_negative
-from cimguard.errors import CimguardError
-from cimguard.hookspecs import hookimpl
+from cimguard.plugin_api import CimguardError, Device, DeviceConfig, check_non_negative, hookimpl
 
 MILO_SOURCE = (
     "V. Milo et al., 'Optimized programming algorithms for multilevel RRAM in hardware neural networks', "

@@ -33,11 +33,24 @@ from dataclasses import dataclass
 
 import torch
 
-from cimguard import distributed
-from cimguard.errors import CimguardError
-from cimguard.evaluate import accuracy
-from cimguard.hookspecs import hookimpl
-from cimguard.solve import AttackProblem, Perturbation, Solver, SolverConfig, Tracker, is_finite, linf_ratio, margin_loss, project
+from cimguard.plugin_api import (
+    AttackProblem,
+    CimguardError,
+    Perturbation,
+    Solver,
+    SolverConfig,
+    Tracker,
+    accuracy,
+    hookimpl,
+    is_finite,
+    is_main,
+    linf_ratio,
+    local_slice,
+    margin_loss,
+    mini_batches,
+    project,
+    sum_gradients,
+)
 
 
 @dataclass(frozen=True)
@@ -138,18 +151,18 @@ class LWC(Solver):
         done = 0
         for _ in range(self.config.passes):
             order = torch.randperm(len(y_all), generator=generator, device=y_all.device)
-            for start, stop in distributed.mini_batches(len(order), self.config.batch_size):
+            for start, stop in mini_batches(len(order), self.config.batch_size):
                 index = order[start:stop]
-                index = index[distributed.local_slice(len(index))]  # torchrun: this rank's share of the batch
+                index = index[local_slice(len(index))]  # torchrun: this rank's share of the batch
                 # Weights with a zero bound (layers outside the box) stay exactly zero.
                 delta = {name: u[name] * bounds[name] for name in u}
                 margin = margin_loss(problem.crossbar.logits(x_all[index], delta), y_all[index], self.config.kappa)
                 distance = sum(((u[name] * live[name]) ** 2).sum() for name in u)
                 # The distance term is counted once: on rank 0 (always, in one process).
-                loss = c * margin.sum() + (problem.thg * distance if distributed.is_main() else 0.0)
+                loss = c * margin.sum() + (problem.thg * distance if is_main() else 0.0)
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
-                distributed.sum_gradients(u.values())
+                sum_gradients(u.values())
                 optimiser.step()
             tracker.advance()
             if self.config.score_passes:

@@ -31,10 +31,17 @@ from dataclasses import dataclass
 
 import torch
 
-from cimguard.errors import CimguardError
-from cimguard.hookspecs import hookimpl
-from cimguard.solve import AttackProblem, Solver, SolverConfig, Tracker, is_finite
-from cimguard_plugins.solvers.flwc import flwc_step, sign_descent
+from cimguard.plugin_api import (
+    AttackProblem,
+    CimguardError,
+    Solver,
+    SolverConfig,
+    Tracker,
+    flwc_step,
+    hookimpl,
+    is_finite,
+    sign_descent,
+)
 
 
 @dataclass(frozen=True)

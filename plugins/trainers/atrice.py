@@ -19,12 +19,21 @@ from typing import Any
 
 import torch
 
-from cimguard.crossbar import Crossbar, Perturbation
-from cimguard.distributed import all_reduce_sum
-from cimguard.errors import CimguardError
-from cimguard.hookspecs import hookimpl
-from cimguard.solve import margin_loss, sign_step
-from cimguard.train import Run, Trainer, TrainerConfig, check_rcg, rcg_mean_perturbation, rcg_perturbation
+from cimguard.plugin_api import (
+    CimguardError,
+    Crossbar,
+    Perturbation,
+    Run,
+    Trainer,
+    TrainerConfig,
+    all_reduce_sum,
+    check_rcg,
+    hookimpl,
+    margin_loss,
+    rcg_mean_perturbation,
+    rcg_perturbation,
+    sign_step,
+)
 
 #: Default adversarial step relative to thg.  One sign step on one mini-batch is weaker than
 #: the whole-set search a chip is judged by, so it overshoots the box a little.  Tuned on the

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from cimguard.hookspecs import hookimpl
-from cimguard.train import Run, Trainer, TrainerConfig
+from cimguard.plugin_api import Run, Trainer, TrainerConfig, hookimpl
 
 
 class NoiseTrainer(Trainer):

@@ -24,11 +24,19 @@ from typing import Any
 
 import torch
 
-from cimguard.crossbar import Crossbar
-from cimguard.errors import CimguardError
-from cimguard.evaluate import KPP_PERCENTILES, EvalData, monte_carlo
-from cimguard.hookspecs import hookimpl
-from cimguard.train import Run, Trainer, TrainerConfig, check_rcg, rcg_perturbation
+from cimguard.plugin_api import (
+    CimguardError,
+    Crossbar,
+    EvalData,
+    KPP_PERCENTILES,
+    Run,
+    Trainer,
+    TrainerConfig,
+    check_rcg,
+    hookimpl,
+    monte_carlo,
+    rcg_perturbation,
+)
 
 #: Upper bound on the number of (σ, threshold) candidates one search may train.
 MAX_CANDIDATES = 25
