@@ -136,9 +136,7 @@ def run_device_box(samples: int) -> None:
         sweep = attack_sweep(setup.crossbar, setup.data, [None], ["flwc", "pgd"], samples=samples, seed=0)
         point = sweep.points[0]
         mc = point.monte_carlo
-        levels = torch.arange(setup.device.config.levels, dtype=torch.float64)
-        rows.append({"device": device, "params": params,
-                     "bound_levels": [float(b) for b in setup.device.level_bounds(levels)],
+        rows.append({"device": device, "params": params, "bound_levels": point.box_levels,
                      "clean": point.clean, "mc_mean": mc.mean, "kpp1": mc.percentiles["1"],
                      "worst": {name: run.accuracy for name, run in point.runs.items()}})
     _save(path, {"settings": {"model": "lenet_digits", "samples": samples, "seed": 0}, "rows": rows})

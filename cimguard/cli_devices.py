@@ -106,9 +106,11 @@ def _shorten(text: str, width: int) -> str:
 def describe_device(name: str, device: Device) -> dict[str, Any]:
     """Everything ``devices --show`` prints, as data."""
     c = device.config
+    from cimguard.solve import device_box_levels
+
     levels = torch.arange(c.levels, dtype=torch.float32)
     try:
-        bounds = [float(b) for b in device.level_bounds(levels.double())]
+        bounds = device_box_levels(device)
     except CimguardError:  # thg = inf: no finite box (still worth showing the rest)
         bounds = [float("inf")] * c.levels
     return {
