@@ -135,15 +135,22 @@ def solvers_from_options(solver_names: tuple[str, ...], iterations: int | None,
     return names, options
 
 
+def sweep_options(command: Callable) -> Callable:
+    """``--thg`` (the device's own box or a threshold sweep) and ``--samples``, spelled once for attack and compare."""
+    command = click.option("--samples", type=click.IntRange(min=0, max=MAX_CHIPS), default=100, show_default=True,
+                           help="Monte Carlo chips per thg; 0 skips Monte Carlo (worst case only, the table shows '-')."
+                           )(command)
+    return click.option("--thg", "thg_text", default=DEFAULT_THG, show_default=True,
+                        help="'device': the device's own worst-case box (its deviation_bound, per level), or "
+                             "write-verify thresholds to sweep, in level units, comma-separated "
+                             "(e.g. 0.005,0.01,0.02,0.03).")(command)
+
+
 @click.command(name="attack")
 @model_option
 @setup_options
 @solver_options()
-@click.option("--thg", "thg_text", default=DEFAULT_THG, show_default=True,
-              help="'device': the device's own worst-case box (its deviation_bound, per level), or write-verify "
-                   "thresholds to sweep, in level units, comma-separated (e.g. 0.005,0.01,0.02,0.03).")
-@click.option("--samples", type=click.IntRange(min=0, max=MAX_CHIPS), default=100, show_default=True,
-              help="Monte Carlo chips per thg; 0 skips Monte Carlo (worst case only, the table shows '-').")
+@sweep_options
 @seed_option
 @click.option("--plot", "plot_path", type=click.Path(), default=None,
               help="Write accuracy vs thg to a new .png/.pdf/.svg file.")

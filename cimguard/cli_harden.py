@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import click
 
-from cimguard.cli_attack import DEFAULT_THG, check_thg_sweep, parse_thg_list, solver_options, solvers_from_options
-from cimguard.cli_options import MAX_CHIPS, MAX_COUNT, THG, seed_option, setup_from_options, setup_options, training_setup_options
+from cimguard.cli_attack import check_thg_sweep, parse_thg_list, solver_options, solvers_from_options, sweep_options
+from cimguard.cli_options import MAX_COUNT, THG, seed_option, setup_from_options, setup_options, training_setup_options
 from cimguard.distributed import is_main
 from cimguard.errors import CimguardError
 from cimguard.solve import BoxChoice
@@ -260,11 +260,7 @@ def format_comparison(rows: Sequence[ModelComparison], solvers: Sequence[str] | 
 @click.argument("models", nargs=-1, required=True, type=click.Path())
 @setup_options
 @solver_options()
-@click.option("--thg", "thg_text", default=DEFAULT_THG, show_default=True,
-              help="'device': the device's own worst-case box (per level), or write-verify thresholds to sweep, "
-                   "in level units, comma-separated (e.g. 0.01,0.02,0.03).")
-@click.option("--samples", type=click.IntRange(min=0, max=MAX_CHIPS), default=100, show_default=True,
-              help="Monte Carlo chips per thg; 0 skips Monte Carlo (worst case only, the table shows '-').")
+@sweep_options
 @seed_option
 @click.option("--plot", "plot_path", type=click.Path(), default=None, help="Write a figure (.png/.pdf/.svg).")
 @click.option("--json", "json_path", type=click.Path(), default=None, help="Write the results to a new JSON file.")
