@@ -22,7 +22,7 @@ import onnx
 import torch
 
 from cimguard.errors import CimguardError
-from cimguard.legalise import MAX_TENSOR_ELEMENTS
+from cimguard.onnx.legalise import MAX_TENSOR_ELEMENTS
 
 #: The most elements one tensor (a weight, an input array, a value made at run time) may have.
 MAX_ELEMENTS = MAX_TENSOR_ELEMENTS

@@ -79,11 +79,14 @@ def config_values(kind: str, name: str, config_class: type, raw: Mapping[str, An
     return values
 
 
-def checked_config(owner: Any, config: Any | None) -> Any:
-    """``config`` (``owner.Config()`` when ``None``) after checking its type and running ``validate()``.
+def checked_config(owner: Any, config: Any | None, *, finite_first: bool = False) -> Any:
+    """``config`` (``owner.Config()`` when ``None``) after checking its type, running ``validate()`` and
+    refusing NaN (and ±Inf where a field's docstring gives it no meaning).
 
-    Devices, solvers and trainers call this in ``__init__`` so a bad option fails
-    when the object is built, before any work starts.
+    Devices, solvers and trainers call this in ``__init__`` so a bad option fails when the object is
+    built, before any work, and only there.  ``finite_first`` names a NaN as such before ``validate()``
+    sees it (devices: a NaN makes nonsense of their formulas' messages); otherwise the owner's own
+    message comes first (solvers and trainers say "must be a finite number" themselves).
     """
     config_class = type(owner).Config
     config = config if config is not None else config_class()
@@ -91,8 +94,11 @@ def checked_config(owner: Any, config: Any | None) -> Any:
         raise TypeError(f"{type(owner).__name__} needs a {config_class.__name__}, got {type(config).__name__}")
     from cimguard.checks import check_finite_fields
 
-    config.validate()  # the owner's own messages first; then no NaN, and ±Inf only where a field documents it
-    check_finite_fields(config, field_docs(config_class))
+    if finite_first:
+        check_finite_fields(config, field_docs(config_class))
+    config.validate()
+    if not finite_first:
+        check_finite_fields(config, field_docs(config_class))
     return config
 
 

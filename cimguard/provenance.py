@@ -23,7 +23,7 @@ import torch
 from cimguard import distributed
 
 if TYPE_CHECKING:
-    from cimguard.pipeline import Setup
+    from cimguard.api import Setup
 
 #: The distributions whose versions decide the numbers (import, conversion, arithmetic, checks).
 VERSIONED = ("cimguard", "torch", "onnx", "onnx2torch", "onnxruntime")

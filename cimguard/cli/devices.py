@@ -10,7 +10,8 @@ import click
 import torch
 
 from cimguard.errors import CimguardError
-from cimguard.device import Device, create_device, describe_config, parse_param_overrides, read_device_file
+from cimguard.sim.device import Device, describe_config
+from cimguard.factories import create_device, parse_param_overrides, read_device_file
 from cimguard.report import to_jsonable
 
 
@@ -106,7 +107,7 @@ def _shorten(text: str, width: int) -> str:
 def describe_device(name: str, device: Device) -> dict[str, Any]:
     """Everything ``devices --show`` prints, as data."""
     c = device.config
-    from cimguard.solve import device_box_levels
+    from cimguard.sim.device import device_box_levels
 
     levels = torch.arange(c.levels, dtype=torch.float32)
     try:

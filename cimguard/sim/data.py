@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from cimguard.errors import CimguardError
-from cimguard.model import TensorSpec
+from cimguard.onnx.model import TensorSpec
 
 
 @dataclass(frozen=True)
@@ -37,19 +37,6 @@ class Dataset:
 
 DatasetFactory = Callable[[str | None], Dataset]
 """``factory(argument) -> Dataset``; ``argument`` is what follows ``NAME:`` in ``--data``."""
-
-
-def load_dataset(spec: str) -> Dataset:
-    """Resolve ``--data``: ``NAME``, ``NAME:ARGUMENT`` or a path to an ``.npz`` file."""
-    from cimguard.plugins import registry
-
-    datasets = registry("datasets")
-    name, sep, argument = spec.partition(":")
-    if spec.endswith(".npz") and (not sep or name not in datasets.factories):
-        name, argument = "npz", spec
-    elif not sep:
-        argument = None
-    return datasets.get(name)(argument or None)
 
 
 def fit_to_model(x: torch.Tensor, spec: TensorSpec, *, what: str = "data") -> torch.Tensor:

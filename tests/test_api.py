@@ -1,0 +1,193 @@
+"""The Python API (cimguard.api): README's notebook example runs, and the API gives the commands' numbers."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import cimguard
+from cimguard.errors import CimguardError
+from cimguard.report import to_jsonable
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ("--max-samples", "120")
+
+
+def _readme_python_example() -> str:
+    section = (ROOT / "README.md").read_text().split("## Python API", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    assert len(blocks) == 1, "README's Python API section shows one example"
+    return blocks[0]
+
+
+def test_readme_notebook_example_runs(capsys):
+    namespace: dict = {}
+    exec(compile(_readme_python_example(), "README.md (Python API)", "exec"), namespace)
+    printed = capsys.readouterr().out
+    # What the example promises: the evaluate table, a worst case, a thg sweep and a row per value of t.
+    assert "Monte Carlo mean (20 chips, seed 0)" in printed
+    assert "accuracy per write-verify threshold (thg, level units)" in printed
+    assert [row["t"] for row in namespace["rows"]] == [1.0, 3600.0, 86400.0]
+    assert 0.0 <= namespace["worst"].accuracy <= namespace["result"].clean_accuracy
+    assert namespace["mlp"].mapped and namespace["mean"] == namespace["result"].monte_carlo.mean
+
+
+def _table_lines(output: str, first: str) -> list[str]:
+    lines = output.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(first))
+    return lines[start:]
+
+
+def test_evaluate_command_prints_the_api_result(invoke, tmp_path):
+    report = tmp_path / "evaluate.json"
+    result = invoke("evaluate", *SMALL, "--device", "pcm", "--device-param", "t=86400", "--samples", "6", "--seed", "3",
+                    "--json", report)
+    assert result.exit_code == 0, result.output
+    chip = cimguard.setup(None, cimguard.device("pcm", t=86400), max_samples=120, torch_device="cpu")
+    evaluation = chip.evaluate(samples=6, seed=3)
+    printed = _table_lines(result.output, "float model accuracy")
+    assert printed[: len(evaluation.table().splitlines())] == evaluation.table().splitlines()
+    saved = json.loads(report.read_text())
+    assert {key: saved[key] for key in evaluation.to_dict()} == to_jsonable(evaluation.to_dict())
+    assert chip.device_label == "pcm, t=86400 s"
+
+
+def test_attack_command_prints_the_api_sweep(invoke):
+    result = invoke("attack", *SMALL, "--thg", "0.01,0.03", "--samples", "3", "--iterations", "2", "--solver", "flwc,pgd")
+    assert result.exit_code == 0, result.output
+    chip = cimguard.setup(max_samples=120, torch_device="cpu")
+    sweep = chip.sweep([0.01, 0.03], ["flwc", cimguard.solver("pgd", iterations=2)], samples=3)
+    # --iterations reaches every chosen solver; the API sets it per solver.
+    expected = chip.sweep([0.01, 0.03], {"flwc": {"iterations": 2}, "pgd": {"iterations": 2}}, samples=3).table()
+    assert "\n".join(_table_lines(result.output, "accuracy per write-verify"))[: len(expected)] == expected
+    assert [point["thg"] for point in sweep.to_dict()["points"]] == [0.01, 0.03]
+
+
+def test_worst_case_takes_a_name_with_options_or_a_built_solver(setup):
+    by_name = setup.worst_case("flwc", thg=0.03, iterations=2)
+    by_object = setup.worst_case(cimguard.solver("flwc", iterations=2), thg=0.03)
+    assert by_name.accuracy == by_object.accuracy and by_name.solver == by_object.solver == "flwc"
+    record = by_name.to_dict()
+    assert record["box"] == "thg" and record["thg"] == 0.03 and record["options"]["iterations"] == 2
+    assert "flwc worst case at thg 0.03:" in by_name.table()
+    with pytest.raises(CimguardError, match="options configure a solver given by name"):
+        setup.worst_case(cimguard.solver("flwc"), iterations=3)
+    with pytest.raises(CimguardError, match="solver 'flwc' has no option nope"):
+        setup.worst_case("flwc", nope=1)
+
+
+def test_device_sweep_has_one_row_per_value_equal_to_each_device_alone():
+    chip = cimguard.setup(None, "pcm", max_samples=80, torch_device="cpu")
+    drift = chip.sweep_device("t", ["1", 86400], {"flwc": {"iterations": 2}}, samples=3, seed=4)
+    assert drift.values == [1.0, 86400.0]  # text typed by the config
+    assert [line.split()[0] for line in drift.table().splitlines()[2:]] == ["1", "86400"]
+    alone = cimguard.setup(None, cimguard.device("pcm", t=86400), max_samples=80, torch_device="cpu")
+    direct = alone.sweep(None, {"flwc": {"iterations": 2}}, samples=3, seed=4).points[0]
+    last = drift.points[-1]
+    assert last.monte_carlo.accuracies == direct.monte_carlo.accuracies
+    assert last.runs["flwc"].accuracy == direct.runs["flwc"].accuracy
+    rows = drift.to_dict()["points"]
+    assert [row["t"] for row in rows] == [1.0, 86400.0] and all(row["box"] == "device" for row in rows)
+    json.dumps(to_jsonable(drift.to_dict()))  # plain data all the way down
+
+
+@pytest.mark.parametrize(("parameter", "values", "message"), [
+    ("nope", [1], "has no parameter 'nope'"),
+    ("t", ["soon"], "device parameter t must be a float, got 'soon'"),
+    ("t", [float("nan")], "t"),
+    ("t", [], "give at least one value of t"),
+])
+def test_device_sweep_refuses_bad_values_before_any_work(setup, monkeypatch, parameter, values, message):
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started before every value was checked")
+
+    monkeypatch.setattr("cimguard.sim.sweep.attack_sweep", no_work)
+    pcm = cimguard.setup(None, "pcm", max_samples=40, torch_device="cpu")
+    with pytest.raises(CimguardError, match=re.escape(message)):
+        pcm.sweep_device(parameter, values + [3600.0] if values else values)
+
+
+def test_a_torch_module_is_loaded_with_an_example_input():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+    model = cimguard.load(net, example_input=torch.zeros(1, 1, 8, 8))
+    assert len(model.mapped) == 2 and model.path is None
+    chip = cimguard.setup(model, "gaussian", max_samples=50, torch_device="cpu")
+    x = chip.data.x[:7]
+    with torch.no_grad():
+        assert torch.allclose(model.module(x), net(x), atol=1e-5)
+    assert chip.describe()["model"] == "<in memory>"
+    with pytest.raises(CimguardError, match="needs an example_input"):
+        cimguard.load(net)
+    with pytest.raises(CimguardError, match="only for a torch.nn.Module"):
+        cimguard.load(None, example_input=torch.zeros(1))
+
+
+def test_a_torch_module_exports_without_onnxscript(monkeypatch):
+    # Without onnxscript the default exporter cannot run; the TorchScript exporter takes over.
+    real_export = torch.onnx.export
+
+    def no_onnxscript(*args, dynamo=True, **kwargs):
+        if dynamo:
+            raise ModuleNotFoundError("No module named 'onnxscript'")
+        return real_export(*args, dynamo=False, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", no_onnxscript)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    model = cimguard.load(net, example_input=torch.zeros(2, 1, 8, 8))
+    x = torch.randn(5, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(model.module(x), net(x), atol=1e-5)
+
+
+def test_data_may_be_arrays_in_memory():
+    digits = cimguard.load_dataset("digits")
+    x, y = digits.x_eval[:60].numpy(), digits.y_eval[:60].numpy()
+    in_memory = cimguard.setup(None, "gaussian", (x, y), torch_device="cpu")
+    by_name = cimguard.setup(None, "gaussian", "digits", max_samples=60, torch_device="cpu")
+    assert in_memory.clean_accuracy() == by_name.clean_accuracy()
+    label_free = cimguard.setup(None, "gaussian", (x, None), torch_device="cpu")
+    assert label_free.metric == "agreement" and label_free.clean_accuracy() == 1.0
+    with pytest.raises(CimguardError, match="labels y must be integers"):
+        cimguard.setup(None, "gaussian", (x, y.astype(np.float32)), torch_device="cpu")
+    with pytest.raises(CimguardError, match="data must be a name"):
+        cimguard.setup(None, "gaussian", 42, torch_device="cpu")
+
+
+def test_bad_names_are_the_commands_one_line_errors():
+    with pytest.raises(CimguardError, match=r"^unknown device 'nosuch' \(known: fefet, gaussian, pcm, rram\)$"):
+        cimguard.device("nosuch")
+    with pytest.raises(CimguardError, match="unknown device parameter 'nope'"):
+        cimguard.device("pcm", nope=1)
+    with pytest.raises(CimguardError, match="unknown solver 'nosuch'"):
+        cimguard.solver("nosuch")
+
+
+def test_compare_sweeps_gives_each_model_the_attack_numbers():
+    comparison = cimguard.compare_sweeps([None, None], [0.03], {"flwc": {"iterations": 2}}, samples=0,
+                                         max_samples=60, torch_device="cpu", labels=["a", "b"])
+    alone = cimguard.setup(None, "gaussian", max_samples=60, torch_device="cpu")
+    attack = alone.sweep(0.03, {"flwc": {"iterations": 2}}, samples=0).points[0]
+    for _, sweep in comparison.sweeps:
+        point = sweep.points[0]
+        assert (point.clean, point.runs["flwc"].accuracy) == (attack.clean, attack.runs["flwc"].accuracy)
+    lines = comparison.table().splitlines()
+    assert lines[0].split()[:3] == ["model", "thg", "clean"] and [line.split()[0] for line in lines[1:]] == ["a", "b"]
+    assert [row["model"] for row in comparison.to_dict()["rows"]] == ["a", "b"]
+
+
+def test_import_cimguard_is_cheap():
+    import subprocess
+    import sys
+
+    code = "import sys, cimguard; print('torch' in sys.modules, 'cimguard.plugins' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
+    assert "setup" in dir(cimguard)
+    with pytest.raises(AttributeError):
+        cimguard.no_such_name  # noqa: B018
