@@ -36,10 +36,10 @@ def harden_and_compare(*, epochs: int | None = None, lr: float | None = None, se
     ``seed`` seeds the training (initial batches, noise, adversarial steps) and the evaluation
     (Monte Carlo chips, pgd restarts) alike, exactly as ``harden --seed`` and ``compare --seed`` do.
     """
-    from cimguard.compare import compare_models
-    from cimguard.sim.data import fit_to_model
-    from cimguard.onnx.export import export_onnx
     from cimguard.api import build_setup, default_model
+    from cimguard.compare import compare_models
+    from cimguard.onnx.export import export_onnx
+    from cimguard.sim.data import fit_to_model
     from cimguard.sim.train import TrainerConfig
     from cimguard_plugins.trainers.atrice import ATriceConfig, ATriceTrainer
     from cimguard_plugins.trainers.noise import NoiseTrainer

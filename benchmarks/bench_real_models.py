@@ -59,8 +59,8 @@ def main() -> None:
 
     import torchvision
 
-    from cimguard.sim.evaluate import monte_carlo
     from cimguard.api import build_setup
+    from cimguard.sim.evaluate import monte_carlo
     from cimguard.sim.gradients import margin_gradient_with_accuracy
 
     with tempfile.TemporaryDirectory() as folder:

@@ -52,8 +52,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from cimguard.api import build_setup
-    from cimguard.api import run_solver
+    from cimguard.api import build_setup, run_solver
     from cimguard.sim.worst_case import make_problem
 
     setup = build_setup(None, torch_device=args.torch_device)

@@ -39,9 +39,17 @@ from cimguard.onnx.runtime import verify_against_onnxruntime
 from cimguard.sim.crossbar import Crossbar, CrossbarConfig
 from cimguard.sim.data import Dataset, check_labels, fit_to_model
 from cimguard.sim.device import Device, describe_config
-from cimguard.sim.evaluate import EvalData, Evaluation, MonteCarloStats, accuracy, evaluation, make_eval_data, monte_carlo
-from cimguard.sim.sweep import AttackSweep, DeviceSweep, attack_sweep, device_sweep
+from cimguard.sim.evaluate import (
+    EvalData,
+    Evaluation,
+    MonteCarloStats,
+    accuracy,
+    evaluation,
+    make_eval_data,
+    monte_carlo,
+)
 from cimguard.sim.solve import AttackProblem, Solver, TraceCallback
+from cimguard.sim.sweep import AttackSweep, DeviceSweep, attack_sweep, device_sweep
 from cimguard.sim.worst_case import SolverRun, make_problem, run_checked
 
 ModelSource = str | Path | ImportedModel | nn.Module | None

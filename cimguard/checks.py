@@ -26,8 +26,6 @@ from cimguard.onnx.legalise import MAX_TENSOR_ELEMENTS
 
 #: The most elements one tensor (a weight, an input array, a value made at run time) may have.
 MAX_ELEMENTS = MAX_TENSOR_ELEMENTS
-#: Seeds are 64-bit: ``0 <= seed < 2**64`` in every command.
-SEED_LIMIT = 2**64
 #: Largest float32 value; float64 data beyond it would become ±Inf when cast.
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 #: Samples probed under :func:`allocation_guard` before any evaluation (run-time memory bombs scale with them).

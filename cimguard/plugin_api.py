@@ -134,18 +134,26 @@ A dataset
 
 from __future__ import annotations
 
+from cimguard.distributed import all_reduce_sum, is_main, local_slice, mini_batches, sum_gradients
+from cimguard.errors import CimguardError
+from cimguard.hookspecs import hookimpl
+from cimguard.seeds import torch_generator
 from cimguard.sim.crossbar import Crossbar, Perturbation
 from cimguard.sim.data import Dataset, read_npz
 from cimguard.sim.device import AfterProgramming, Device, DeviceConfig, check_non_negative
-from cimguard.distributed import all_reduce_sum, is_main, local_slice, mini_batches, sum_gradients
-from cimguard.errors import CimguardError
 from cimguard.sim.evaluate import KPP_PERCENTILES, EvalData, accuracy, monte_carlo
-from cimguard.hookspecs import hookimpl
-from cimguard.sim.solve import AttackProblem, Solver, SolverConfig, Tracker, WorstCase, is_finite
-from cimguard.sim.gradients import linf_ratio, margin_gradient_with_accuracy, margin_loss, flwc_step, project, sign_descent, sign_step
-from cimguard.sim.train import Run, Trainer, TrainerConfig
+from cimguard.sim.gradients import (
+    flwc_step,
+    linf_ratio,
+    margin_gradient_with_accuracy,
+    margin_loss,
+    project,
+    sign_descent,
+    sign_step,
+)
 from cimguard.sim.rcg import check_rcg, rcg_mean_perturbation, rcg_perturbation
-from cimguard.seeds import torch_generator
+from cimguard.sim.solve import AttackProblem, Solver, SolverConfig, Tracker, WorstCase, is_finite
+from cimguard.sim.train import Run, Trainer, TrainerConfig
 
 __all__: list[str] = [
     # hook marker and errors

@@ -53,9 +53,9 @@ def test_harden_exports_the_vendor_graph_with_new_weights(invoke, default_model_
 def test_exported_file_matches_the_hardened_torch_model(setup, tmp_path):
     from torch.func import functional_call
 
-    from cimguard.sim.data import fit_to_model
     from cimguard.onnx.export import export_onnx
     from cimguard.onnx.runtime import run_onnxruntime
+    from cimguard.sim.data import fit_to_model
     from cimguard_plugins.trainers.atrice import ATriceConfig, ATriceTrainer
 
     x, y = setup.dataset.require_training()
@@ -191,9 +191,9 @@ def test_interrupted_harden_resumes_to_the_same_file(invoke, tmp_path, monkeypat
 
 @pytest.fixture(scope="module")
 def hardened_model(tmp_path_factory, default_model_path):
-    from cimguard.sim.data import fit_to_model
-    from cimguard.onnx.export import export_onnx
     from cimguard.api import build_setup
+    from cimguard.onnx.export import export_onnx
+    from cimguard.sim.data import fit_to_model
     from cimguard_plugins.trainers.atrice import ATriceConfig, ATriceTrainer
 
     torch.set_num_threads(1)

@@ -11,9 +11,9 @@ import math
 import pytest
 import torch
 
-from cimguard.sim.device import Device, DeviceConfig
-from cimguard.factories import create_device
 from cimguard.errors import CimguardError
+from cimguard.factories import create_device
+from cimguard.sim.device import Device, DeviceConfig
 
 N = 200_000
 

@@ -23,8 +23,8 @@ import torch
 from onnx import numpy_helper
 
 from cimguard.errors import CimguardError
-from cimguard.onnx.model import import_model
 from cimguard.onnx.batch import output_mismatch
+from cimguard.onnx.model import import_model
 from tests.backend_data import DATA, light_inputs, read_tensor
 
 PYTORCH_CONVERTED = DATA / "pytorch-converted"

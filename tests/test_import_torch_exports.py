@@ -14,8 +14,8 @@ import pytest
 import torch
 from torch import nn
 
-from cimguard.onnx.model import load_model
 from cimguard.onnx.batch import output_mismatch
+from cimguard.onnx.model import load_model
 from cimguard.onnx.runtime import run_onnxruntime, verify_against_onnxruntime
 
 TOLERANCE = 1e-4

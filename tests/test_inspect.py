@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
-
-import numpy as np
 
 from tests.onnx_builders import custom_op_model, gemm_model, relu_model
 

@@ -12,9 +12,9 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
+from cimguard.onnx.batch import output_mismatch
 from cimguard.onnx.export import export_onnx
 from cimguard.onnx.model import load_model
-from cimguard.onnx.batch import output_mismatch
 from cimguard.onnx.runtime import onnxruntime_mismatch, random_inputs, run_onnxruntime_all
 
 TOLERANCE = 1e-4  # the tolerance of export and --verify

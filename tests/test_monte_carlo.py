@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from cimguard.seeds import chip_seed
 from cimguard.sim.crossbar import Crossbar
 from cimguard.sim.evaluate import accuracy, monte_carlo, weights_accuracy
-from cimguard.seeds import chip_seed
 
 
 def test_flat_sample_is_the_documented_weight_delta(setup):

@@ -7,8 +7,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from cimguard.api import build_setup
-from cimguard.api import run_solver
+from cimguard.api import build_setup, run_solver
 from cimguard.sim.worst_case import make_problem
 
 

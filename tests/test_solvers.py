@@ -6,15 +6,14 @@ import numpy as np
 import pytest
 import torch
 
+from cimguard.api import run_solver
 from cimguard.errors import CimguardError
-from cimguard.sim.evaluate import accuracy, monte_carlo
-from cimguard.plugins import registry
-from cimguard.sim.solve import WorstCase, verified
 from cimguard.factories import build_solver
+from cimguard.plugins import registry
+from cimguard.sim.evaluate import accuracy, monte_carlo
 from cimguard.sim.gradients import linf_ratio, margin_gradient, margin_gradient_with_accuracy
 from cimguard.sim.perturbations import load_perturbation, save_perturbation
-from cimguard.api import run_solver
-from cimguard.factories import build_solver
+from cimguard.sim.solve import WorstCase, verified
 from cimguard.sim.worst_case import make_problem
 
 
@@ -281,9 +280,7 @@ def test_solver_settings_are_checked_when_built(solver, options, message):
 
 
 def test_unknown_solver_and_bad_options_fail_before_work(small, monkeypatch):
-    import cimguard.sim.evaluate
     from cimguard.sim.sensitivity import layer_sensitivity
-    from cimguard.sim.sweep import attack_sweep
 
     problem = make_problem(small.crossbar, small.data, 0.03)
     with pytest.raises(CimguardError, match="unknown solver 'nope'"):

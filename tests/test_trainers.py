@@ -8,18 +8,17 @@ import math
 import pytest
 import torch
 
-from cimguard.errors import CimguardError
-from cimguard.sim.evaluate import accuracy
-from cimguard.plugins import registry
 from cimguard.api import run_solver
-from cimguard.sim.worst_case import make_problem
-from cimguard.sim.train import TrainerConfig
+from cimguard.errors import CimguardError
+from cimguard.plugins import registry
+from cimguard.sim.evaluate import accuracy
 from cimguard.sim.rcg import rcg_mean, rcg_mean_perturbation, rcg_perturbation
+from cimguard.sim.train import TrainerConfig
+from cimguard.sim.worst_case import make_problem
 from cimguard_plugins.trainers.atrice import ATriceConfig, ATriceTrainer
 from cimguard_plugins.trainers.noise import NoiseTrainer
 from cimguard_plugins.trainers.trice import TriceConfig, TriceTrainer
 from cimguard_plugins.trainers.vanilla import VanillaTrainer
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -56,8 +55,8 @@ def test_trainers_are_registered():
     ids=["noise", "trice", "atrice"],
 )
 def test_trainer_improves_worst_case_accuracy(default_model_path, trainer, device_params):
-    from cimguard.sim.data import fit_to_model
     from cimguard.api import build_setup
+    from cimguard.sim.data import fit_to_model
 
     setup = build_setup(default_model_path, "digits", "gaussian", device_params, torch_device="cpu")
     x, y = setup.dataset.require_training()

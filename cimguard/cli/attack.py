@@ -6,9 +6,16 @@ from typing import Any
 
 import click
 
-from cimguard.cli.options import model_option, seed_option, setup_from_options, setup_options, solver_options, sweep_options
-from cimguard.factories import check_thg_sweep, parse_param_overrides, parse_thg_list, solvers_from_options
+from cimguard.cli.options import (
+    model_option,
+    seed_option,
+    setup_from_options,
+    setup_options,
+    solver_options,
+    sweep_options,
+)
 from cimguard.errors import CimguardError
+from cimguard.factories import check_thg_sweep, parse_param_overrides, parse_thg_list, solvers_from_options
 from cimguard.provenance import file_sha256
 
 
@@ -54,8 +61,8 @@ def attack(ctx, model, data, device_name, device_params, device_file, weight_bit
                   inputs=(model, data, device_file))
 
     from cimguard.sim.evaluate import float_accuracy
-    from cimguard.sim.sweep import attack_sweep
     from cimguard.sim.perturbations import save_perturbation
+    from cimguard.sim.sweep import attack_sweep
 
     setup = setup_from_options(model, data, device_name, overrides, device_file, weight_bits, label_free,
                                verify, torch_device, max_samples)
@@ -145,8 +152,8 @@ def _replay(ctx, replay_path, model, data, device_name, device_params, device_fi
     from click.core import ParameterSource
 
     from cimguard.sim.evaluate import accuracy
-    from cimguard.sim.solve import WorstCase, verified
     from cimguard.sim.perturbations import load_perturbation
+    from cimguard.sim.solve import WorstCase, verified
     from cimguard.sim.worst_case import make_problem
 
     _, meta = load_perturbation(replay_path)

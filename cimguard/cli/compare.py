@@ -6,7 +6,13 @@ import click
 
 from cimguard.cli.options import seed_option, setup_options, solver_options, sweep_options
 from cimguard.compare import compare_sweeps
-from cimguard.factories import check_thg_sweep, create_device, parse_param_overrides, parse_thg_list, solvers_from_options
+from cimguard.factories import (
+    check_thg_sweep,
+    create_device,
+    parse_param_overrides,
+    parse_thg_list,
+    solvers_from_options,
+)
 
 
 @click.command()

@@ -10,9 +10,9 @@ import click
 import torch
 
 from cimguard.errors import CimguardError
-from cimguard.sim.device import Device, describe_config
 from cimguard.factories import create_device, parse_param_overrides, read_device_file
 from cimguard.report import to_jsonable
+from cimguard.sim.device import Device, describe_config
 
 
 @click.command(name="devices")
@@ -43,9 +43,7 @@ def devices_command(show: str | None, device_file: str | None, device_params: tu
 
 
 def _device_rows(device_file: str | None) -> list[dict[str, Any]]:
-    from cimguard.plugins import registry
-
-    from cimguard.plugins import BUILTIN_PLUGINS
+    from cimguard.plugins import BUILTIN_PLUGINS, registry
 
     devices = registry("devices")
     rows = []

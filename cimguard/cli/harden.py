@@ -40,11 +40,11 @@ def harden(model, trainer_name, output, data, device_name, device_params, device
     Only the crossbar weights change: the output is the input's ONNX graph with new
     weight values, checked in onnxruntime before it is written.
     """
+    from cimguard.api import default_model
+    from cimguard.onnx.export import export_onnx
+    from cimguard.report import check_outputs, write_json
     from cimguard.sim.data import fit_to_model
     from cimguard.sim.evaluate import accuracy
-    from cimguard.onnx.export import export_onnx
-    from cimguard.api import default_model
-    from cimguard.report import check_outputs, write_json
     from cimguard.sim.train import check_checkpoint
 
     trainer = build_trainer(trainer_name, trainer_options(click.get_current_context(), trainer_params))

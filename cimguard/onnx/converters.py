@@ -28,12 +28,7 @@ import torch
 import torch.nn.functional as F
 from onnx import defs
 from onnx2torch.node_converters.reduce import OnnxReduceStaticAxes
-from onnx2torch.node_converters.registry import (
-    _CONVERTER_REGISTRY,
-    OperationDescription,
-    add_converter,
-    get_converter,
-)
+from onnx2torch.node_converters.registry import _CONVERTER_REGISTRY, OperationDescription, add_converter, get_converter
 from onnx2torch.onnx_graph import OnnxGraph
 from onnx2torch.onnx_node import OnnxNode
 from onnx2torch.utils.common import (

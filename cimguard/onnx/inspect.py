@@ -98,9 +98,8 @@ def inspect_model(path: str | Path, *, seed: int = 0) -> ModelInspection:
     except CimguardError as exc:
         report.conversion_error = str(exc)
         return report
-    from cimguard.onnx.export import weight_locations
-
     from cimguard.onnx.batch import BATCH_MODE_TEXT
+    from cimguard.onnx.export import weight_locations
 
     report.converts = True
     report.batch = imported.batch_mode

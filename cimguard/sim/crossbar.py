@@ -31,7 +31,6 @@ drawn in blocks of about :data:`CPU_SAMPLE_BLOCK` devices, each block turned int
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass, field
 from typing import Mapping
 
@@ -41,7 +40,7 @@ from torch.func import functional_call
 from cimguard.errors import CimguardError
 from cimguard.onnx.model import MAPPABLE_OPS, ImportedModel, MappedWeight
 from cimguard.seeds import torch_generator
-from cimguard.sim.device import Device, DeviationSampler
+from cimguard.sim.device import DeviationSampler, Device
 
 Perturbation = dict[str, torch.Tensor]
 """``{torch_name: ΔW}`` over the mapped weights; one simulated chip."""

@@ -94,7 +94,8 @@ def check_labels(y: torch.Tensor, num_classes: int, *, what: str = "data") -> No
 
 def read_npz(path: str | Path) -> Dataset:
     """``x`` and optionally ``y`` (evaluation), ``x_train``/``y_train`` (training) from an ``.npz`` file."""
-    from cimguard.checks import check_float_array, read_npz as read_checked_npz
+    from cimguard.checks import check_float_array
+    from cimguard.checks import read_npz as read_checked_npz
 
     path = Path(path)
     content = read_checked_npz(path, "data file")

@@ -32,7 +32,8 @@ from typing import Any, Callable, ClassVar
 import torch
 
 from cimguard.errors import CimguardError
-from cimguard.options import checked_config, field_docs as _field_docs
+from cimguard.options import checked_config
+from cimguard.options import field_docs as _field_docs
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from contextlib import closing
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
 

@@ -15,7 +15,6 @@ from cimguard.errors import CimguardError
 from cimguard.report import to_jsonable, write_new_file
 from cimguard.sim.crossbar import Crossbar, Perturbation
 
-
 _DELTA_PREFIX = "delta/"
 
 

@@ -16,9 +16,9 @@ from typing import Any, Callable, ClassVar
 import torch
 
 from cimguard.errors import CimguardError
-from cimguard.sim.crossbar import Crossbar, Perturbation, check_within_bounds
 from cimguard.options import checked_config, config_values
 from cimguard.progress import progress_bar
+from cimguard.sim.crossbar import Crossbar, Perturbation, check_within_bounds
 from cimguard.sim.evaluate import EvalData, accuracy
 
 

@@ -7,7 +7,6 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-
 from cimguard.errors import CimguardError
 from cimguard.options import coerce, field_types, type_name
 from cimguard.report import text_table

@@ -25,18 +25,18 @@ from typing import Any
 import torch
 
 from cimguard.plugin_api import (
-    check_rcg,
+    KPP_PERCENTILES,
     CimguardError,
     Crossbar,
     EvalData,
-    hookimpl,
-    KPP_PERCENTILES,
-    monte_carlo,
-    rcg_perturbation,
     Run,
-    torch_generator,
     Trainer,
     TrainerConfig,
+    check_rcg,
+    hookimpl,
+    monte_carlo,
+    rcg_perturbation,
+    torch_generator,
 )
 
 #: Upper bound on the number of (σ, threshold) candidates one search may train.
