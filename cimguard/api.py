@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -31,9 +32,10 @@ import onnx
 import torch
 from torch import nn
 
-from cimguard.checks import PROBE_SAMPLES, check_model_io, probe_model
-from cimguard.errors import CimguardError
-from cimguard.factories import build_solver, create_device, load_dataset
+from cimguard.checks import PROBE_SAMPLES, check_finite, check_model_io, probe_model
+from cimguard.errors import CimguardError, first_line
+from cimguard.factories import build_solver, build_trainer, create_device, load_dataset
+from cimguard.onnx.export import export_onnx
 from cimguard.onnx.model import ImportedModel, import_model, load_model
 from cimguard.onnx.runtime import verify_against_onnxruntime
 from cimguard.sim.crossbar import Crossbar, CrossbarConfig
@@ -50,6 +52,7 @@ from cimguard.sim.evaluate import (
 )
 from cimguard.sim.solve import AttackProblem, Solver, TraceCallback
 from cimguard.sim.sweep import AttackSweep, DeviceSweep, attack_sweep, device_sweep
+from cimguard.sim.train import Trainer, TrainResult
 from cimguard.sim.worst_case import SolverRun, make_problem, run_checked
 
 ModelSource = str | Path | ImportedModel | nn.Module | None
@@ -84,17 +87,20 @@ def load(source: str | Path | nn.Module | None = None, example_input: torch.Tens
 def _export_module(module: nn.Module, example_input: torch.Tensor) -> onnx.ModelProto:
     # The same exporter (and so the same fixed-batch file) a vendor gets by default; cimguard.onnx.batch
     # then makes its batch axis usable for any batch size.
-    module = module.eval()
+    was_training = module.training
+    module.eval()  # exported as it runs for inference (dropout off, BatchNorm running statistics)
     try:
-        program = torch.onnx.export(module, (example_input,), dynamo=True, verbose=False)
-    except ImportError:  # the default exporter needs onnxscript
-        buffer = io.BytesIO()
-        torch.onnx.export(module, (example_input,), buffer, dynamo=False)
-        return onnx.load_from_string(buffer.getvalue())
+        try:
+            return torch.onnx.export(module, (example_input,), dynamo=True, verbose=False).model_proto
+        except ImportError:  # the default exporter needs onnxscript; the TorchScript one does not
+            buffer = io.BytesIO()
+            torch.onnx.export(module, (example_input,), buffer, dynamo=False)
+            return onnx.load_from_string(buffer.getvalue())
     except Exception as exc:  # noqa: BLE001 - torch.export fails in many ways; the user gets one line
         raise CimguardError(f"torch.onnx.export could not export the module: {type(exc).__name__}: "
-                            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}") from None
-    return program.model_proto
+                            f"{first_line(exc)}") from None
+    finally:
+        module.train(was_training)  # the caller's module is left as it was
 
 
 def device(name: str, *, file: str | Path | None = None, **params: Any) -> Device:
@@ -111,15 +117,15 @@ def solver(name: str, **options: Any) -> Solver:
 def pick_solvers(choice: SolverChoice) -> dict[str, Solver]:
     """``{name: Solver}`` from a name, a :class:`Solver`, several, or a dict whose values are built solvers
     or option dicts (``{"pgd": {"restarts": 4}}``); all are built before any work."""
+    built: dict[str, Solver] = {}
     if isinstance(choice, Mapping):
-        return {name: value if isinstance(value, Solver) else build_solver(name, value) for name, value in choice.items()}
-    items = [choice] if isinstance(choice, (str, Solver)) else list(choice)
-    built = {}
-    for item in items:
-        one = item if isinstance(item, Solver) else build_solver(item)
-        if one.name in built:
-            raise CimguardError(f"solver {one.name!r} given twice")
-        built[one.name] = one
+        built = {name: value if isinstance(value, Solver) else build_solver(name, value) for name, value in choice.items()}
+    else:
+        for item in [choice] if isinstance(choice, (str, Solver)) else list(choice):
+            one = item if isinstance(item, Solver) else build_solver(item)
+            if one.name in built:
+                raise CimguardError(f"solver {one.name!r} given twice")
+            built[one.name] = one
     if not built:
         raise CimguardError("give at least one solver")
     return built
@@ -242,7 +248,7 @@ class Setup:
               samples: int = 100, seed: int = 0, progress: bool = False) -> AttackSweep:
         """Clean, Monte Carlo and worst case at each write-verify threshold (``None``: the device's own
         box): one row per value, what ``cimguard attack --thg`` prints."""
-        thgs = list(thg) if isinstance(thg, (list, tuple)) else [thg]
+        thgs = [thg] if thg is None or isinstance(thg, numbers.Real) else list(thg)
         chosen = pick_solvers(solvers)
         return attack_sweep(self.crossbar, self.data, thgs, chosen, samples=samples, seed=seed, progress=progress)
 
@@ -253,6 +259,73 @@ class Setup:
         value, each in the device's own box (or at ``thg``)."""
         return device_sweep(self.crossbar, self.data, parameter, list(values), pick_solvers(solvers), thg=thg,
                             samples=samples, seed=seed, progress=progress)
+
+    def harden(self, trainer: str | Trainer = "atrice", *, checkpoint: str | Path | None = None, resume: bool = False,
+               progress: bool = False, **options: Any) -> Hardening:
+        """Fine-tune the crossbar weights on the dataset's training split (what ``cimguard harden`` runs).
+
+        ``trainer``: a registered name with keyword ``options`` (``epochs=5``, ``sigma=0.2``) or a built
+        :class:`Trainer`.  The result holds the hardened chip and writes the ONNX file
+        (:meth:`Hardening.export`).
+        """
+        if isinstance(trainer, Trainer):
+            if options:
+                raise CimguardError("options configure a trainer given by name; this Trainer has its config")
+            built = trainer
+        else:
+            built = build_trainer(trainer, options)
+        x_train, y_train = self.training_data()
+        result = built.fit(self.crossbar, x_train, y_train, checkpoint=checkpoint, resume=resume, progress=progress)
+        for name, weight in result.weights.items():
+            check_finite(weight, f"training diverged (lower --lr or the noise): weight {name}")
+        hardened = dataclasses.replace(self, crossbar=self.crossbar.remapped(result.weights))
+        # Measured here, on every rank (accuracy is a collective under torchrun), not when first printed.
+        return Hardening(self, hardened, built.name, result, self.clean_accuracy(), hardened.clean_accuracy())
+
+    def training_data(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The dataset's labelled training split, fitted to the model's input."""
+        x_train, y_train = self.dataset.require_training()
+        return fit_to_model(x_train, self.imported.input, what="training data"), y_train
+
+
+@dataclass
+class Hardening:
+    """A hardening run: the setup it started from, the same setup with the fine-tuned weights, and the
+    trainer's record."""
+
+    before: Setup
+    after: Setup
+    """The same model, device and data with the fine-tuned weights mapped (measure it like any setup)."""
+    trainer: str
+    result: TrainResult
+    clean_accuracy_before: float
+    clean_accuracy_after: float
+
+    def export(self, path: str | Path) -> Path:
+        """Write the input's ONNX graph with the fine-tuned weights to a new file, checked in onnxruntime
+        first (never overwrites)."""
+        return export_onnx(self.before.imported, self.result.weights, path, check_inputs=self.before.data.x[:256])
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data, as in the ``harden`` report."""
+        return {"metric": "accuracy", "trainer": self.trainer, "config": self.result.config,
+                "chosen": self.result.chosen, "history": self.result.history,
+                "clean_accuracy_before": self.clean_accuracy_before, "clean_accuracy_after": self.clean_accuracy_after}
+
+    def table(self) -> str:
+        """The trainer, what it chose, and the clean-chip accuracy before and after (what ``harden`` prints)."""
+        result = self.result
+        resumed = f", resumed after epoch {result.resumed_from_epoch}" if result.resumed_from_epoch is not None else ""
+        lines = [f"trainer  {self.trainer} ({result.config['epochs']} epochs, seed {result.config['seed']}){resumed}"]
+        for key, value in result.chosen.items():
+            if key != "search":
+                lines.append(f"         {key} = {value:g}" if isinstance(value, float) else f"         {key} = {value}")
+        lines.append(f"clean chip accuracy  {self.clean_accuracy_before:.4f} -> {self.clean_accuracy_after:.4f} "
+                     f"({self.before.dataset.name} evaluation split)")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.table()
 
 
 def setup(
@@ -300,6 +373,8 @@ def build_setup(
     """
     dataset = _dataset(data)
     if isinstance(model, ImportedModel):
+        if example_input is not None:
+            raise CimguardError("example_input is only for a torch.nn.Module")
         imported = model
     else:
         imported = load(model, example_input)

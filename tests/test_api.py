@@ -12,6 +12,7 @@ import torch
 
 import cimguard
 from cimguard.errors import CimguardError
+from cimguard.factories import build_trainer
 from cimguard.report import to_jsonable
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,7 +26,8 @@ def _readme_python_example() -> str:
     return blocks[0]
 
 
-def test_readme_notebook_example_runs(capsys):
+def test_readme_notebook_example_runs(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the example writes lenet_robust.onnx
     namespace: dict = {}
     exec(compile(_readme_python_example(), "README.md (Python API)", "exec"), namespace)
     printed = capsys.readouterr().out
@@ -35,6 +37,8 @@ def test_readme_notebook_example_runs(capsys):
     assert [row["t"] for row in namespace["rows"]] == [1.0, 3600.0, 86400.0]
     assert 0.0 <= namespace["worst"].accuracy <= namespace["result"].clean_accuracy
     assert namespace["mlp"].mapped and namespace["mean"] == namespace["result"].monte_carlo.mean
+    assert "clean chip accuracy" in printed and (tmp_path / "lenet_robust.onnx").is_file()
+    assert namespace["after"].points[0].clean == namespace["hardening"].clean_accuracy_after
 
 
 def _table_lines(output: str, first: str) -> list[str]:
@@ -191,3 +195,21 @@ def test_import_cimguard_is_cheap():
     assert "setup" in dir(cimguard)
     with pytest.raises(AttributeError):
         cimguard.no_such_name  # noqa: B018
+
+
+def test_harden_command_prints_and_writes_what_the_api_returns(invoke, tmp_path):
+    output, report = tmp_path / "robust.onnx", tmp_path / "harden.json"
+    result = invoke("harden", "-o", output, "--trainer", "noise", "--epochs", "1", "--max-samples", "100",
+                    "--seed", "2", "--json", report)
+    assert result.exit_code == 0, result.output
+    chip = cimguard.setup(max_samples=100, torch_device="cpu")
+    hardening = chip.harden("noise", epochs=1, seed=2)
+    assert hardening.table() in result.output
+    saved = json.loads(report.read_text())
+    assert {key: saved[key] for key in hardening.to_dict()} == to_jsonable(hardening.to_dict())
+    # The exported file holds exactly the hardened weights: re-imported, it scores as the hardened chip.
+    again = cimguard.setup(str(output), max_samples=100, torch_device="cpu")
+    assert again.clean_accuracy() == hardening.clean_accuracy_after
+    assert again.evaluate(samples=0).float_accuracy == hardening.after.evaluate(samples=0).float_accuracy
+    with pytest.raises(CimguardError, match="options configure a trainer given by name"):
+        chip.harden(build_trainer("noise"), epochs=2)

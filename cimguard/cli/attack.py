@@ -62,13 +62,12 @@ def attack(ctx, model, data, device_name, device_params, device_file, weight_bit
 
     from cimguard.sim.evaluate import float_accuracy
     from cimguard.sim.perturbations import save_perturbation
-    from cimguard.sim.sweep import attack_sweep
 
     setup = setup_from_options(model, data, device_name, overrides, device_file, weight_bits, label_free,
                                verify, torch_device, max_samples)
     progress = True  # a bar on a terminal, a line every few seconds in a log (cimguard.progress)
     _print_header(setup, thgs, samples, seed)  # before any work
-    sweep = attack_sweep(setup.crossbar, setup.data, thgs, solvers, samples=samples, seed=seed, progress=progress)
+    sweep = setup.sweep(thgs, solvers, samples=samples, seed=seed, progress=progress)
     click.echo(sweep.table())
 
     rows = None

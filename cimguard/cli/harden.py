@@ -41,10 +41,7 @@ def harden(model, trainer_name, output, data, device_name, device_params, device
     weight values, checked in onnxruntime before it is written.
     """
     from cimguard.api import default_model
-    from cimguard.onnx.export import export_onnx
     from cimguard.report import check_outputs, write_json
-    from cimguard.sim.data import fit_to_model
-    from cimguard.sim.evaluate import accuracy
     from cimguard.sim.train import check_checkpoint
 
     trainer = build_trainer(trainer_name, trainer_options(click.get_current_context(), trainer_params))
@@ -57,42 +54,27 @@ def harden(model, trainer_name, output, data, device_name, device_params, device
 
     setup = setup_from_options(model, data, device_name, parse_param_overrides(device_params), device_file,
                                weight_bits, False, verify, torch_device, max_samples, thg)
-    x_train, y_train = setup.dataset.require_training()
-    x_train = fit_to_model(x_train, setup.imported.input, what="training data")
-    progress = True  # a bar on a terminal, a line every few seconds in a log (cimguard.progress)
+    x_train, _ = setup.training_data()
     # The header first: a long run under a pipe shows what it is doing before any work.
     click.echo(f"model    {setup.model_path}")
     click.echo(f"data     {setup.data_label}; {len(x_train)} training samples")
     click.echo(f"device   {setup.device_summary}, "
                f"{setup.crossbar.num_weights} weights in {len(setup.crossbar.layers)} layers")
     try:
-        result = trainer.fit(setup.crossbar, x_train, y_train, checkpoint=checkpoint, resume=resume, progress=progress)
+        # progress: a bar on a terminal, a line every few seconds in a log (cimguard.progress)
+        hardening = setup.harden(trainer, checkpoint=checkpoint, resume=resume, progress=True)
     except KeyboardInterrupt:
         if checkpoint is not None and Path(checkpoint).exists():
             click.echo(f"Training stopped; rerun the same command with --resume to continue from {checkpoint}.", err=True)
         raise
-    from cimguard.checks import check_finite
-
-    for name, weight in result.weights.items():
-        check_finite(weight, f"training diverged (lower --lr or the noise): weight {name}")
-    hardened = setup.crossbar.remapped(result.weights)
-    export_onnx(setup.imported, result.weights, output, check_inputs=setup.data.x[:256])
-
-    before, after = accuracy(setup.crossbar, setup.data), accuracy(hardened, setup.data)
-    click.echo(f"trainer  {trainer_name} ({result.config['epochs']} epochs, seed {result.config['seed']})"
-               + (f", resumed after epoch {result.resumed_from_epoch}" if result.resumed_from_epoch is not None else ""))
-    for key, value in result.chosen.items():
-        if key != "search":
-            click.echo(f"         {key} = {value:g}" if isinstance(value, float) else f"         {key} = {value}")
-    click.echo(f"clean chip accuracy  {before:.4f} -> {after:.4f} ({setup.dataset.name} evaluation split)")
+    hardening.export(output)
+    click.echo(hardening.table())
     click.echo(f"wrote {output}")
     if json_path and is_main():  # torchrun: -o and the report live on rank 0's host
         from cimguard.provenance import file_sha256, provenance
 
         write_json(json_path, {"provenance": provenance(setup, metric="accuracy"), "setup": setup.describe(),
-                               "metric": "accuracy", "trainer": trainer_name, "config": result.config,
-                               "chosen": result.chosen, "history": result.history,
-                               "clean_accuracy_before": before, "clean_accuracy_after": after,
+                               **hardening.to_dict(),
                                "output": {"path": str(Path(output).resolve()), "sha256": file_sha256(output)}})
         click.echo(f"wrote {json_path}")
 

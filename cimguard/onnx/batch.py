@@ -34,6 +34,8 @@ from onnx import numpy_helper
 from torch import nn
 from torch.utils._pytree import tree_map
 
+from cimguard.seeds import torch_generator
+
 #: Samples in the random check of a rewrite (distinct, so a mix-up between samples shows).
 CHECK_SAMPLES = 3
 #: Largest relative difference (of the output scale) between the two ways of running the model.
@@ -142,7 +144,7 @@ def _static_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
 
 def check_inputs(sample_shape: tuple[int, ...], samples: int = CHECK_SAMPLES) -> torch.Tensor:
     """Distinct seeded random samples of one input shape."""
-    generator = torch.Generator().manual_seed(1234)
+    generator = torch_generator(1234)
     return torch.randn((samples, *sample_shape), generator=generator)
 
 

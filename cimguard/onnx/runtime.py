@@ -18,6 +18,7 @@ from torch import nn
 from cimguard.errors import CimguardError, first_line
 from cimguard.onnx.batch import fixed_batch, output_mismatch
 from cimguard.onnx.model import ImportedModel, TensorSpec
+from cimguard.seeds import torch_generator
 
 # onnxruntime has kernels from opset 7 on; older models are checked as an opset-11 copy.
 _ORT_MIN_OPSET = 7
@@ -111,7 +112,7 @@ def _ort_session(model: onnx.ModelProto):
 
 def random_inputs(specs: Sequence[TensorSpec], seed: int = 0) -> dict[str, np.ndarray]:
     """Seeded inputs for every spec (dynamic axes set to 1): normal floats, zero integers and booleans."""
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch_generator(seed)
     feeds = {}
     for spec in specs:
         shape = tuple(d if d is not None else 1 for d in spec.shape)

@@ -94,11 +94,12 @@ def local_part(data: EvalData) -> EvalData:
 
 @torch.no_grad()
 def float_accuracy(crossbar: Crossbar, data: EvalData) -> float:
-    """Accuracy of the imported (unquantised) model itself."""
+    """Accuracy of the unquantised model: the imported one, or the float weights a crossbar was
+    :meth:`~cimguard.sim.crossbar.Crossbar.remapped` with (a hardened model)."""
+    source = {name: weight.to(crossbar.torch_device) for name, weight in (crossbar.source_weights or {}).items()}
     correct = 0
     for x, y in local_part(data).batches():  # torchrun: this rank's share; the counts are summed below
-        output = crossbar.imported.module(x)
-        output = output if isinstance(output, torch.Tensor) else output[0]
+        output = crossbar.logits_for_weights(x, source)
         correct += int((output.argmax(dim=1) == y).sum())
     (correct,) = distributed.sum_floats(correct)
     return int(correct) / len(data.labels)

@@ -210,13 +210,13 @@ def attack_sweep(
         if thg is None:
             point.box_levels = device_box_levels(crossbar.device)
         sweep.points.append(point)
+        problem = make_problem(chip, data, thg)  # before Monte Carlo: a box that cannot be is refused first
         try:
             if samples > 0:
                 point.monte_carlo = monte_carlo(chip, data, samples, seed, progress=progress)
         except KeyboardInterrupt:
             sweep.interrupted = True
             return sweep
-        problem = make_problem(chip, data, thg)
         for name, solver in solvers.items():
             run = run_checked(solver, problem, seed, progress=progress)
             point.runs[name] = run
