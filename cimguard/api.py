@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import numbers
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -94,7 +95,9 @@ def _export_module(module: nn.Module, example_input: torch.Tensor) -> onnx.Model
             return torch.onnx.export(module, (example_input,), dynamo=True, verbose=False).model_proto
         except ImportError:  # the default exporter needs onnxscript; the TorchScript one does not
             buffer = io.BytesIO()
-            torch.onnx.export(module, (example_input,), buffer, dynamo=False)
+            with warnings.catch_warnings():  # its deprecation notice is known: it is only the fallback
+                warnings.simplefilter("ignore", DeprecationWarning)
+                torch.onnx.export(module, (example_input,), buffer, dynamo=False)
             return onnx.load_from_string(buffer.getvalue())
     except Exception as exc:  # noqa: BLE001 - torch.export fails in many ways; the user gets one line
         raise CimguardError(f"torch.onnx.export could not export the module: {type(exc).__name__}: "

@@ -5,7 +5,8 @@ The domain (``cimguard.onnx``, ``cimguard.sim``) works with objects: a :class:`D
 --device-param t=86400``, ``--solver flwc,pgd --solver-param pgd.restarts=4``, ``--data digits``,
 ``cimguard.device("pcm", t=86400)``.  This module is where one becomes the other: it alone looks
 names up in the plugin registry (:mod:`cimguard.plugins`) and types text options by the config
-dataclasses, so every command-line value is parsed and validated once, here, before any work,
+dataclasses, so every command-line value is parsed once, here, and checked once, when the object it
+configures is built (before any work),
 and the domain modules never import the plugin manager (``tests/test_layers.py`` checks it).
 """
 
