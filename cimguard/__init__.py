@@ -30,6 +30,7 @@ _EXPORTS: dict[str, str] = {
     "solver": "cimguard.api",
     "setup": "cimguard.api",
     "Setup": "cimguard.api",
+    "Hardening": "cimguard.api",
     "compare_sweeps": "cimguard.compare",
     # the objects it hands out
     "ImportedModel": "cimguard.onnx.model",

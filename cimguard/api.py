@@ -35,7 +35,7 @@ from torch import nn
 
 from cimguard.checks import PROBE_SAMPLES, check_finite, check_model_io, probe_model
 from cimguard.errors import CimguardError, first_line
-from cimguard.factories import build_solver, build_trainer, create_device, load_dataset
+from cimguard.factories import build_solver, build_trainer, create_device, load_dataset, named_solver
 from cimguard.onnx.export import export_onnx
 from cimguard.onnx.model import ImportedModel, import_model, load_model
 from cimguard.onnx.runtime import verify_against_onnxruntime
@@ -122,10 +122,16 @@ def pick_solvers(choice: SolverChoice) -> dict[str, Solver]:
     or option dicts (``{"pgd": {"restarts": 4}}``); all are built before any work."""
     built: dict[str, Solver] = {}
     if isinstance(choice, Mapping):
-        built = {name: value if isinstance(value, Solver) else build_solver(name, value) for name, value in choice.items()}
+        for name, value in choice.items():
+            if isinstance(value, Solver):
+                built[name] = named_solver(value, name)  # the key names it in tables and reports
+            elif value is None or isinstance(value, Mapping):
+                built[name] = build_solver(name, value)
+            else:
+                raise CimguardError(f"solver {name!r}: give a Solver or a dict of options, got {type(value).__name__}")
     else:
         for item in [choice] if isinstance(choice, (str, Solver)) else list(choice):
-            one = item if isinstance(item, Solver) else build_solver(item)
+            one = named_solver(item) if isinstance(item, Solver) else build_solver(item)
             if one.name in built:
                 raise CimguardError(f"solver {one.name!r} given twice")
             built[one.name] = one
@@ -148,7 +154,7 @@ def run_solver(
     if isinstance(solver, Solver):
         if options:
             raise CimguardError("run_solver: options configure a solver given by name; this Solver object has its config")
-        built = solver
+        built = named_solver(solver)
     else:
         built = build_solver(solver, options)
     return run_checked(built, problem, seed, progress=progress, callbacks=callbacks)
@@ -251,7 +257,7 @@ class Setup:
               samples: int = 100, seed: int = 0, progress: bool = False) -> AttackSweep:
         """Clean, Monte Carlo and worst case at each write-verify threshold (``None``: the device's own
         box): one row per value, what ``cimguard attack --thg`` prints."""
-        thgs = [thg] if thg is None or isinstance(thg, numbers.Real) else list(thg)
+        thgs = _thg_list(thg)
         chosen = pick_solvers(solvers)
         return attack_sweep(self.crossbar, self.data, thgs, chosen, samples=samples, seed=seed, progress=progress)
 
@@ -347,6 +353,7 @@ def setup(
 
     ``model``: an ONNX file, a loaded model (:func:`load`), a ``torch.nn.Module`` with ``example_input``,
     or ``None`` (the embedded model); ``device``: a name or :func:`device`; ``data``: see :data:`DataSource`.
+    A loaded model's torch module moves to ``torch_device`` (load it again for a setup on another one).
     """
     return build_setup(model, data, device, crossbar_config=CrossbarConfig(weight_bits=weight_bits),
                        example_input=example_input, label_free=label_free, verify=verify,
@@ -393,16 +400,41 @@ def build_setup(
         verify_against_onnxruntime(imported, x[:256])
     target = pick_torch_device(torch_device)
     imported.module.to(target)
-    # A Device object is used as built (``device_params`` then only label it: the overrides it was built with).
-    built_device = device if isinstance(device, Device) else create_device(device, device_params, device_file=device_file)
+    if isinstance(device, Device):
+        # Used as built; ``device_params`` then only label it (the overrides it was built with).
+        if device_file is not None:
+            raise CimguardError("device_file selects a profile by name; this Device is already built")
+        built_device = device
+        overrides = _changed_fields(device) if device_params is None else dict(device_params)
+    else:
+        built_device = create_device(device, device_params, device_file=device_file)
+        overrides = dict(device_params or {})
     crossbar = Crossbar(imported, built_device, crossbar_config or CrossbarConfig())
     probe_model(crossbar, x[:PROBE_SAMPLES].to(target), where)
     eval_data = make_eval_data(crossbar, x, y, batch_size)
     if not eval_data.label_free:
         num_classes = crossbar.logits(eval_data.x[:1]).shape[1]
         check_labels(eval_data.labels, num_classes)
-    overrides = dict(device_params) if device_params else _changed_fields(built_device)
     return Setup(model_path, imported, dataset, built_device.name, built_device, crossbar, eval_data, overrides)
+
+
+def _tensor(value: Any) -> torch.Tensor:
+    # A tensor stays where it is (CPU or GPU); arrays and lists become CPU tensors.
+    return value.detach() if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value))
+
+
+def _thg_list(thg: Any) -> list[float | None]:
+    """``thg`` for :meth:`Setup.sweep`: ``None`` (the device's own box), a number, or several of those."""
+    def one(value: Any) -> float | None:
+        if value is None:
+            return None
+        if isinstance(value, (str, bool)) or not isinstance(value, numbers.Real) and getattr(value, "ndim", 1) != 0:
+            raise CimguardError(f"thg must be a number of levels or None (the device's own box), got {value!r}")
+        return float(value)
+
+    if thg is None or isinstance(thg, (str, numbers.Real)) or getattr(thg, "ndim", 1) == 0:
+        return [one(thg)]
+    return [one(value) for value in thg]
 
 
 def _changed_fields(device: Device) -> dict[str, Any]:
@@ -418,11 +450,15 @@ def _dataset(data: DataSource) -> Dataset:
     if isinstance(data, str):
         return load_dataset(data)
     if isinstance(data, tuple) and len(data) == 2:
-        x, y = (None if value is None else torch.as_tensor(np.asarray(value)) for value in data)
-        if x is None:
-            raise CimguardError("data (x, y) needs inputs x")
-        if y is not None and y.dtype.is_floating_point:
-            raise CimguardError(f"labels y must be integers, got {y.dtype}")
+        x, y = (None if value is None else _tensor(value) for value in data)
+        if x is None or x.dim() == 0:
+            raise CimguardError("data (x, y) needs inputs x with a sample axis")
+        if y is not None:
+            if y.dtype.is_floating_point or y.dtype == torch.bool:
+                raise CimguardError(f"labels y must be integers, got {y.dtype}")
+            if y.dim() != 1 or len(y) != len(x):
+                raise CimguardError(f"labels y must be one per sample: x has {len(x)} samples, y has shape "
+                                    f"{tuple(y.shape)}")
         return Dataset("arrays", f"{len(x)} samples given in memory", x, y)
     raise CimguardError(f"data must be a name, an .npz path, a Dataset or (x, y), got {type(data).__name__}")
 

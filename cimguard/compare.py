@@ -107,6 +107,8 @@ def compare_sweeps(
     if not isinstance(device, Device):
         device = create_device(device, device_params, device_file=device_file)
     labels = list(labels) if labels is not None else [str(m) for m in models]
+    if len(labels) != len(models):
+        raise CimguardError(f"give one label per model: {len(models)} models, {len(labels)} labels")
     comparison = Comparison("agreement" if label_free else "accuracy", list(chosen), [])
     for label, model in zip(labels, models):
         setup = build_setup(model, data, device, dict(device_params or {}), device_file,

@@ -6,12 +6,13 @@ The domain (``cimguard.onnx``, ``cimguard.sim``) works with objects: a :class:`D
 ``cimguard.device("pcm", t=86400)``.  This module is where one becomes the other: it alone looks
 names up in the plugin registry (:mod:`cimguard.plugins`) and types text options by the config
 dataclasses, so every command-line value is parsed once, here, and checked once, when the object it
-configures is built (before any work),
-and the domain modules never import the plugin manager (``tests/test_layers.py`` checks it).
+configures is built (before any work); the domain modules never import the plugin manager
+(``tests/test_layers.py`` checks it).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import tomllib
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from cimguard.errors import CimguardError
-from cimguard.options import coerce, field_types, type_name
+from cimguard.options import device_values
 from cimguard.plugins import registry
 from cimguard.sim.data import Dataset
 from cimguard.sim.device import Device, DeviceConfig
@@ -86,19 +87,9 @@ def check_thg_sweep(thgs: list[float | None], device_params: Mapping[str, Any]) 
 
 
 def build_config(config_class: type[DeviceConfig], params: Mapping[str, Any], *, origin: str = "") -> DeviceConfig:
-    """A device config from text or typed values; an unknown field or a value of the wrong type is an error
-    naming the field.  The values are checked once, by the device built from it (:meth:`Device.__init__`)."""
-    fields = {f.name for f in dataclasses.fields(config_class)}
-    hints = field_types(config_class)
-    values: dict[str, Any] = {}
-    for key, raw in params.items():
-        if key not in fields:
-            raise CimguardError(f"unknown device parameter {key!r}{origin} (parameters: {', '.join(fields)})")
-        try:
-            values[key] = coerce(raw, hints[key])
-        except ValueError:
-            raise CimguardError(f"device parameter {key} must be a {type_name(hints[key])}, got {raw!r}") from None
-    return config_class(**values)
+    """A device config from text or typed values (:func:`cimguard.options.device_values`); the device
+    built from it checks the values, once (:meth:`Device.__init__`)."""
+    return config_class(**device_values(config_class, params, origin=origin))
 
 
 @dataclass(frozen=True)
@@ -216,6 +207,21 @@ def build_solver(name: str, options: Mapping[str, Any] | None = None) -> Solver:
 def build_solvers(names: Iterable[str], options: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Solver]:
     """Every solver built (so validated) before any work starts: ``{name: Solver}`` in the given order."""
     return {name: build_solver(name, (options or {}).get(name)) for name in names}
+
+
+def named_solver(solver: Solver, name: str | None = None) -> Solver:
+    """``solver`` called ``name``, or by the name its class is registered under when it was built directly
+    (``FLWC(config)`` reports as ``flwc``); a copy when the name changes, the caller's object is left as is."""
+    if name is None:
+        if solver.name != type(solver).__name__:
+            return solver  # built by name (or named by its author): keep it
+        solvers = registry("solvers")
+        name = next((known for known in solvers.names() if solvers.get(known) is type(solver)), solver.name)
+    if name == solver.name:
+        return solver
+    renamed = copy.copy(solver)
+    renamed.name = name
+    return renamed
 
 
 def solver_option_names(name: str) -> set[str]:

@@ -9,6 +9,9 @@ always gives the same numbers however the work is split.
 
 from __future__ import annotations
 
+import operator
+
+import numpy as np
 import torch
 
 from cimguard.errors import CimguardError
@@ -19,11 +22,15 @@ SEED_MAX = 2**64 - 1
 _MASK64 = SEED_MAX
 
 
-def check_seed(seed: object, what: str = "seed") -> int:
-    """``seed`` as an int in ``0 .. 2**64 - 1``; anything else is a one-line error naming ``what``."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
-        raise CimguardError(f"{what} must be an integer from 0 to 2^64 - 1, got {seed!r}")
-    return seed
+def check_seed(seed: object) -> int:
+    """``seed`` (a Python or numpy integer) as an int in ``0 .. 2**64 - 1``; anything else is one line."""
+    try:
+        value = None if isinstance(seed, (bool, np.bool_)) else operator.index(seed)
+    except TypeError:
+        value = None
+    if value is None or not 0 <= value <= SEED_MAX:
+        raise CimguardError(f"seed must be an integer from 0 to 2^64 - 1, got {seed!r}")
+    return value
 
 
 def torch_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
@@ -48,7 +55,6 @@ def chip_seed(seed: int, chip: int) -> int:
     chips of one run always get distinct seeds, and it costs microseconds per chip.
     """
     return _splitmix64((_splitmix64(check_seed(seed)) + chip * 0x9E3779B97F4A7C15) & _MASK64)
-
 
 
 def _splitmix64(value: int) -> int:

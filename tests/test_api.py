@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import cimguard
+from cimguard.api import build_setup
 from cimguard.errors import CimguardError
 from cimguard.factories import build_trainer
 from cimguard.report import to_jsonable
@@ -101,7 +102,7 @@ def test_device_sweep_has_one_row_per_value_equal_to_each_device_alone():
 
 
 @pytest.mark.parametrize(("parameter", "values", "message"), [
-    ("nope", [1], "has no parameter 'nope'"),
+    ("nope", [1], "unknown device parameter 'nope'"),
     ("t", ["soon"], "device parameter t must be a float, got 'soon'"),
     ("t", [float("nan")], "t"),
     ("t", [], "give at least one value of t"),
@@ -185,12 +186,12 @@ def test_compare_sweeps_gives_each_model_the_attack_numbers():
     assert [row["model"] for row in comparison.to_dict()["rows"]] == ["a", "b"]
 
 
-def test_import_cimguard_is_cheap():
+def test_import_cimguard_is_cheap(tmp_path):
     import subprocess
     import sys
 
     code = "import sys, cimguard; print('torch' in sys.modules, 'cimguard.plugins' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path).stdout
     assert out.split() == ["False", "False"]
     assert "setup" in dir(cimguard)
     with pytest.raises(AttributeError):
@@ -213,3 +214,66 @@ def test_harden_command_prints_and_writes_what_the_api_returns(invoke, tmp_path)
     assert again.evaluate(samples=0).float_accuracy == hardening.after.evaluate(samples=0).float_accuracy
     with pytest.raises(CimguardError, match="options configure a trainer given by name"):
         chip.harden(build_trainer("noise"), epochs=2)
+
+
+def test_numbers_from_numpy_and_typed_values_are_checked_like_text(setup):
+    # A notebook loops over numpy seeds and passes typed values: the same checks as the command line's text.
+    stats = setup.monte_carlo(3, np.int64(5))
+    assert stats.seed == 5 and type(stats.seed) is int and stats.accuracies == setup.monte_carlo(3, 5).accuracies
+    with pytest.raises(CimguardError, match="option restarts expects int, got 4.5"):
+        cimguard.solver("pgd", restarts=4.5)
+    with pytest.raises(CimguardError, match="device parameter thg must be a float, got True"):
+        cimguard.device("gaussian", thg=True)
+    with pytest.raises(CimguardError, match=r"Monte Carlo needs a whole number of chips >= 0 \(0 skips"):
+        setup.evaluate(samples=-1)
+    with pytest.raises(CimguardError, match="Monte Carlo needs a whole number of chips >= 1"):
+        setup.monte_carlo(0)
+    with pytest.raises(CimguardError, match="thg must be a number of levels or None"):
+        setup.sweep("device")
+    assert [point.thg for point in setup.sweep(torch.tensor(0.02, dtype=torch.float64), {"flwc": {"iterations": 1}}, samples=0).points] == [0.02]
+
+
+def test_solver_dicts_name_the_columns_and_refuse_what_is_not_a_solver(setup):
+    sweep = setup.sweep(0.03, {"mine": cimguard.solver("flwc", iterations=1)}, samples=0)
+    run = sweep.points[0].runs["mine"]
+    assert sweep.solvers == ["mine"] and run.solver == "mine" and sweep.worst_run() is run
+    with pytest.raises(CimguardError, match="solver 'pgd': give a Solver or a dict of options, got str"):
+        setup.sweep(0.03, {"pgd": "restarts=4"})
+    with pytest.raises(CimguardError, match="solver 'flwc' given twice"):
+        setup.sweep(0.03, ["flwc", cimguard.solver("flwc")])
+    with pytest.raises(CimguardError, match="give at least one solver"):
+        setup.sweep(0.03, {})
+
+
+def test_a_thg_sweep_over_thg_in_a_fixed_box_is_refused(setup):
+    with pytest.raises(CimguardError, match="a sweep over thg sets the write-verify threshold itself"):
+        setup.sweep_device("thg", [0.01, 0.05], thg=0.03)
+
+
+def test_device_objects_keep_their_labels_and_profiles_keep_theirs(tmp_path, invoke):
+    profiles = tmp_path / "devices.toml"
+    profiles.write_text('[my_rram]\nbase = "rram"\nsource = "test wafer"\nthg = 0.02\n')
+    # A profile's own values are not overrides: the header says the profile's name, as before.
+    result = invoke("evaluate", "--samples", "0", "--max-samples", "20", "--device", "my_rram", "--device-file", profiles)
+    assert result.exit_code == 0, result.output
+    assert "device  my_rram (thg 0.02 levels)," in result.output
+    chip = cimguard.setup(None, cimguard.device("my_rram", file=profiles), max_samples=20, torch_device="cpu")
+    assert chip.device_name == "my_rram" and chip.device.source == "test wafer"
+    tighter = chip.sweep_device("thg", [0.01], {"flwc": {"iterations": 1}}, samples=0)
+    assert tighter.values == [0.01] and tighter.points[0].box_levels == [0.01] * len(tighter.points[0].box_levels)
+    with pytest.raises(CimguardError, match="device_file selects a profile by name"):
+        build_setup(None, "digits", cimguard.device("rram"), device_file=profiles)
+
+
+def test_in_memory_data_is_checked_and_models_in_memory_have_provenance():
+    from cimguard.provenance import provenance
+
+    x = np.zeros((5, 1, 8, 8), np.float32)
+    with pytest.raises(CimguardError, match="labels y must be one per sample: x has 5 samples"):
+        cimguard.setup(None, "gaussian", (x, np.zeros(4, np.int64)), torch_device="cpu")
+    with pytest.raises(CimguardError, match="give one label per model"):
+        cimguard.compare_sweeps([None, None], [0.03], "flwc", labels=["a"], torch_device="cpu")
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    chip = cimguard.setup(net, "gaussian", example_input=torch.zeros(1, 1, 8, 8), max_samples=10, torch_device="cpu")
+    record = provenance(chip, metric=chip.metric)
+    assert record["data"]["samples"] == 10 and record["metric"] == "accuracy"

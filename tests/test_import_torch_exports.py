@@ -87,7 +87,7 @@ def test_exported_file_is_what_we_think(exported):
     opset = next(op.version for op in model.opset_import if op.domain in ("", "ai.onnx"))
     if kind == "dynamo":
         assert opset >= 18
-        # it uses operator versions plain onnx2torch lacks, added by cimguard.converters
+        # it uses operator versions plain onnx2torch lacks, added by cimguard.onnx.converters
         from cimguard.onnx.converters import ADDED
 
         added = {(op, version) for domain, op, version, _ in ADDED if domain == ""}

@@ -153,6 +153,10 @@ def test_every_subpackage_is_installed():
     # subpackage would work from the source tree and break in a wheel.
     import tomllib
 
-    listed = set(tomllib.loads((PACKAGE_DIR.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    root = PACKAGE_DIR.parent
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     packages = {_module_name(path) for path in PACKAGE_DIR.rglob("__init__.py")}
-    assert packages <= listed
+    plugins = {".".join(("cimguard_plugins", *path.parent.relative_to(root / "plugins").parts))
+               for path in (root / "plugins").rglob("__init__.py")}
+    assert "cimguard.sim" in packages and "cimguard_plugins.solvers" in plugins
+    assert packages | plugins <= listed

@@ -119,8 +119,8 @@ DEFAULT_THG = DEVICE_BOX
 def solver_options(default: tuple[str, ...] = ("flwc",)) -> Callable:
     """Decorator: ``--solver``, ``--iterations`` and ``--solver-param``, spelled the same in every command.
 
-    The command receives ``solver_names``, ``iterations`` and ``solver_params``; turn them into
-    validated solver names and options with :func:`solvers_from_options`.
+    The command receives ``solver_names``, ``iterations`` and ``solver_params``; turn them into built
+    (so checked) solvers, ``{name: Solver}``, with :func:`cimguard.factories.solvers_from_options`.
     """
 
     def decorate(command: Callable) -> Callable:

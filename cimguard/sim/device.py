@@ -246,7 +246,7 @@ class Device:
         return conductance_us / self.level_step_us
 
 
-# -- building devices from names, profiles and overrides ------------------------------------
+# -- describing a config -----------------------------------------------------------------------
 
 
 def describe_config(config: DeviceConfig) -> list[tuple[str, Any, str]]:

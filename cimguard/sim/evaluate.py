@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import os
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
@@ -13,6 +14,7 @@ import numpy as np
 import torch
 
 from cimguard import distributed
+from cimguard.errors import CimguardError
 from cimguard.progress import progress_bar
 from cimguard.seeds import check_seed, chip_seed
 from cimguard.sim.crossbar import Crossbar
@@ -173,6 +175,7 @@ class Evaluation:
 def evaluation(crossbar: Crossbar, data: EvalData, samples: int = 100, seed: int = 0, *,
                progress: bool = False) -> Evaluation:
     """Float, clean-chip and Monte Carlo accuracy (``samples`` chips; 0 skips Monte Carlo)."""
+    seed, samples = check_seed(seed), chip_count(samples)
     clean = accuracy(crossbar, data)
     floating = float_accuracy(crossbar, data)
     stats = monte_carlo(crossbar, data, samples, seed, progress=progress) if samples else None
@@ -188,6 +191,16 @@ def ordinal(number: str) -> str:
 def _value_lines(rows: list[tuple[str, float]]) -> list[str]:
     width = max(len(label) for label, _ in rows)
     return [f"{label:<{width}}  {value:.4f}" for label, value in rows]
+
+
+def chip_count(samples: object, *, allow_none: bool = True) -> int:
+    """``samples`` as a whole number of Monte Carlo chips: ``>= 1``, or ``>= 0`` where 0 means "skip
+    Monte Carlo" (``allow_none``); anything else is one line."""
+    minimum = 0 if allow_none else 1
+    if isinstance(samples, bool) or not isinstance(samples, numbers.Integral) or samples < minimum:
+        skip = " (0 skips Monte Carlo)" if allow_none else ""
+        raise CimguardError(f"Monte Carlo needs a whole number of chips >= {minimum}{skip}, got {samples!r}")
+    return int(samples)
 
 
 @torch.no_grad()
@@ -217,7 +230,7 @@ def monte_carlo(
     fill the device with one chip's pass.  Default: 1 on CPU, :func:`chips_per_pass_for`
     elsewhere.  The accuracies are those of the one-chip loop.
     """
-    check_seed(seed)
+    seed, samples = check_seed(seed), chip_count(samples, allow_none=False)
     if prefetch is None:
         prefetch = crossbar.torch_device.type == "cpu" and usable_cores() > 1
     accuracies = []

@@ -1,6 +1,6 @@
 """Per-layer sensitivity: how far the worst case drops accuracy when only one layer is perturbed.
 
-For every mapped layer, a solver (``flwc`` by default) searches the worst chip whose
+For every mapped layer, a solver (built by the caller) searches the worst chip whose
 perturbation is confined to that layer (every other layer's box has bound 0), and
 the core checks the answer as usual.  A layer whose own worst case costs the most
 accuracy is the one to protect first (tighter write-verify, more bits, hardening).

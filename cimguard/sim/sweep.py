@@ -8,11 +8,11 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from cimguard.errors import CimguardError
-from cimguard.options import coerce, field_types, type_name
+from cimguard.options import device_values
 from cimguard.report import text_table
 from cimguard.sim.crossbar import Crossbar
-from cimguard.sim.device import device_box_levels
-from cimguard.sim.evaluate import EvalData, accuracy, monte_carlo
+from cimguard.sim.device import Device, device_box_levels
+from cimguard.sim.evaluate import EvalData, accuracy, chip_count, monte_carlo
 from cimguard.sim.solve import Solver
 from cimguard.sim.worst_case import SolverRun, make_problem, run_checked
 
@@ -152,35 +152,33 @@ def points_table(title: str, column: str, labels: list[str], points: list[ThgPoi
     return "\n".join(lines)
 
 
-def crossbar_with(crossbar: Crossbar, **changes: Any) -> Crossbar:
-    """The same mapping on the same kind of device with some config fields changed (text is typed by the
-    config; the new device checks its values).  Unchanged values give back ``crossbar`` itself."""
-    device = crossbar.device
-    config_class = type(device.config)
-    hints = field_types(config_class)
-    known = {f.name for f in dataclasses.fields(config_class)}
-    typed = {}
-    for name, value in changes.items():
-        if name not in known:
-            raise CimguardError(f"device {type(device).__name__} has no parameter {name!r} (parameters: "
-                                f"{', '.join(sorted(known))})")
-        try:
-            typed[name] = coerce(value, hints[name]) if isinstance(value, str) else value
-        except ValueError:
-            raise CimguardError(f"device parameter {name} must be a {type_name(hints[name])}, got {value!r}") from None
+def device_with(device: Device, **changes: Any) -> Device:
+    """The same kind of device with some config fields changed (text or typed values, typed by the config;
+    the new device checks them), keeping its name and source.  No change gives back ``device`` itself."""
+    typed = device_values(type(device.config), changes)
     if all(getattr(device.config, name) == value for name, value in typed.items()):
-        return crossbar
+        return device
     try:
-        new_device = type(device)(dataclasses.replace(device.config, **typed))
+        changed = type(device)(dataclasses.replace(device.config, **typed))
     except TypeError as exc:
         settings = ", ".join(f"{name}={value}" for name, value in typed.items())
         raise CimguardError(f"device {type(device).__name__} cannot be rebuilt with {settings}: {exc}") from None
-    return Crossbar(crossbar.imported, new_device, crossbar.config, source_weights=crossbar.source_weights)
+    changed.name = device.name
+    if getattr(device, "source", ""):
+        changed.source = device.source
+    return changed
+
+
+def crossbar_with(crossbar: Crossbar, device: Device) -> Crossbar:
+    """The same model and weights mapped onto ``device`` (``crossbar`` itself when it is the same device)."""
+    if device is crossbar.device:
+        return crossbar
+    return Crossbar(crossbar.imported, device, crossbar.config, source_weights=crossbar.source_weights)
 
 
 def crossbar_at(crossbar: Crossbar, thg: float) -> Crossbar:
     """The same mapping on the same device with write-verify threshold ``thg`` (for Monte Carlo)."""
-    return crossbar_with(crossbar, thg=thg)
+    return crossbar_with(crossbar, device_with(crossbar.device, thg=thg))
 
 
 def attack_sweep(
@@ -202,6 +200,7 @@ def attack_sweep(
     A Ctrl-C stops the sweep: the interrupted solver's best chip so far is kept and
     the result is marked interrupted.
     """
+    samples = chip_count(samples)
     clean = accuracy(crossbar, data)
     sweep = AttackSweep("agreement" if data.label_free else "accuracy", list(solvers), [])
     for thg in thgs:
@@ -246,10 +245,15 @@ def device_sweep(
     """
     if not values:
         raise CimguardError(f"give at least one value of {parameter}")
-    chips = [crossbar_with(crossbar, **{parameter: value}) for value in values]
-    typed = [getattr(chip.device.config, parameter) for chip in chips]
+    if parameter == "thg" and thg is not None:
+        raise CimguardError("a sweep over thg sets the write-verify threshold itself; leave thg=None "
+                            "(or sweep thresholds with attack_sweep)")
+    # Every value checked (a device built with it) before any work; one crossbar at a time after that.
+    devices = [device_with(crossbar.device, **{parameter: value}) for value in values]
+    typed = [getattr(device.config, parameter) for device in devices]
     sweep = DeviceSweep(parameter, typed, thg, "agreement" if data.label_free else "accuracy", list(solvers), [])
-    for chip in chips:
+    for device in devices:
+        chip = crossbar_with(crossbar, device)
         one = attack_sweep(chip, data, [thg], solvers, samples=samples, seed=seed, progress=progress)
         sweep.points.extend(one.points)
         if one.interrupted:
