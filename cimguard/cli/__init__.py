@@ -16,7 +16,7 @@ from cimguard.errors import CimguardError
 
 __all__ = ["cli", "main"]
 
-#: The built-in commands, one module each, in the order ``cimguard --help`` lists them (alphabetical anyway).
+#: The built-in commands, one module each (``cimguard --help`` lists them alphabetically).
 BUILTIN_COMMAND_MODULES: tuple[str, ...] = (
     "cimguard.cli.evaluate",
     "cimguard.cli.attack",
