@@ -8,7 +8,7 @@ input ONNX's own backend runner uses):
 
 * ``plain``: ``onnx2torch.convert(model)``, in a separate interpreter that never imports
   cimguard (cimguard registers extra converters in onnx2torch's registry);
-* ``cimguard``: ``cimguard.model.import_model`` (legalisation + extra converters).
+* ``cimguard``: ``cimguard.onnx.model.import_model`` (legalisation + extra converters).
 
 A model *converts* when a torch module comes out and runs; it *matches* when every output
 is within 1e-4 of the stored reference, relative to the output's scale.  Prints the counts
@@ -48,7 +48,7 @@ def _worker(engine: str, folder: str, threads: int) -> None:
         def to_torch(model):
             return convert(model)
     else:
-        from cimguard.model import import_model
+        from cimguard.onnx.model import import_model
 
         def to_torch(model):
             return import_model(model, require_mapped=False).module

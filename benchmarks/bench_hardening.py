@@ -36,11 +36,11 @@ def harden_and_compare(*, epochs: int | None = None, lr: float | None = None, se
     ``seed`` seeds the training (initial batches, noise, adversarial steps) and the evaluation
     (Monte Carlo chips, pgd restarts) alike, exactly as ``harden --seed`` and ``compare --seed`` do.
     """
-    from cimguard.cli_harden import compare_models
-    from cimguard.data import fit_to_model
-    from cimguard.export import export_onnx
-    from cimguard.pipeline import build_setup, default_model
-    from cimguard.train import TrainerConfig
+    from cimguard.api import build_setup, default_model
+    from cimguard.compare import compare_models
+    from cimguard.onnx.export import export_onnx
+    from cimguard.sim.data import fit_to_model
+    from cimguard.sim.train import TrainerConfig
     from cimguard_plugins.trainers.atrice import ATriceConfig, ATriceTrainer
     from cimguard_plugins.trainers.noise import NoiseTrainer
     from cimguard_plugins.trainers.trice import TriceConfig, TriceTrainer
@@ -101,7 +101,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from cimguard.cli_harden import ModelComparison, format_comparison
+    from cimguard.compare import ModelComparison, format_comparison
     from cimguard.report import check_new_output, write_json
 
     if args.json:

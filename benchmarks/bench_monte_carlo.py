@@ -29,11 +29,11 @@ from typing import Callable
 import torch
 from torch import nn
 
-from cimguard.crossbar import Crossbar, CrossbarConfig
-from cimguard.device import create_device
-from cimguard.evaluate import EvalData, accuracy, make_eval_data, monte_carlo, usable_cores
-from cimguard.model import load_model
-from cimguard.pipeline import build_setup
+from cimguard.api import build_setup
+from cimguard.factories import create_device
+from cimguard.onnx.model import load_model
+from cimguard.sim.crossbar import Crossbar, CrossbarConfig
+from cimguard.sim.evaluate import EvalData, accuracy, make_eval_data, monte_carlo, usable_cores
 
 
 class BasicBlock(nn.Module):

@@ -59,9 +59,9 @@ def main() -> None:
 
     import torchvision
 
-    from cimguard.evaluate import monte_carlo
-    from cimguard.pipeline import build_setup
-    from cimguard.solve import margin_gradient_with_accuracy
+    from cimguard.api import build_setup
+    from cimguard.sim.evaluate import monte_carlo
+    from cimguard.sim.gradients import margin_gradient_with_accuracy
 
     with tempfile.TemporaryDirectory() as folder:
         model_path, data_path = Path(folder) / "resnet18.onnx", Path(folder) / "images.npz"

@@ -52,8 +52,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from cimguard.pipeline import build_setup
-    from cimguard.solve import make_problem, run_solver
+    from cimguard.api import build_setup, run_solver
+    from cimguard.sim.worst_case import make_problem
 
     setup = build_setup(None, torch_device=args.torch_device)
     device = setup.crossbar.torch_device

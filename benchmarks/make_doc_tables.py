@@ -103,15 +103,14 @@ def run_hardening(seeds: list[int], epochs: int | None, samples: int) -> None:
 
 
 def run_solvers(samples: int) -> None:
-    from cimguard.pipeline import build_setup
-    from cimguard.solve import attack_sweep
+    from cimguard.api import build_setup
 
     path = RESULTS / "solvers.json"
     if path.exists():
         print(f"{path} exists, kept (delete it to re-measure)")
         return
     setup = build_setup(None, "digits", "gaussian", {})
-    sweep = attack_sweep(setup.crossbar, setup.data, [0.01, 0.03], ["flwc", "pgd", "lwc"], samples=samples, seed=0)
+    sweep = setup.sweep([0.01, 0.03], ["flwc", "pgd", "lwc"], samples=samples, seed=0)
     rows = []
     for point in sweep.points:
         mc = point.monte_carlo
@@ -122,8 +121,7 @@ def run_solvers(samples: int) -> None:
 
 
 def run_device_box(samples: int) -> None:
-    from cimguard.pipeline import build_setup
-    from cimguard.solve import attack_sweep
+    from cimguard.api import build_setup
 
     path = RESULTS / "device_box.json"
     if path.exists():
@@ -133,7 +131,7 @@ def run_device_box(samples: int) -> None:
     rows = []
     for device, params in cases:
         setup = build_setup(None, "digits", device, params)
-        sweep = attack_sweep(setup.crossbar, setup.data, [None], ["flwc", "pgd"], samples=samples, seed=0)
+        sweep = setup.sweep(None, ["flwc", "pgd"], samples=samples, seed=0)
         point = sweep.points[0]
         mc = point.monte_carlo
         rows.append({"device": device, "params": params, "bound_levels": point.box_levels,

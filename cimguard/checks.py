@@ -21,15 +21,11 @@ import numpy as np
 import onnx
 import torch
 
-from cimguard.errors import CimguardError
-from cimguard.legalise import MAX_TENSOR_ELEMENTS
+from cimguard.errors import CimguardError, first_line
+from cimguard.onnx.legalise import MAX_TENSOR_ELEMENTS
 
 #: The most elements one tensor (a weight, an input array, a value made at run time) may have.
 MAX_ELEMENTS = MAX_TENSOR_ELEMENTS
-#: Seeds are 64-bit: ``0 <= seed < 2**64`` in every command.
-SEED_LIMIT = 2**64
-#: Largest float32 value; float64 data beyond it would become ±Inf when cast.
-FLOAT32_MAX = float(np.finfo(np.float32).max)
 #: Samples probed under :func:`allocation_guard` before any evaluation (run-time memory bombs scale with them).
 PROBE_SAMPLES = 8
 
@@ -144,7 +140,7 @@ def read_npz(path: str | Path, what: str = "data file") -> dict[str, np.ndarray]
     except CimguardError:
         raise
     except (zipfile.BadZipFile, zlib.error, OSError, ValueError, EOFError, NotImplementedError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         raise CimguardError(f"{path} is a corrupt .npz archive ({reason[:200]})") from None
     return arrays
 
@@ -348,7 +344,7 @@ def run_probe(module_call, where: str, model=None) -> Any:
     except CimguardError:
         raise
     except (RuntimeError, ValueError, IndexError, TypeError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         reason = f"{type(exc).__name__}: {reason[:300]}"
         if model is not None:
             try:

@@ -42,6 +42,8 @@ from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 import torch
 
+from cimguard.errors import first_line
+
 T = TypeVar("T")
 
 #: How often the watcher looks for another rank's error (seconds).
@@ -121,7 +123,7 @@ def start() -> None:
     except Exception as exc:  # noqa: BLE001 - a launcher or network problem is the user's to fix
         from cimguard.errors import CimguardError
 
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        detail = first_line(exc)
         raise CimguardError(f"cannot join the torchrun process group ({detail})") from None
 
 

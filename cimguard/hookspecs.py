@@ -24,10 +24,10 @@ import pluggy
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import click
 
-    from cimguard.data import DatasetFactory
-    from cimguard.device import Device
-    from cimguard.solve import Solver
-    from cimguard.train import Trainer
+    from cimguard.sim.data import DatasetFactory
+    from cimguard.sim.device import Device
+    from cimguard.sim.solve import Solver
+    from cimguard.sim.train import Trainer
 
 PROJECT_NAME = "cimguard"
 
@@ -40,7 +40,7 @@ def register_devices(register: Callable[[str, type["Device"]], None]) -> None:
     """Register device models.
 
     Call ``register(name, DeviceClass)`` for each device.  ``DeviceClass`` is a
-    subclass of :class:`cimguard.device.Device` whose ``Config`` attribute is a
+    subclass of :class:`cimguard.sim.device.Device` whose ``Config`` attribute is a
     frozen dataclass of its parameters (one docstring per field, units in the
     field name or its docstring).  Users select it with ``--device NAME`` and
     override fields with ``--device-param FIELD=VALUE``.
@@ -52,7 +52,7 @@ def register_solvers(register: Callable[[str, type["Solver"]], None]) -> None:
     """Register worst-case solvers.
 
     Call ``register(name, SolverClass)``; ``SolverClass`` subclasses
-    :class:`cimguard.solve.Solver`.  The core re-checks every result a solver
+    :class:`cimguard.sim.solve.Solver`.  The core re-checks every result a solver
     returns against the write-verify bounds and recomputes its accuracy.
     """
 
@@ -62,7 +62,7 @@ def register_trainers(register: Callable[[str, type["Trainer"]], None]) -> None:
     """Register hardening trainers.
 
     Call ``register(name, TrainerClass)``; ``TrainerClass`` subclasses
-    :class:`cimguard.train.Trainer`.
+    :class:`cimguard.sim.train.Trainer`.
     """
 
 
@@ -71,7 +71,7 @@ def register_datasets(register: Callable[[str, "DatasetFactory"], None]) -> None
     """Register datasets.
 
     Call ``register(name, factory)`` where ``factory(argument)`` returns a
-    :class:`cimguard.data.Dataset`.  ``argument`` is the text after ``NAME:`` in
+    :class:`cimguard.sim.data.Dataset`.  ``argument`` is the text after ``NAME:`` in
     ``--data NAME:ARGUMENT`` (``None`` when absent), e.g. a file path.
     """
 

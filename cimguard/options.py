@@ -29,7 +29,7 @@ def type_name(hint: Any) -> str:
 
 
 def coerce(raw: Any, hint: Any) -> Any:
-    """``raw`` as the type ``hint`` names (bool, int, float, str); other types pass through.
+    """``raw`` (text or a value) as the type ``hint`` names (bool, int, float, str); other types pass through.
 
     Raises ``ValueError`` when the text does not spell a value of that type; callers
     turn it into a one-line error that names their option.
@@ -60,7 +60,8 @@ def coerce(raw: Any, hint: Any) -> Any:
 
 
 def config_values(kind: str, name: str, config_class: type, raw: Mapping[str, Any]) -> dict[str, Any]:
-    """``raw`` as values of ``config_class``'s fields: text typed by each field's annotation.
+    """``raw`` as values of ``config_class``'s fields, each typed by the field's annotation (text is parsed,
+    ``4.5`` for an int field or ``True`` for a float field refused).
 
     A field the config does not have is refused with one line naming the ``kind``
     ("solver", "trainer") called ``name`` and its fields, never dropped silently.
@@ -73,17 +74,39 @@ def config_values(kind: str, name: str, config_class: type, raw: Mapping[str, An
     values: dict[str, Any] = {}
     for key, value in raw.items():
         try:
-            values[key] = coerce(value, hints[key]) if isinstance(value, str) else value
+            values[key] = coerce(value, hints[key])
         except ValueError:
             raise CimguardError(f"{kind} {name!r}: option {key} expects {type_name(hints[key])}, got {value!r}") from None
     return values
 
 
-def checked_config(owner: Any, config: Any | None) -> Any:
-    """``config`` (``owner.Config()`` when ``None``) after checking its type and running ``validate()``.
+def device_values(config_class: type, raw: Mapping[str, Any], *, origin: str = "") -> dict[str, Any]:
+    """``raw`` (text or typed) as values of a device config's fields, with the device's wording: an
+    unknown field or a value of the wrong type is one line naming it (``origin`` says where it came from).
 
-    Devices, solvers and trainers call this in ``__init__`` so a bad option fails
-    when the object is built, before any work starts.
+    Only typing happens here; the device checks the values when it is built (:func:`checked_config`).
+    """
+    hints = field_types(config_class)
+    fields = [f.name for f in dataclasses.fields(config_class)]
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in hints or key not in fields:
+            raise CimguardError(f"unknown device parameter {key!r}{origin} (parameters: {', '.join(fields)})")
+        try:
+            values[key] = coerce(value, hints[key])
+        except ValueError:
+            raise CimguardError(f"device parameter {key} must be a {type_name(hints[key])}, got {value!r}") from None
+    return values
+
+
+def checked_config(owner: Any, config: Any | None, *, finite_first: bool = False) -> Any:
+    """``config`` (``owner.Config()`` when ``None``) after checking its type, running ``validate()`` and
+    refusing NaN (and ±Inf where a field's docstring gives it no meaning).
+
+    Devices, solvers and trainers call this in ``__init__`` so a bad option fails when the object is
+    built, before any work, and only there.  ``finite_first`` names a NaN as such before ``validate()``
+    sees it (devices: a NaN makes nonsense of their formulas' messages); otherwise the owner's own
+    message comes first (solvers and trainers say "must be a finite number" themselves).
     """
     config_class = type(owner).Config
     config = config if config is not None else config_class()
@@ -91,8 +114,11 @@ def checked_config(owner: Any, config: Any | None) -> Any:
         raise TypeError(f"{type(owner).__name__} needs a {config_class.__name__}, got {type(config).__name__}")
     from cimguard.checks import check_finite_fields
 
-    config.validate()  # the owner's own messages first; then no NaN, and ±Inf only where a field documents it
-    check_finite_fields(config, field_docs(config_class))
+    if finite_first:
+        check_finite_fields(config, field_docs(config_class))
+    config.validate()
+    if not finite_first:
+        check_finite_fields(config, field_docs(config_class))
     return config
 
 

@@ -39,7 +39,7 @@ def save_figure(figure, path: str | Path) -> Path:
 def plot_comparison(rows, *, metric: str = "accuracy", title: str = ""):
     """``metric`` against thg, one colour per model: solid worst case per solver, dashed Monte Carlo 1st percentile.
 
-    ``rows`` are :class:`cimguard.cli_harden.ModelComparison` records; ``metric`` is
+    ``rows`` are :class:`cimguard.compare.ModelComparison` records; ``metric`` is
     ``accuracy``, or ``agreement`` in label-free mode.  Points not measured (Monte Carlo
     skipped, a solver interrupted) are left out.
     """
@@ -111,7 +111,7 @@ def plot_monte_carlo(stats, clean_accuracy: float, path=None, *, metric: str = "
 def plot_attack_sweep(sweep, path=None, *, title: str = ""):
     """Accuracy vs write-verify threshold: clean, Monte Carlo mean and KPP band, each solver's worst case.
 
-    ``sweep`` is a :class:`cimguard.solve.AttackSweep`; with ``path`` the figure is also written there.
+    ``sweep`` is a :class:`cimguard.sim.sweep.AttackSweep`; with ``path`` the figure is also written there.
     """
     figure, axes = new_figure()
     points = sorted(sweep.points, key=lambda point: point.size)

@@ -134,29 +134,26 @@ A dataset
 
 from __future__ import annotations
 
-from cimguard.crossbar import Crossbar, Perturbation
-from cimguard.data import Dataset, read_npz
-from cimguard.device import AfterProgramming, Device, DeviceConfig, check_non_negative
 from cimguard.distributed import all_reduce_sum, is_main, local_slice, mini_batches, sum_gradients
 from cimguard.errors import CimguardError
-from cimguard.evaluate import KPP_PERCENTILES, EvalData, accuracy, monte_carlo
 from cimguard.hookspecs import hookimpl
-from cimguard.solve import (
-    AttackProblem,
-    Solver,
-    SolverConfig,
-    Tracker,
-    WorstCase,
-    is_finite,
+from cimguard.seeds import torch_generator
+from cimguard.sim.crossbar import Crossbar, Perturbation
+from cimguard.sim.data import Dataset, read_npz
+from cimguard.sim.device import AfterProgramming, Device, DeviceConfig, check_non_negative
+from cimguard.sim.evaluate import KPP_PERCENTILES, EvalData, accuracy, monte_carlo
+from cimguard.sim.gradients import (
+    flwc_step,
     linf_ratio,
     margin_gradient_with_accuracy,
     margin_loss,
-    flwc_step,
     project,
     sign_descent,
     sign_step,
 )
-from cimguard.train import Run, Trainer, TrainerConfig, check_rcg, rcg_mean_perturbation, rcg_perturbation
+from cimguard.sim.rcg import check_rcg, rcg_mean_perturbation, rcg_perturbation
+from cimguard.sim.solve import AttackProblem, Solver, SolverConfig, Tracker, WorstCase, is_finite
+from cimguard.sim.train import Run, Trainer, TrainerConfig
 
 __all__: list[str] = [
     # hook marker and errors
@@ -195,6 +192,8 @@ __all__: list[str] = [
     "check_rcg",
     "rcg_perturbation",
     "rcg_mean_perturbation",
+    # seeds: the one way a seed becomes a torch.Generator
+    "torch_generator",
     # datasets
     "Dataset",
     "read_npz",

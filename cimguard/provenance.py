@@ -23,7 +23,7 @@ import torch
 from cimguard import distributed
 
 if TYPE_CHECKING:
-    from cimguard.pipeline import Setup
+    from cimguard.api import Setup
 
 #: The distributions whose versions decide the numbers (import, conversion, arithmetic, checks).
 VERSIONED = ("cimguard", "torch", "onnx", "onnx2torch", "onnxruntime")
@@ -100,7 +100,8 @@ def provenance(setup: "Setup | None" = None, *, metric: str | None = None,
     }
     paths = list(models or [])
     if setup is not None:
-        paths = [setup.model_path] + [p for p in paths if Path(p).resolve() != Path(setup.model_path).resolve()]
+        if setup.model_path is not None:  # a model built in memory has no file to hash
+            paths = [setup.model_path] + [p for p in paths if Path(p).resolve() != Path(setup.model_path).resolve()]
         data = setup.data
         record["data"] = {
             "name": setup.dataset.name,

@@ -8,7 +8,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from cimguard.distributed import is_main
 from cimguard.errors import CimguardError
@@ -27,6 +27,18 @@ def to_jsonable(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     return value
+
+
+def text_table(header: Sequence[str], rows: Sequence[Sequence[str]], *, left: int = 0) -> list[str]:
+    """Lines of a plain-text table: columns as wide as their widest cell, the first ``left`` columns
+    left-aligned and the rest right-aligned, two spaces apart."""
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(cell.ljust(width) if i < left else cell.rjust(width)
+                         for i, (cell, width) in enumerate(zip(cells, widths)))
+
+    return [line(header), *(line(row) for row in rows)]
 
 
 def check_new_output(path: str | Path, *, inputs: tuple[str | Path, ...] = ()) -> Path:

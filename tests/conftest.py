@@ -23,7 +23,7 @@ def default_model_path():
 
 @pytest.fixture(scope="session")
 def digits():
-    from cimguard.data import load_dataset
+    from cimguard.factories import load_dataset
 
     return load_dataset("digits")
 
@@ -31,7 +31,7 @@ def digits():
 @pytest.fixture()
 def setup(default_model_path):
     """The embedded model on the gaussian device (thg 0.03), digits evaluation split."""
-    from cimguard.pipeline import build_setup
+    from cimguard.api import build_setup
 
     return build_setup(default_model_path, "digits", "gaussian", {"thg": 0.03}, torch_device="cpu")
 

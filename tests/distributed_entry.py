@@ -12,7 +12,7 @@ import os
 from cimguard.errors import CimguardError
 
 if os.environ.get("CIMGUARD_TEST_FAIL_RANK") == os.environ.get("RANK"):
-    import cimguard.evaluate as evaluate
+    import cimguard.sim.evaluate as evaluate
 
     def failing_monte_carlo(*args, **kwargs):
         raise CimguardError("test fault")
@@ -20,7 +20,7 @@ if os.environ.get("CIMGUARD_TEST_FAIL_RANK") == os.environ.get("RANK"):
     evaluate.monte_carlo = failing_monte_carlo
 
 if os.environ.get("CIMGUARD_TEST_STOP_AFTER_EPOCH"):
-    import cimguard.train as train
+    import cimguard.sim.train as train
 
     stop_after = int(os.environ["CIMGUARD_TEST_STOP_AFTER_EPOCH"])
     save = train.Trainer._save

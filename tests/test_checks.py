@@ -33,7 +33,7 @@ def test_check_finite_names_the_count_and_the_first_index():
 
 
 def test_the_core_bound_check_refuses_nan_and_inf():
-    from cimguard.crossbar import check_within_bounds
+    from cimguard.sim.crossbar import check_within_bounds
 
     bounds = {"w": torch.full((2, 2), 0.1)}
     check_within_bounds({"w": torch.zeros(2, 2)}, bounds)
@@ -43,7 +43,8 @@ def test_the_core_bound_check_refuses_nan_and_inf():
 
 
 def test_a_solver_answer_with_nan_is_refused_by_the_core(setup):
-    from cimguard.solve import WorstCase, make_problem, verified
+    from cimguard.sim.solve import WorstCase, verified
+    from cimguard.sim.worst_case import make_problem
 
     problem = make_problem(setup.crossbar, setup.data, 0.03)
     delta = {name: torch.full_like(bound, float("nan")) for name, bound in problem.bounds.items()}
@@ -52,7 +53,7 @@ def test_a_solver_answer_with_nan_is_refused_by_the_core(setup):
 
 
 def test_a_chip_with_non_finite_delta_is_an_error_never_an_accuracy(setup, monkeypatch):
-    from cimguard.evaluate import monte_carlo
+    from cimguard.sim.evaluate import monte_carlo
 
     # A device whose draws overflow (a plugin's bug, or parameters no validation foresaw).
     device = setup.crossbar.device
@@ -150,7 +151,7 @@ def test_token_ids_that_do_not_fit_the_input_type_are_refused_not_wrapped(invoke
 
 
 def test_stacked_chips_that_cannot_run_fall_back_to_the_one_chip_loop(setup, monkeypatch):
-    from cimguard import evaluate
+    from cimguard.sim import evaluate
 
     one = evaluate.monte_carlo(setup.crossbar, setup.data, 5, seed=3, progress=False, chips_per_pass=1)
 
@@ -209,14 +210,14 @@ def test_disk_full_and_file_size_limits_are_one_line_and_leave_nothing(invoke, t
 
 
 def test_library_warnings_never_print_before_the_error(invoke, monkeypatch):
-    import cimguard.pipeline
+    import cimguard.api
 
     def warn_then_fail(*args, **kwargs):
         warnings.warn("overflow encountered", RuntimeWarning)
         warnings.warn("a torch thing", UserWarning)
         raise CimguardError("the real problem")
 
-    monkeypatch.setattr(cimguard.pipeline, "load_dataset", warn_then_fail)
+    monkeypatch.setattr(cimguard.api, "load_dataset", warn_then_fail)
     result = invoke("evaluate")
     assert result.exit_code == 1 and result.output == "Error: the real problem\n"
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cimguard.evaluate import chips_per_pass_for, monte_carlo
+from cimguard.sim.evaluate import chips_per_pass_for, monte_carlo
 
 
 def test_stacked_chips_equal_the_one_chip_loop(setup):

@@ -57,21 +57,24 @@ def test_solver_options_helper_is_reusable():
     import click
     from click.testing import CliRunner
 
-    from cimguard.cli_attack import solver_options, solvers_from_options
+    from cimguard.cli.options import solver_options
     from cimguard.errors import CimguardError
+    from cimguard.factories import build_solver, solvers_from_options
 
     @click.command()
     @solver_options(default=("pgd",))
     def probe(solver_names, iterations, solver_params):
-        names, options = solvers_from_options(solver_names, iterations, solver_params)
-        click.echo(f"{names} {options}")
+        # Built solvers, named as chosen, each with the options given for it.
+        solvers = solvers_from_options(solver_names, iterations, solver_params)
+        click.echo(" ".join(f"{name}={solver.name}:{solver.config.iterations},{solver.config.stop_at_bound},"
+                            f"{solver.config.k:g}" for name, solver in solvers.items()))
 
     result = CliRunner().invoke(probe, ["--solver", "flwc", "--solver", "pgd,flwc", "--iterations", "7",
                                         "--solver-param", "stop_at_bound=false", "--solver-param", "pgd.k=4"])
     assert result.exit_code == 0, result.output
-    assert result.output.strip() == ("['flwc', 'pgd'] {'flwc': {'iterations': 7, 'stop_at_bound': False}, "
-                                     "'pgd': {'iterations': 7, 'stop_at_bound': False, 'k': 4.0}}")
-    assert "['pgd']" in CliRunner().invoke(probe, []).output
+    flwc_k = build_solver("flwc").config.k  # flwc keeps its own k; pgd.k=4 reaches pgd only
+    assert result.output.strip() == f"flwc=flwc:7,False,{flwc_k:g} pgd=pgd:7,False,4"
+    assert CliRunner().invoke(probe, []).output.strip().startswith("pgd=pgd:")
     with pytest.raises(CimguardError, match="solver 'pgd': k must be a finite number > 0, got nan"):
         solvers_from_options(("pgd",), None, ("k=nan",))
 
@@ -115,15 +118,15 @@ def test_label_free_reports_agreement_and_sensitivity(invoke):
     ],
 )
 def test_bad_input_is_one_line(invoke, tmp_path, monkeypatch, args, message):
-    import cimguard.cli_attack
-    import cimguard.evaluate
+    import cimguard.cli.attack
+    import cimguard.sim.sweep
 
     def no_work(*args, **kwargs):
         raise AssertionError("bad input must be refused before any setup or Monte Carlo work")
 
     # Every check runs before the model is even loaded.
-    monkeypatch.setattr(cimguard.cli_attack, "setup_from_options", no_work)
-    monkeypatch.setattr(cimguard.evaluate, "monte_carlo", no_work)
+    monkeypatch.setattr(cimguard.cli.attack, "setup_from_options", no_work)
+    monkeypatch.setattr(cimguard.sim.sweep, "monte_carlo", no_work)
     monkeypatch.chdir(tmp_path)
     result = invoke("attack", *SMALL, *args)
     assert result.exit_code == 1
@@ -132,7 +135,7 @@ def test_bad_input_is_one_line(invoke, tmp_path, monkeypatch, args, message):
 
 
 def test_replay_refuses_another_model(invoke, tmp_path):
-    from cimguard.solve import save_perturbation
+    from cimguard.sim.perturbations import save_perturbation
 
     saved = tmp_path / "w.npz"
     save_perturbation(saved, {"layer": __import__("torch").zeros(2)}, {"model_sha256": "0" * 64, "thg": 0.03})
@@ -141,7 +144,7 @@ def test_replay_refuses_another_model(invoke, tmp_path):
 
 
 def test_ctrl_c_stops_cleanly_and_keeps_the_best_chip(invoke, tmp_path, monkeypatch):
-    import cimguard.solve as flwc_module  # flwc's sign descent lives in the core
+    import cimguard.sim.gradients as flwc_module  # flwc's sign descent lives in the core (gradients)
 
     real = flwc_module.margin_gradient_with_accuracy
     calls = {"n": 0}

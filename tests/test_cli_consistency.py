@@ -8,12 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from cimguard import hookimpl, plugins
-from cimguard.device import DeviceConfig
+from cimguard.sim.device import DeviceConfig
 from cimguard_plugins.devices.gaussian import GaussianDevice
 
 ROOT = Path(__file__).resolve().parents[1]

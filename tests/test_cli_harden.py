@@ -40,7 +40,7 @@ def test_harden_exports_the_vendor_graph_with_new_weights(invoke, default_model_
     assert [i.name for i in hardened.graph.input] == [i.name for i in original.graph.input]
     before, after = _initializers(original), _initializers(hardened)
     assert before.keys() == after.keys()
-    from cimguard.model import load_model
+    from cimguard.onnx.model import load_model
 
     mapped = {m.initializer for m in load_model(default_model_path).mapped}
     for name in before:
@@ -53,9 +53,9 @@ def test_harden_exports_the_vendor_graph_with_new_weights(invoke, default_model_
 def test_exported_file_matches_the_hardened_torch_model(setup, tmp_path):
     from torch.func import functional_call
 
-    from cimguard.data import fit_to_model
-    from cimguard.export import export_onnx
-    from cimguard.model import run_onnxruntime
+    from cimguard.onnx.export import export_onnx
+    from cimguard.onnx.runtime import run_onnxruntime
+    from cimguard.sim.data import fit_to_model
     from cimguard_plugins.trainers.atrice import ATriceConfig, ATriceTrainer
 
     x, y = setup.dataset.require_training()
@@ -66,8 +66,8 @@ def test_exported_file_matches_the_hardened_torch_model(setup, tmp_path):
     theirs = run_onnxruntime(onnx.load(path), setup.data.x.numpy())
     np.testing.assert_allclose(theirs, ours.numpy(), rtol=1e-4, atol=1e-4)
     # Re-imported, the file maps to the same chip as the trained weights.
-    from cimguard.pipeline import build_setup
-    from cimguard.evaluate import accuracy
+    from cimguard.api import build_setup
+    from cimguard.sim.evaluate import accuracy
 
     again = build_setup(path, "digits", "gaussian", {"thg": 0.03}, torch_device="cpu")
     assert accuracy(again.crossbar, again.data) == accuracy(setup.crossbar.remapped(result.weights), setup.data)
@@ -160,7 +160,7 @@ def test_resumed_checkpoint_is_an_input_not_an_output(invoke, tmp_path):
 
 
 def test_interrupted_harden_resumes_to_the_same_file(invoke, tmp_path, monkeypatch):
-    import cimguard.train as train
+    import cimguard.sim.train as train
 
     args = ("harden", "--trainer", "atrice", "--epochs", "3", "--batch-size", "256", "--seed", "3")
     full = invoke(*args, "-o", tmp_path / "full.onnx")
@@ -191,9 +191,9 @@ def test_interrupted_harden_resumes_to_the_same_file(invoke, tmp_path, monkeypat
 
 @pytest.fixture(scope="module")
 def hardened_model(tmp_path_factory, default_model_path):
-    from cimguard.data import fit_to_model
-    from cimguard.export import export_onnx
-    from cimguard.pipeline import build_setup
+    from cimguard.api import build_setup
+    from cimguard.onnx.export import export_onnx
+    from cimguard.sim.data import fit_to_model
     from cimguard_plugins.trainers.atrice import ATriceConfig, ATriceTrainer
 
     torch.set_num_threads(1)
@@ -253,16 +253,16 @@ def test_compare_solver_default_and_zero_samples_match_attack(invoke, default_mo
 
 
 def test_interrupted_compare_reports_the_models_done(invoke, default_model_path, tmp_path, monkeypatch):
-    import cimguard.solve as solve
+    import cimguard.compare as compare
 
-    real = solve.attack_sweep
+    real = compare.attack_sweep
 
     def interrupted_sweep(*args, **kwargs):
         sweep = real(*args, **kwargs)
         sweep.interrupted = True  # as if Ctrl-C hit at the end of the first model's sweep
         return sweep
 
-    monkeypatch.setattr(solve, "attack_sweep", interrupted_sweep)
+    monkeypatch.setattr(compare, "attack_sweep", interrupted_sweep)
     second = tmp_path / "second.onnx"
     second.write_bytes(default_model_path.read_bytes())
     result = invoke("compare", default_model_path, second, "--thg", "0.01", "--samples", "0", "--iterations", "1",
@@ -284,7 +284,7 @@ def test_compare_label_free_reports_agreement(invoke, default_model_path, tmp_pa
 
 
 def test_comparison_plot_labels_the_metric():
-    from cimguard.cli_harden import ModelComparison
+    from cimguard.compare import ModelComparison
     from cimguard.plot import plot_comparison
 
     rows = [ModelComparison("a.onnx", 0.01, 1.0, 0.99, 0.98, {"flwc": 0.5}),
@@ -327,7 +327,7 @@ def test_compare_refuses_existing_outputs(invoke, default_model_path, tmp_path):
 
 
 def test_compare_models_rejects_no_thresholds():
-    from cimguard.cli_harden import compare_models
+    from cimguard.compare import compare_models
 
     with pytest.raises(CimguardError, match="thg"):
         compare_models([None], [], ["flwc"])

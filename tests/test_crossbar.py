@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from cimguard.crossbar import Crossbar, CrossbarConfig, check_within_bounds
-from cimguard.device import create_device
 from cimguard.errors import CimguardError
-from cimguard.model import load_model
+from cimguard.factories import create_device
+from cimguard.onnx.model import load_model
+from cimguard.sim.crossbar import Crossbar, CrossbarConfig, check_within_bounds
 from tests.onnx_builders import gemm_model
 
 WEIGHT = np.array([[0.6, -0.2], [1.0, 0.13]], dtype=np.float32)

@@ -36,8 +36,8 @@ def test_attack_searches_the_pcm_box_one_day_after_programming(invoke):
 
 
 def test_crossbar_box_is_the_bit_sliced_sum_of_per_level_bounds(setup):
-    from cimguard.device import create_device
-    from cimguard.crossbar import Crossbar
+    from cimguard.factories import create_device
+    from cimguard.sim.crossbar import Crossbar
 
     device = create_device("pcm", {"t": 86400.0})
     crossbar = Crossbar(setup.imported, device, setup.crossbar.config)
@@ -86,7 +86,7 @@ def box_plugin():
 
 @pytest.mark.parametrize("name, per_level", [("float-bound", [0.02, 0.02]), ("level-bound", [0.005, 0.04])])
 def test_a_plugins_deviation_bound_is_the_box_searched(invoke, box_plugin, tmp_path, name, per_level):
-    from cimguard.pipeline import build_setup
+    from cimguard.api import build_setup
 
     report, saved = tmp_path / "r.json", tmp_path / "worst.npz"
     result = invoke("attack", "--device", name, *FAST, "--json", report, "--save-perturbation", saved)
@@ -140,7 +140,7 @@ def test_device_param_thg_with_an_explicit_sweep_is_refused(invoke):
 
 def test_explicit_sweep_keeps_todays_numbers(setup):
     # --thg 0.03 is the uniform box s·thg/(2^B - 1) per weight, exactly as before per-level boxes.
-    from cimguard.solve import make_problem
+    from cimguard.sim.worst_case import make_problem
 
     problem = make_problem(setup.crossbar, setup.data, 0.03)
     for name, bound in problem.bounds.items():

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cimguard.device import create_device
+from cimguard.factories import create_device
 from cimguard.plugins import registry
 
 ROOT = Path(__file__).resolve().parents[1]

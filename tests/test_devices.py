@@ -11,8 +11,9 @@ import math
 import pytest
 import torch
 
-from cimguard.device import Device, DeviceConfig, create_device
 from cimguard.errors import CimguardError
+from cimguard.factories import create_device
+from cimguard.sim.device import Device, DeviceConfig
 
 N = 200_000
 
@@ -254,8 +255,8 @@ def test_bad_parameters_are_one_line_errors(name, params, message):
 
 
 def test_crossbars_draw_cache_sized_blocks_and_keep_each_levels_statistics(monkeypatch, default_model_path):
-    import cimguard.crossbar as crossbar_module
-    from cimguard.pipeline import build_setup
+    import cimguard.sim.crossbar as crossbar_module
+    from cimguard.api import build_setup
 
     monkeypatch.setattr(crossbar_module, "CPU_SAMPLE_BLOCK", 1000)
     crossbar = build_setup(default_model_path, "digits", "rram", {"thg": 0.05}, torch_device="cpu").crossbar

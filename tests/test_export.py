@@ -14,8 +14,10 @@ from torch import nn
 from torch.func import functional_call
 
 from cimguard.errors import CimguardError
-from cimguard.export import export_onnx, weight_locations, with_weights
-from cimguard.model import load_model, output_mismatch, run_onnxruntime
+from cimguard.onnx.batch import output_mismatch
+from cimguard.onnx.export import export_onnx, weight_locations, with_weights
+from cimguard.onnx.model import load_model
+from cimguard.onnx.runtime import run_onnxruntime
 
 DATA = Path(onnx.__file__).parent / "backend" / "test" / "data"
 

@@ -9,7 +9,8 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from cimguard.errors import CimguardError
-from cimguard.model import load_model, onnxruntime_mismatch
+from cimguard.onnx.model import load_model
+from cimguard.onnx.runtime import onnxruntime_mismatch
 
 
 def _model(path, batch: int, merge_batch: bool):

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from cimguard.device import create_device
+from cimguard.factories import create_device
 
 N = 200_000
 

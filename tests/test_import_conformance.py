@@ -23,7 +23,8 @@ import torch
 from onnx import numpy_helper
 
 from cimguard.errors import CimguardError
-from cimguard.model import import_model, output_mismatch
+from cimguard.onnx.batch import output_mismatch
+from cimguard.onnx.model import import_model
 from tests.backend_data import DATA, light_inputs, read_tensor
 
 PYTORCH_CONVERTED = DATA / "pytorch-converted"
@@ -168,7 +169,7 @@ def _external_model(folder: Path, location: str, *, data: bytes | None = None, l
 
 
 def test_external_data_inside_the_folder_loads(tmp_path):
-    from cimguard.model import load_model
+    from cimguard.onnx.model import load_model
 
     path, weight, payload = _external_model(tmp_path / "m", "weights.bin")
     (tmp_path / "m" / "weights.bin").write_bytes(payload)
@@ -178,7 +179,7 @@ def test_external_data_inside_the_folder_loads(tmp_path):
 
 @pytest.mark.parametrize("location", ["../secret.bin", "/etc/passwd", "sub/../../secret.bin", "link.bin"])
 def test_external_data_outside_the_folder_is_refused(tmp_path, location):
-    from cimguard.model import load_model
+    from cimguard.onnx.model import load_model
 
     path, _, payload = _external_model(tmp_path / "m", location)
     (tmp_path / "secret.bin").write_bytes(payload)
@@ -188,7 +189,7 @@ def test_external_data_outside_the_folder_is_refused(tmp_path, location):
 
 
 def test_external_data_missing_or_short_is_refused(tmp_path):
-    from cimguard.model import load_model
+    from cimguard.onnx.model import load_model
 
     path, _, payload = _external_model(tmp_path / "a", "weights.bin")
     with pytest.raises(CimguardError, match="external data file 'weights.bin' for tensor 'W' not found"):
@@ -202,8 +203,8 @@ def test_external_data_missing_or_short_is_refused(tmp_path):
 def test_oversize_stored_tensor_is_refused(tmp_path):
     from onnx import TensorProto, helper
 
-    from cimguard.legalise import MAX_TENSOR_ELEMENTS
-    from cimguard.model import read_onnx
+    from cimguard.onnx.legalise import MAX_TENSOR_ELEMENTS
+    from cimguard.onnx.model import read_onnx
 
     huge = TensorProto(name="W", data_type=TensorProto.FLOAT, dims=[MAX_TENSOR_ELEMENTS + 1], raw_data=b"\0" * 8)
     graph = helper.make_graph(
@@ -220,7 +221,7 @@ def test_constant_of_shape_bomb_is_refused_before_allocating(tmp_path):
     """A 3-number file that asks for a 4e12-element weight fails fast instead of eating memory."""
     from onnx import TensorProto, helper
 
-    from cimguard.model import load_model
+    from cimguard.onnx.model import load_model
 
     shape = numpy_helper.from_array(np.array([2_000_000, 2_000_000], dtype=np.int64), "shape")
     graph = helper.make_graph(
@@ -239,7 +240,7 @@ def test_constant_of_shape_bomb_is_refused_before_allocating(tmp_path):
 
 
 def test_truncated_protobuf_is_one_clear_error(tmp_path):
-    from cimguard.model import read_onnx
+    from cimguard.onnx.model import read_onnx
 
     data = (LIGHT / "light_squeezenet.onnx").read_bytes()
     path = tmp_path / "cut.onnx"
@@ -306,7 +307,7 @@ SINGLE_OPS = {
 
 @pytest.mark.parametrize("case", sorted(SINGLE_OPS))
 def test_single_operator_matches_onnxruntime(case):
-    from cimguard.model import run_onnxruntime_all
+    from cimguard.onnx.runtime import run_onnxruntime_all
 
     model = SINGLE_OPS[case]()
     onnx.checker.check_model(model)

@@ -14,7 +14,9 @@ import pytest
 import torch
 from torch import nn
 
-from cimguard.model import load_model, output_mismatch, run_onnxruntime, verify_against_onnxruntime
+from cimguard.onnx.batch import output_mismatch
+from cimguard.onnx.model import load_model
+from cimguard.onnx.runtime import run_onnxruntime, verify_against_onnxruntime
 
 TOLERANCE = 1e-4
 BATCH_SIZES = (1, 3)
@@ -85,8 +87,8 @@ def test_exported_file_is_what_we_think(exported):
     opset = next(op.version for op in model.opset_import if op.domain in ("", "ai.onnx"))
     if kind == "dynamo":
         assert opset >= 18
-        # it uses operator versions plain onnx2torch lacks, added by cimguard.converters
-        from cimguard.converters import ADDED
+        # it uses operator versions plain onnx2torch lacks, added by cimguard.onnx.converters
+        from cimguard.onnx.converters import ADDED
 
         added = {(op, version) for domain, op, version, _ in ADDED if domain == ""}
         used = {(n.op_type, onnx.defs.get_schema(n.op_type, max_inclusive_version=opset).since_version)

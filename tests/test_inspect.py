@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
-
-import numpy as np
 
 from tests.onnx_builders import custom_op_model, gemm_model, relu_model
 
@@ -71,9 +70,9 @@ def test_unsupported_operator_prints_report_then_fails(invoke, tmp_path):
 
 
 def test_not_exact_fails(invoke, tmp_path, monkeypatch):
-    import cimguard.cli_inspect as cli_inspect
+    import cimguard.onnx.inspect as onnx_inspect
 
-    monkeypatch.setattr(cli_inspect, "EXACT_TOLERANCE", -1.0)
+    monkeypatch.setattr(onnx_inspect, "EXACT_TOLERANCE", -1.0)
     result = invoke("inspect", relu_model(tmp_path / "relu.onnx"))
     assert "NOT exact" in result.output
     assert "is not exact" in _error(result)

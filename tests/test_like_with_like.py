@@ -12,8 +12,10 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
-from cimguard.export import export_onnx
-from cimguard.model import load_model, onnxruntime_mismatch, output_mismatch, random_inputs, run_onnxruntime_all
+from cimguard.onnx.batch import output_mismatch
+from cimguard.onnx.export import export_onnx
+from cimguard.onnx.model import load_model
+from cimguard.onnx.runtime import onnxruntime_mismatch, random_inputs, run_onnxruntime_all
 
 TOLERANCE = 1e-4  # the tolerance of export and --verify
 
@@ -62,7 +64,7 @@ def test_tf32_rounding_failed_the_old_check_and_passes_the_new_one(default_model
     weights = {name: (w + 0.01 * w.abs().max() * torch.randn(w.shape, generator=generator))
                for name, w in imported.weights().items()}
     feeds = {imported.input.name: torch.rand((64, *imported.input.shape[1:]), generator=generator).numpy()}
-    from cimguard.export import with_weights
+    from cimguard.onnx.export import with_weights
 
     exported_model = with_weights(imported, weights)
     assert _old_check(exported_model, imported.module, feeds, weights) > TOLERANCE  # refused for rounding alone

@@ -162,11 +162,11 @@ def test_unknown_solver_param_is_refused_naming_the_solver_and_its_fields(invoke
 
 
 def test_solver_options_from_python_refuse_unknown_fields():
-    from cimguard.solve import build_solver, coerce_solver_options
+    from cimguard.factories import build_solver
 
     with pytest.raises(CimguardError, match=r"^solver 'pgd' has no option nope \(its options: .*restarts"):
         build_solver("pgd", {"iterations": 3, "nope": 1})
     with pytest.raises(CimguardError, match=r"^solver 'flwc' has no option nope"):
-        coerce_solver_options("flwc", {"nope": "1"})
-    assert coerce_solver_options("flwc", {"k": "20"}) == {"k": 20.0}
+        build_solver("flwc", {"nope": "1"})
+    assert build_solver("flwc", {"k": "20"}).config.k == 20.0
     assert build_solver("flwc", {"iterations": "7"}).config.iterations == 7

@@ -7,8 +7,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from cimguard.pipeline import build_setup
-from cimguard.solve import make_problem, run_solver
+from cimguard.api import build_setup, run_solver
+from cimguard.sim.worst_case import make_problem
 
 
 def _stops(trace) -> list[str]:

@@ -6,27 +6,21 @@ import numpy as np
 import pytest
 import torch
 
+from cimguard.api import run_solver
 from cimguard.errors import CimguardError
-from cimguard.evaluate import accuracy, monte_carlo
+from cimguard.factories import build_solver
 from cimguard.plugins import registry
-from cimguard.solve import (
-    WorstCase,
-    build_solver,
-    linf_ratio,
-    load_perturbation,
-    make_problem,
-    margin_gradient,
-    margin_gradient_with_accuracy,
-    run_solver,
-    save_perturbation,
-    verified,
-)
+from cimguard.sim.evaluate import accuracy, monte_carlo
+from cimguard.sim.gradients import linf_ratio, margin_gradient, margin_gradient_with_accuracy
+from cimguard.sim.perturbations import load_perturbation, save_perturbation
+from cimguard.sim.solve import WorstCase, verified
+from cimguard.sim.worst_case import make_problem
 
 
 @pytest.fixture(scope="module")
 def shipped():
     """The default setup: embedded LeNet on digits, gaussian device (thg 0.03), on the CPU."""
-    from cimguard.pipeline import build_setup
+    from cimguard.api import build_setup
 
     return build_setup(None, torch_device="cpu")
 
@@ -34,7 +28,7 @@ def shipped():
 @pytest.fixture(scope="module")
 def small():
     """The shipped model on the first 96 evaluation samples (fast solver checks)."""
-    from cimguard.pipeline import build_setup
+    from cimguard.api import build_setup
 
     return build_setup(None, torch_device="cpu", max_samples=96)
 
@@ -147,7 +141,7 @@ def test_lwc_searches_c_and_stays_in_the_box(small):
 
 def test_lwc_run_starts_from_the_given_chip(small):
     """warm_start: a run begins at the best chip so far (u = ΔW / bound), zero-bound layers stay at 0."""
-    from cimguard.solve import Tracker
+    from cimguard.sim.solve import Tracker
 
     first = small.crossbar.names[1]
     problem = make_problem(small.crossbar, small.data, 0.03, layers=(first,))
@@ -206,7 +200,7 @@ def test_ctrl_c_returns_best_so_far_marked_interrupted(small, solver, options):
 
 
 def test_ctrl_c_before_any_candidate_gives_the_clean_chip(small, monkeypatch):
-    import cimguard.solve as flwc_module  # flwc's sign descent lives in the core
+    import cimguard.sim.gradients as flwc_module  # flwc's sign descent lives in the core (gradients)
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -220,13 +214,13 @@ def test_ctrl_c_before_any_candidate_gives_the_clean_chip(small, monkeypatch):
 
 
 def test_layer_confined_problem_leaves_other_layers_untouched(small):
-    from cimguard.sensitivity import layer_sensitivity
+    from cimguard.sim.sensitivity import layer_sensitivity
 
     first = small.crossbar.names[0]
     problem = make_problem(small.crossbar, small.data, 0.03, layers=(first,))
     run = run_solver("flwc", problem)
     assert all(float(run.worst.perturbation[name].abs().max()) == 0.0 for name in small.crossbar.names if name != first)
-    rows = layer_sensitivity(small.crossbar, small.data, 0.03, "flwc", options={"k": 3, "iterations": 3})
+    rows = layer_sensitivity(small.crossbar, small.data, 0.03, build_solver("flwc", {"k": 3, "iterations": 3}))
     assert sorted(row.torch_name for row in rows) == sorted(small.crossbar.names)
     # Rows name layers as `inspect` does: the ONNX initializer and its node, not the torch name.
     for row in rows:
@@ -286,9 +280,7 @@ def test_solver_settings_are_checked_when_built(solver, options, message):
 
 
 def test_unknown_solver_and_bad_options_fail_before_work(small, monkeypatch):
-    import cimguard.evaluate
-    from cimguard.sensitivity import layer_sensitivity
-    from cimguard.solve import attack_sweep
+    from cimguard.sim.sensitivity import layer_sensitivity
 
     problem = make_problem(small.crossbar, small.data, 0.03)
     with pytest.raises(CimguardError, match="unknown solver 'nope'"):
@@ -297,13 +289,12 @@ def test_unknown_solver_and_bad_options_fail_before_work(small, monkeypatch):
     def no_work(*args, **kwargs):
         raise AssertionError("work started before the solver settings were checked")
 
-    monkeypatch.setattr(cimguard.evaluate, "monte_carlo", no_work)
+    monkeypatch.setattr("cimguard.sim.sweep.monte_carlo", no_work)
     with pytest.raises(CimguardError, match="solver 'pgd': k must be"):
-        attack_sweep(small.crossbar, small.data, [0.01], ["flwc", "pgd"], samples=5,
-                     options={"pgd": {"k": float("nan")}})
-    monkeypatch.setattr("cimguard.sensitivity.run_solver", no_work)
+        small.sweep([0.01], {"flwc": {}, "pgd": {"k": float("nan")}}, samples=5)
+    monkeypatch.setattr("cimguard.sim.sensitivity.run_checked", no_work)
     with pytest.raises(CimguardError, match="solver 'flwc': k must be"):
-        layer_sensitivity(small.crossbar, small.data, 0.03, "flwc", options={"k": -1.0})
+        layer_sensitivity(small.crossbar, small.data, 0.03, build_solver("flwc", {"k": -1.0}))
 
 
 def test_solvers_work_on_an_imported_resnet18_label_free(tmp_path):
@@ -312,7 +303,7 @@ def test_solvers_work_on_an_imported_resnet18_label_free(tmp_path):
 
     import torchvision
 
-    from cimguard.pipeline import build_setup
+    from cimguard.api import build_setup
 
     torch.manual_seed(0)
     model = torchvision.models.resnet18(weights=None).eval()
@@ -345,7 +336,8 @@ def test_run_solver_accepts_a_solver_object(small):
     by_name = run_solver("flwc", problem, seed=2, options={"iterations": 3})
     solver = FLWC(FLWCConfig(iterations=3))
     by_object = run_solver(solver, problem, seed=2, callbacks=(lambda record: None,))
-    assert by_object.solver == "flwc" and by_object.options == by_name.options
+    # Built directly, it reports under the name its class is registered as.
+    assert by_object.solver == by_name.solver == "flwc" and by_object.options == by_name.options
     assert by_object.accuracy == by_name.accuracy
     assert all(torch.equal(by_object.worst.perturbation[k], by_name.worst.perturbation[k]) for k in problem.bounds)
     assert solver.callbacks == [] and solver.progress is False  # the caller's object is left as it was

@@ -8,28 +8,24 @@ import math
 import pytest
 import torch
 
+from cimguard.api import run_solver
 from cimguard.errors import CimguardError
-from cimguard.evaluate import accuracy
 from cimguard.plugins import registry
-from cimguard.solve import make_problem, run_solver
-from cimguard.train import (
-    TrainerConfig,
-    rcg_mean,
-    rcg_mean_perturbation,
-    rcg_perturbation,
-)
+from cimguard.sim.evaluate import accuracy
+from cimguard.sim.rcg import rcg_mean, rcg_mean_perturbation, rcg_perturbation
+from cimguard.sim.train import TrainerConfig
+from cimguard.sim.worst_case import make_problem
 from cimguard_plugins.trainers.atrice import ATriceConfig, ATriceTrainer
 from cimguard_plugins.trainers.noise import NoiseTrainer
 from cimguard_plugins.trainers.trice import TriceConfig, TriceTrainer
 from cimguard_plugins.trainers.vanilla import VanillaTrainer
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture()
 def training(setup):
-    from cimguard.data import fit_to_model
+    from cimguard.sim.data import fit_to_model
 
     x, y = setup.dataset.require_training()
     return fit_to_model(x, setup.imported.input), y
@@ -59,8 +55,8 @@ def test_trainers_are_registered():
     ids=["noise", "trice", "atrice"],
 )
 def test_trainer_improves_worst_case_accuracy(default_model_path, trainer, device_params):
-    from cimguard.data import fit_to_model
-    from cimguard.pipeline import build_setup
+    from cimguard.api import build_setup
+    from cimguard.sim.data import fit_to_model
 
     setup = build_setup(default_model_path, "digits", "gaussian", device_params, torch_device="cpu")
     x, y = setup.dataset.require_training()
@@ -324,7 +320,7 @@ def test_censoring_threshold_minus_infinity_is_refused_in_every_trainer(setup):
 
 
 def test_atrice_without_write_verify_needs_an_explicit_step(default_model_path, training):
-    from cimguard.pipeline import build_setup
+    from cimguard.api import build_setup
 
     setup = build_setup(default_model_path, "digits", "gaussian", {"thg": float("inf")}, torch_device="cpu")
     with pytest.raises(CimguardError, match="eta-train"):

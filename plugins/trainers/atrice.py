@@ -4,7 +4,7 @@ Per mini-batch, on the current weights re-mapped onto the crossbar:
 
 1. start ΔW at the mean of the RCG distribution and take one F-LWC sign step
    down the Carlini–Wagner margin of *this batch* (step ``eta_train`` levels per
-   device, i.e. ``cimguard.solve.sign_step`` with the crossbar's per-layer bound
+   device, i.e. ``cimguard.sim.gradients.sign_step`` with the crossbar's per-layer bound
    for ``eta_train``): the adversarial chip ``ΔW_adv``;
 2. loss ``α · CE(W_q + ΔW_adv)``, backward, optimiser step — applied to the
    weights themselves (the authors' code updates a copy that it then restores,

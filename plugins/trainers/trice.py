@@ -25,10 +25,10 @@ from typing import Any
 import torch
 
 from cimguard.plugin_api import (
+    KPP_PERCENTILES,
     CimguardError,
     Crossbar,
     EvalData,
-    KPP_PERCENTILES,
     Run,
     Trainer,
     TrainerConfig,
@@ -36,6 +36,7 @@ from cimguard.plugin_api import (
     hookimpl,
     monte_carlo,
     rcg_perturbation,
+    torch_generator,
 )
 
 #: Upper bound on the number of (σ, threshold) candidates one search may train.
@@ -60,7 +61,7 @@ class TriceConfig(TrainerConfig):
     """Monte Carlo chips that score each candidate."""
     kpp: float = 1.0
     """The percentile of Monte Carlo accuracy that scores a candidate (1: the 1st percentile); one
-    of the percentiles ``cimguard.evaluate.monte_carlo`` reports (1, 10, 50), read from its result."""
+    of the percentiles ``cimguard.sim.evaluate.monte_carlo`` reports (1, 10, 50), read from its result."""
     validation_fraction: float = 0.2
     """Share of the training split held out to score candidates."""
 
@@ -125,7 +126,7 @@ class TriceTrainer(Trainer):
 
     def _split(self, crossbar: Crossbar, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, EvalData]:
         """Hold out part of the *training* split (seeded) to score the candidates on."""
-        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(self.config.seed)).to(x.device)
+        order = torch.randperm(len(x), generator=torch_generator(self.config.seed)).to(x.device)
         held = int(round(len(x) * self.config.validation_fraction))
         validation, fit = order[:held], order[held:]
         return x[fit], y[fit], EvalData(x[validation], y[validation])

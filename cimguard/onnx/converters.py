@@ -2,7 +2,7 @@
 
 Everything here is registered through onnx2torch's own registry
 (``onnx2torch.node_converters.registry.add_converter``); onnx2torch itself is never
-patched.  Importing this module registers the converters once; ``cimguard.model``
+patched.  Importing this module registers the converters once; ``cimguard.onnx.model``
 imports it before any conversion.
 
 Three kinds of additions:
@@ -15,7 +15,7 @@ Three kinds of additions:
   ``Resize`` 18/19, ``Split`` 18, ``Cast`` 19) reuses the old converter when the node
   does not use the new feature, and is refused otherwise;
 * **new converters**: ``Reduce*`` 18 (axes became an input), ``AveragePool`` 19/22 and
-  asymmetric padding (``cimguard.legal::AveragePool``, see :mod:`cimguard.legalise`),
+  asymmetric padding (``cimguard.legal::AveragePool``, see :mod:`cimguard.onnx.legalise`),
   ``Gelu`` 20.
 """
 
@@ -28,12 +28,7 @@ import torch
 import torch.nn.functional as F
 from onnx import defs
 from onnx2torch.node_converters.reduce import OnnxReduceStaticAxes
-from onnx2torch.node_converters.registry import (
-    _CONVERTER_REGISTRY,
-    OperationDescription,
-    add_converter,
-    get_converter,
-)
+from onnx2torch.node_converters.registry import _CONVERTER_REGISTRY, OperationDescription, add_converter, get_converter
 from onnx2torch.onnx_graph import OnnxGraph
 from onnx2torch.onnx_node import OnnxNode
 from onnx2torch.utils.common import (

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -18,10 +16,10 @@ from onnx2torch.node_converters import get_converter
 from onnx2torch.onnx_graph import OnnxGraph
 from torch import fx, nn
 
-import cimguard.converters  # noqa: F401 - registers the extra onnx2torch converters before any conversion
+import cimguard.onnx.converters  # noqa: F401 - registers the extra onnx2torch converters before any conversion
 from cimguard.checks import AllocationError, allocation_guard, check_input_file, check_model_tensors, check_opsets
-from cimguard.errors import CimguardError
-from cimguard.legalise import MAX_TENSOR_ELEMENTS, WeightOrigin, legalise_model
+from cimguard.errors import CimguardError, first_line
+from cimguard.onnx.legalise import MAX_TENSOR_ELEMENTS, WeightOrigin, legalise_model
 
 #: ONNX operators whose constant weight input is programmed into a crossbar.
 MAPPABLE_OPS: tuple[str, ...] = ("Conv", "Gemm", "MatMul")
@@ -94,7 +92,7 @@ class ImportedModel:
     origins: dict[str, WeightOrigin] = field(default_factory=dict)
     """Initializers of ``legalised`` that a node of the original graph produced (export writes there)."""
     batch_mode: str = "dynamic"
-    """How batches of any size run (:mod:`cimguard.batch`): ``dynamic`` (the file's own batch axis),
+    """How batches of any size run (:mod:`cimguard.onnx.batch`): ``dynamic`` (the file's own batch axis),
     ``symbolic`` (a fixed batch made symbolic), ``vmap`` or ``loop`` (a batch-1 file, one sample at a time),
     ``fixed`` (runs only on the file's own batch size; any other is a one-line error)."""
 
@@ -129,7 +127,7 @@ def read_onnx(path: str | Path) -> onnx.ModelProto:
     try:
         model = onnx.load_model_from_string(path.read_bytes())
     except (DecodeError, ValueError, RuntimeError) as exc:
-        raise CimguardError(f"{path} is not a valid ONNX file ({_first_line(exc)})") from None
+        raise CimguardError(f"{path} is not a valid ONNX file ({first_line(exc)})") from None
     if model.ir_version <= 0 or not model.HasField("graph") or len(model.graph.node) == 0:
         raise CimguardError(f"{path} is not an ONNX model (no graph or no IR version)")
     check_opsets(model, str(path))
@@ -138,7 +136,7 @@ def read_onnx(path: str | Path) -> onnx.ModelProto:
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
-        raise CimguardError(f"{path} fails the ONNX checker: {_first_line(exc)}") from None
+        raise CimguardError(f"{path} fails the ONNX checker: {first_line(exc)}") from None
     check_model_tensors(_all_tensors(model.graph), str(path))
     return model
 
@@ -215,20 +213,11 @@ def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
         del tensor.external_data[:]
 
 
-def load_model(path: str | Path, *, verify_with: torch.Tensor | None = None) -> ImportedModel:
-    """Load an ONNX file and convert it to torch.
-
-    Args:
-        path: the ``.onnx`` file.
-        verify_with: inputs to run through both the converted model and
-            onnxruntime; a mismatch raises :class:`CimguardError`.
-    """
+def load_model(path: str | Path) -> ImportedModel:
+    """Load an ONNX file and convert it to torch (cross-check it with
+    :func:`cimguard.onnx.runtime.verify_against_onnxruntime`)."""
     path = Path(path)
-    original = read_onnx(path)
-    imported = import_model(original, path=path)
-    if verify_with is not None:
-        verify_against_onnxruntime(imported, verify_with)
-    return imported
+    return import_model(read_onnx(path), path=path)
 
 
 def import_model(original: onnx.ModelProto, *, path: Path | None = None, require_mapped: bool = True) -> ImportedModel:
@@ -250,8 +239,8 @@ def import_model(original: onnx.ModelProto, *, path: Path | None = None, require
             f"{where} has no crossbar-mappable layer (Conv, Gemm or MatMul with a constant weight)"
         )
     initializer_names = {init.name for init in legal.graph.initializer}
-    inputs = tuple(_spec(v) for v in legal.graph.input if v.name not in initializer_names)
-    outputs = tuple(_spec(v) for v in legal.graph.output)
+    inputs = tuple(tensor_spec(v) for v in legal.graph.input if v.name not in initializer_names)
+    outputs = tuple(tensor_spec(v) for v in legal.graph.output)
     if batch_mode not in ("dynamic", "fixed"):  # every batch size runs now
         inputs = tuple(TensorSpec(spec.name, (None, *spec.shape[1:]), spec.dtype) for spec in inputs)
         outputs = tuple(TensorSpec(spec.name, (None, *spec.shape[1:]), spec.dtype) for spec in outputs)
@@ -276,9 +265,9 @@ def _convert(legal: onnx.ModelProto, where: str, notes: list[str] | None = None)
             warnings.simplefilter("ignore")
             module = convert(legal)
     except NotImplementedError as exc:
-        raise CimguardError(f"{where}: unsupported ONNX construct: {_first_line(exc)}") from None
+        raise CimguardError(f"{where}: unsupported ONNX construct: {first_line(exc)}") from None
     except Exception as exc:  # noqa: BLE001 - onnx2torch raises many types; the user needs one line
-        raise CimguardError(f"{where}: conversion to torch failed: {type(exc).__name__}: {_first_line(exc)}") from None
+        raise CimguardError(f"{where}: conversion to torch failed: {type(exc).__name__}: {first_line(exc)}") from None
     module.eval()
     if any(t.is_floating_point() and t.dtype != torch.float32 for t in (*module.parameters(), *module.buffers())):
         # Crossbars, devices and solvers compute in float32; the export writes the file's own dtype back.
@@ -292,13 +281,13 @@ def _convert(legal: onnx.ModelProto, where: str, notes: list[str] | None = None)
 
 def _any_batch_size(legal: onnx.ModelProto, module: fx.GraphModule, where: str,
                     notes: list[str]) -> tuple[onnx.ModelProto, fx.GraphModule, str]:
-    """Make a file exported with a fixed batch run on any batch (see :mod:`cimguard.batch`)."""
-    from cimguard import batch as batching
+    """Make a file exported with a fixed batch run on any batch (see :mod:`cimguard.onnx.batch`)."""
+    from cimguard.onnx import batch as batching
 
     size = batching.fixed_batch(legal)
     if size is None:
         return legal, module, batching.DYNAMIC
-    spec = _spec(next(v for v in legal.graph.input if v.name not in {i.name for i in legal.graph.initializer}))
+    spec = tensor_spec(next(v for v in legal.graph.input if v.name not in {i.name for i in legal.graph.initializer}))
     sample_shape = spec.shape[1:]
     if (any(d is None for d in sample_shape) or not spec.dtype.startswith(("float", "double"))
             or size > batching.MAX_FIXED_BATCH
@@ -394,235 +383,15 @@ def find_mapped_weights(model: onnx.ModelProto, module: fx.GraphModule) -> tuple
 _ONNX_TYPES = {v: k for k, v in onnx.TensorProto.DataType.items()}
 
 
-def _spec(value: onnx.ValueInfoProto) -> TensorSpec:
+def tensor_spec(value: onnx.ValueInfoProto) -> TensorSpec:
+    """An ONNX graph input or output as a :class:`TensorSpec` (unknown axes are ``None``)."""
     tensor_type = value.type.tensor_type
     dims = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tensor_type.shape.dim)
     return TensorSpec(value.name, dims, _ONNX_TYPES.get(tensor_type.elem_type, "UNDEFINED").lower())
 
 
-def run_onnxruntime(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    """Run ``model`` on ``x`` with onnxruntime's CPU provider; returns the first output.
-
-    onnxruntime implements opsets from 7 on; an older model is run as a copy upgraded
-    with ONNX's version converter (the model itself is not changed).
-    """
-    session = _ort_session(model)
-    return session.run(None, {session.get_inputs()[0].name: x})[0]
+def shape_text(spec: TensorSpec) -> str:
+    """``[?, 1, 8, 8]``: the declared shape, ``?`` for a symbolic or unknown axis."""
+    return "[" + ", ".join("?" if d is None else str(d) for d in spec.shape) + "]"
 
 
-def run_onnxruntime_all(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    """Run ``model`` with onnxruntime on named inputs; returns every output.
-
-    A file that fixes its batch size (``torch.onnx.export``'s default writes batch 1) is
-    run on chunks of that size, the last one padded with copies of the first sample
-    (the padding's outputs are dropped), so any number of samples can be checked.
-    """
-    from cimguard.batch import fixed_batch
-
-    session = _ort_session(model)
-    size = fixed_batch(model)
-    count = len(next(iter(feeds.values()))) if len(feeds) == 1 else None
-    if size is None or count is None or count == size:
-        return list(session.run(None, feeds))
-    name, x = next(iter(feeds.items()))
-    chunks = []
-    for start in range(0, count, size):
-        part = x[start : start + size]
-        if len(part) < size:
-            part = np.concatenate([part, np.repeat(x[:1], size - len(part), axis=0)])
-        chunks.append(session.run(None, {name: part}))
-    return [np.concatenate([chunk[k] for chunk in chunks])[:count] for k in range(len(chunks[0]))]
-
-
-def _import_onnxruntime():
-    """onnxruntime, imported so that it writes nothing under the user's home.
-
-    On import, onnxruntime creates a telemetry device id and database under
-    ``$XDG_CACHE_HOME`` (default ``~/.cache/Microsoft/DeveloperTools``).  cimguard
-    writes only the outputs the user names, so the import happens with
-    ``XDG_CACHE_HOME`` pointing at a private temporary folder, removed at exit.
-    """
-    import sys
-
-    if "onnxruntime" in sys.modules:
-        return sys.modules["onnxruntime"]
-    import atexit
-    import os
-    import shutil
-    import tempfile
-
-    scratch = tempfile.mkdtemp(prefix="cimguard-ort-")
-    atexit.register(shutil.rmtree, scratch, True)
-    previous = os.environ.get("XDG_CACHE_HOME")
-    os.environ["XDG_CACHE_HOME"] = scratch
-    try:
-        import onnxruntime
-    finally:
-        if previous is None:
-            del os.environ["XDG_CACHE_HOME"]
-        else:
-            os.environ["XDG_CACHE_HOME"] = previous
-    return onnxruntime
-
-
-def _ort_session(model: onnx.ModelProto):
-    ort = _import_onnxruntime()
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    try:
-        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # noqa: BLE001 - onnxruntime's own exception types are not importable portably
-        opset = next((op.version for op in model.opset_import if op.domain in ("", "ai.onnx")), None)
-        if opset is None or opset >= _ORT_MIN_OPSET:
-            raise CimguardError(f"onnxruntime cannot run the model: {_first_line(exc)}") from None
-    upgraded = onnx.version_converter.convert_version(model, _ORT_UPGRADE_OPSET)
-    try:
-        return ort.InferenceSession(upgraded.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # noqa: BLE001
-        raise CimguardError(f"onnxruntime cannot run the model: {_first_line(exc)}") from None
-
-
-# onnxruntime has kernels from opset 7 on; older models are checked as an opset-11 copy.
-_ORT_MIN_OPSET = 7
-_ORT_UPGRADE_OPSET = 11
-
-
-def output_mismatch(reference: np.ndarray, actual: np.ndarray) -> float:
-    """Largest absolute difference relative to the reference's output scale."""
-    reference = np.asarray(reference, dtype=np.float64)
-    actual = np.asarray(actual, dtype=np.float64)
-    if reference.shape != actual.shape:
-        return float("inf")
-    scale = max(float(np.abs(reference).max(initial=0.0)), 1e-6)
-    return float(np.abs(reference - actual).max(initial=0.0)) / scale
-
-
-def random_inputs(specs: Sequence[TensorSpec], seed: int = 0) -> dict[str, np.ndarray]:
-    """Seeded inputs for every spec (dynamic axes set to 1): normal floats, zero integers and booleans."""
-    generator = torch.Generator().manual_seed(seed)
-    feeds = {}
-    for spec in specs:
-        shape = tuple(d if d is not None else 1 for d in spec.shape)
-        if spec.dtype in ("float", "float16", "double", "bfloat16"):
-            dtype = {"float16": np.float16, "double": np.float64}.get(spec.dtype, np.float32)
-            feeds[spec.name] = torch.randn(shape, generator=generator).numpy().astype(dtype)
-        elif spec.dtype == "bool" or spec.dtype.startswith(("int", "uint")):
-            feeds[spec.name] = np.zeros(shape, dtype=np.dtype(spec.dtype))
-        else:
-            raise CimguardError(f"cannot make a random input for {spec.name!r} of type {spec.dtype}")
-    return feeds
-
-
-def onnxruntime_mismatch(
-    model: onnx.ModelProto,
-    module: nn.Module,
-    feeds: dict[str, np.ndarray],
-    weights: Mapping[str, torch.Tensor] | None = None,
-) -> float:
-    """Largest difference, relative to output scale, between ``module`` and onnxruntime running ``model``.
-
-    Every output is compared; ``weights`` (by torch name) replace the module's own
-    for the torch side, which is how export checks a model with new weights.
-    """
-    # The torch module computes in float32 (see import_model); onnxruntime gets the file's own input types.
-    args = [_torch_feed(x) for x in feeds.values()]
-    # Like with like: onnxruntime computes in float32 on the CPU, so the torch side does too.  On
-    # CUDA, TF32 convolutions and matmuls alone differ from it by ~3e-4 of the output scale.
-    with float32_like_onnxruntime(module), torch.no_grad():
-        if weights is None:
-            ours = module(*args)
-        else:
-            replaced = {name: value.detach().to("cpu", torch.float32) for name, value in weights.items()}
-            ours = torch.func.functional_call(module, replaced, tuple(args), strict=False)
-    ours = [ours] if isinstance(ours, torch.Tensor) else list(ours)
-    reference = run_onnxruntime_all(model, feeds)
-    if len(ours) != len(reference):
-        return float("inf")
-    return max(output_mismatch(ref, out.cpu().numpy()) for ref, out in zip(reference, ours))
-
-
-@contextmanager
-def float32_like_onnxruntime(module: nn.Module) -> Iterator[None]:
-    """Within the block ``module`` computes as onnxruntime's CPU provider does: float32 on the CPU, no TF32.
-
-    The module is moved to the CPU and back (the same parameter objects, so everything
-    holding them stays valid); TF32 is switched off for the block and restored after.
-    """
-    state = list(module.parameters()) + list(module.buffers())
-    device = state[0].device if state else torch.device("cpu")
-    with _tf32_disabled():
-        if device.type != "cpu":
-            module.to("cpu")
-        try:
-            yield
-        finally:
-            if device.type != "cpu":
-                module.to(device)
-
-
-@contextmanager
-def _tf32_disabled() -> Iterator[None]:
-    """TF32 off for cuBLAS matmuls and cuDNN convolutions, through whichever torch API the user's settings use."""
-    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
-    try:  # the legacy flags; torch refuses to read them once its fp32_precision API has been used
-        saved = (matmul.allow_tf32, cudnn.allow_tf32)
-    except RuntimeError:
-        saved = None
-    if saved is not None:
-        matmul.allow_tf32, cudnn.allow_tf32 = False, False
-        try:
-            yield
-        finally:
-            matmul.allow_tf32, cudnn.allow_tf32 = saved
-        return
-    precision = (matmul.fp32_precision, cudnn.conv.fp32_precision)
-    matmul.fp32_precision, cudnn.conv.fp32_precision = "ieee", "ieee"
-    try:
-        yield
-    finally:
-        matmul.fp32_precision, cudnn.conv.fp32_precision = precision
-
-
-def verify_against_onnxruntime(imported: ImportedModel, x: torch.Tensor, tolerance: float = 1e-4) -> float:
-    """Compare the torch model with onnxruntime on ``x``; raise on mismatch, return the relative error."""
-    error = onnxruntime_mismatch(imported.onnx_model, imported.module, {imported.input.name: onnx_feed(imported.input, x)})
-    tolerance = comparison_tolerance(imported.onnx_model, tolerance)
-    if not error <= tolerance:
-        raise CimguardError(
-            f"the converted model disagrees with onnxruntime: max |difference| is {error:.3g} of the output scale "
-            f"(tolerance {tolerance:g})"
-        )
-    return error
-
-
-#: Agreement expected between the float32 torch module and onnxruntime running a float16 model in float16
-#: (a few float16 roundings, 2^-11 each).
-FLOAT16_TOLERANCE = 2e-3
-
-
-def comparison_tolerance(model: onnx.ModelProto, tolerance: float) -> float:
-    """``tolerance``, widened to :data:`FLOAT16_TOLERANCE` for a model that computes in float16."""
-    half = onnx.TensorProto.FLOAT16
-    uses_half = any(init.data_type == half for init in model.graph.initializer) or any(
-        value.type.tensor_type.elem_type == half for value in model.graph.input)
-    return max(tolerance, FLOAT16_TOLERANCE) if uses_half else tolerance
-
-
-def onnx_feed(spec: TensorSpec, x: torch.Tensor) -> np.ndarray:
-    """``x`` as onnxruntime must receive it for input ``spec`` (its own element type: float16, int64 …)."""
-    numpy_type = {"float": np.float32, "float16": np.float16, "double": np.float64}.get(spec.dtype)
-    array = x.detach().cpu().numpy()
-    if numpy_type is None and spec.dtype.startswith(("int", "uint")):
-        numpy_type = np.dtype(spec.dtype)
-    return array.astype(numpy_type or np.float32)
-
-
-def _torch_feed(x: np.ndarray) -> torch.Tensor:
-    tensor = torch.from_numpy(np.ascontiguousarray(x))
-    return tensor.float() if tensor.is_floating_point() else tensor
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:300]

@@ -34,6 +34,8 @@ from onnx import numpy_helper
 from torch import nn
 from torch.utils._pytree import tree_map
 
+from cimguard.seeds import torch_generator
+
 #: Samples in the random check of a rewrite (distinct, so a mix-up between samples shows).
 CHECK_SAMPLES = 3
 #: Largest relative difference (of the output scale) between the two ways of running the model.
@@ -142,7 +144,7 @@ def _static_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
 
 def check_inputs(sample_shape: tuple[int, ...], samples: int = CHECK_SAMPLES) -> torch.Tensor:
     """Distinct seeded random samples of one input shape."""
-    generator = torch.Generator().manual_seed(1234)
+    generator = torch_generator(1234)
     return torch.randn((samples, *sample_shape), generator=generator)
 
 
@@ -162,8 +164,6 @@ def check_count(size: int) -> int:
 
 def same_outputs(reference, actual, tolerance: float = CHECK_TOLERANCE) -> bool:
     """True when every output tensor has the same shape and agrees within ``tolerance`` of its scale."""
-    from cimguard.model import output_mismatch
-
     reference = [reference] if isinstance(reference, torch.Tensor) else list(reference)
     actual = [actual] if isinstance(actual, torch.Tensor) else list(actual)
     if len(reference) != len(actual):
@@ -252,3 +252,13 @@ def run_per_sample(module: nn.Module, x: torch.Tensor) -> str:
         works = False
     module.forward = vectorised if works else PerSampleForward(forward, vectorised=False)
     return VMAP if works else LOOP
+
+
+def output_mismatch(reference: np.ndarray, actual: np.ndarray) -> float:
+    """Largest absolute difference relative to the reference's output scale."""
+    reference = np.asarray(reference, dtype=np.float64)
+    actual = np.asarray(actual, dtype=np.float64)
+    if reference.shape != actual.shape:
+        return float("inf")
+    scale = max(float(np.abs(reference).max(initial=0.0)), 1e-6)
+    return float(np.abs(reference - actual).max(initial=0.0)) / scale

@@ -1,21 +1,19 @@
-"""``cimguard inspect MODEL.onnx``: what is in an ONNX file and how cimguard will see it."""
+"""What is in an ONNX file and how cimguard will see it: opsets, operators, inputs and outputs, the
+crossbar layers, and how closely the converted torch module matches onnxruntime (``cimguard inspect``)."""
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import click
 import numpy as np
 import onnx
 
 from cimguard.checks import check_declared_dims
-from cimguard.cli_options import SEED
 from cimguard.errors import CimguardError
-from cimguard.model import TensorSpec, _spec, comparison_tolerance, import_model, onnxruntime_mismatch, random_inputs, read_onnx
-from cimguard.report import to_jsonable
+from cimguard.onnx.model import TensorSpec, import_model, read_onnx, shape_text, tensor_spec
+from cimguard.onnx.runtime import comparison_tolerance, onnxruntime_mismatch, random_inputs
 
 #: Relative error (of the output scale) below which conversion counts as exact.
 EXACT_TOLERANCE = 1e-4
@@ -72,7 +70,7 @@ class ModelInspection:
     converts: bool = False
     conversion_error: str | None = None
     batch: str | None = None
-    """How batches of any size run (:mod:`cimguard.batch`): ``dynamic``, ``symbolic``, ``vmap`` or ``loop``."""
+    """How batches of any size run (:mod:`cimguard.onnx.batch`): ``dynamic``, ``symbolic``, ``vmap`` or ``loop``."""
     batch_text: str | None = None
     """The same in words."""
     check: ConversionCheck | None = None
@@ -92,17 +90,16 @@ def inspect_model(path: str | Path, *, seed: int = 0) -> ModelInspection:
         opsets={op.domain or "ai.onnx": op.version for op in original.opset_import},
         producer=producer,
         operators=dict(Counter(_label(node) for node in original.graph.node).most_common()),
-        inputs=[_spec(v) for v in original.graph.input if v.name not in initializers],
-        outputs=[_spec(v) for v in original.graph.output],
+        inputs=[tensor_spec(v) for v in original.graph.input if v.name not in initializers],
+        outputs=[tensor_spec(v) for v in original.graph.output],
     )
     try:
         imported = import_model(original, path=path, require_mapped=False)
     except CimguardError as exc:
         report.conversion_error = str(exc)
         return report
-    from cimguard.export import weight_locations
-
-    from cimguard.batch import BATCH_MODE_TEXT
+    from cimguard.onnx.batch import BATCH_MODE_TEXT
+    from cimguard.onnx.export import weight_locations
 
     report.converts = True
     report.batch = imported.batch_mode
@@ -151,7 +148,7 @@ def _check(imported, seed: int) -> ConversionCheck:
         check_input_spec(spec, where)
         elements = int(np.prod([d or 1 for d in spec.shape], dtype=np.float64))
         if elements > MAX_ELEMENTS:
-            raise CimguardError(f"{where}: input {spec.name!r} declares {_shape(spec)}: {elements} elements, more than "
+            raise CimguardError(f"{where}: input {spec.name!r} declares {shape_text(spec)}: {elements} elements, more than "
                                 f"the limit of {MAX_ELEMENTS} for the random check input")
     feeds = random_inputs(imported.inputs, seed)
     try:
@@ -168,72 +165,3 @@ def _check(imported, seed: int) -> ConversionCheck:
         raise CimguardError(f"{exc} [random check input {shapes}: {'; '.join(hints)}]") from None
     tolerance = comparison_tolerance(imported.onnx_model, EXACT_TOLERANCE)
     return ConversionCheck(error <= tolerance, error, {k: tuple(v.shape) for k, v in feeds.items()}, tolerance)
-
-
-def _shape(spec: TensorSpec) -> str:
-    return "[" + ", ".join("?" if d is None else str(d) for d in spec.shape) + "]"
-
-
-def _print(report: ModelInspection) -> None:
-    opsets = ", ".join(f"{domain} {version}" for domain, version in report.opsets.items())
-    click.echo(f"model       {report.path}")
-    click.echo(f"format      IR {report.ir_version}, opset {opsets}, producer {report.producer}")
-    for kind, specs in (("input", report.inputs), ("output", report.outputs)):
-        for spec in specs:
-            click.echo(f"{kind:<11} {spec.name}: {spec.dtype} {_shape(spec)}")
-    operators = ", ".join(f"{op} {count}" for op, count in report.operators.items())
-    click.echo(f"operators   {sum(report.operators.values())} nodes: {operators}")
-    if not report.converts:
-        click.echo(f"conversion  FAILED: {report.conversion_error}")
-        return
-    click.echo(f"parameters  {report.parameters}")
-    click.echo(f"batch       {report.batch}: {report.batch_text}")
-    if report.legalisation:
-        click.echo("legalised   " + "\n            ".join(report.legalisation))
-    else:
-        click.echo("legalised   nothing to change")
-    click.echo(f"crossbars   {len(report.crossbar_layers)} layers, {report.crossbar_weights} weights "
-               "(layers named by their ONNX weight, as `attack --sensitivity` names them; node in brackets)")
-    if report.crossbar_layers:
-        width = max(len(layer.weight) for layer in report.crossbar_layers)
-        for layer in report.crossbar_layers:
-            shape = "x".join(str(d) for d in layer.shape)
-            click.echo(f"  {layer.weight:<{width}}  {layer.op_type:<6} {shape:<16} {layer.weights:>10} weights  "
-                       f"[{layer.node}] ({layer.stored_as})")
-    for name, nodes in report.shared_weights.items():
-        click.echo(f"shared      {name} is used by {len(nodes)} nodes ({', '.join(nodes)}): each use is its own "
-                   f"crossbar, so crossbars count it {len(nodes)} times while parameters counts it once")
-    check = report.check
-    shapes = ", ".join(f"{name} {list(shape)}" for name, shape in check.input_shapes.items())
-    verdict = "exact" if check.exact else "NOT exact"
-    click.echo(f"conversion  {verdict}: max relative error {check.relative_error:.2e} vs onnxruntime "
-               f"(tolerance {check.tolerance:g}) on a random input {shapes}")
-
-
-@click.command(name="inspect")
-@click.argument("model_path", metavar="MODEL.onnx", type=click.Path())
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the random check input (0 <= seed < 2^64).")
-def inspect_command(model_path: str, as_json: bool, seed: int) -> None:
-    """Opsets, operators, inputs/outputs, crossbar layers and whether conversion is exact.
-
-    Exits with status 1 when the model does not convert or the conversion is not exact.
-    """
-    from cimguard.provenance import provenance
-
-    report = inspect_model(model_path, seed=seed)
-    if as_json:
-        report.provenance = provenance(models=[Path(model_path)], metric=None)
-        click.echo(json.dumps(to_jsonable(report), indent=2))
-    else:
-        _print(report)
-    if not report.converts:
-        raise CimguardError(report.conversion_error or "conversion failed")
-    if not report.check.exact:
-        raise CimguardError(
-            f"the converted model is not exact: relative error {report.check.relative_error:.2e} "
-            f"exceeds {report.check.tolerance:g}"
-        )
-
-
-COMMANDS = (inspect_command,)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import click
 
-from cimguard.crossbar import CrossbarConfig
-from cimguard.device import parse_param_overrides
-from cimguard.pipeline import Setup, build_setup
+from cimguard.api import Setup, build_setup
+from cimguard.factories import DEVICE_BOX
+from cimguard.seeds import SEED_MAX
+from cimguard.sim.crossbar import CrossbarConfig
 
 F = Callable[..., Any]
 
@@ -43,7 +44,7 @@ class _NonNegativeFloat(click.ParamType):
 #: ``--thg`` of evaluate and harden (level units; ``inf``: no write-verify).
 THG = _NonNegativeFloat()
 #: Every ``--seed``: one 64-bit range in every command (torch and the Monte Carlo chip seeds take 64 bits).
-SEED = click.IntRange(0, 2**64 - 1)
+SEED = click.IntRange(0, SEED_MAX)
 
 
 def _compose(*decorators: Callable[[F], F]) -> Callable[[F], F]:
@@ -91,7 +92,7 @@ def setup_from_options(
     model: str | None,
     data: str,
     device_name: str,
-    device_params: tuple[str, ...],
+    device_params: Mapping[str, Any],
     device_file: str | None,
     weight_bits: int,
     label_free: bool,
@@ -100,11 +101,49 @@ def setup_from_options(
     max_samples: int | None,
     thg: float | None = None,
 ) -> Setup:
-    """Build a :class:`Setup` from the shared options (``thg`` overrides the device's threshold)."""
-    params: dict[str, Any] = dict(parse_param_overrides(device_params))
+    """Build a :class:`Setup` from the shared options: ``device_params`` as parsed by
+    :func:`cimguard.factories.parse_param_overrides`; ``thg`` overrides the device's threshold."""
+    params: dict[str, Any] = dict(device_params)
     if thg is not None:
         params["thg"] = thg
     return build_setup(
         model, data, device_name, params, device_file, CrossbarConfig(weight_bits=weight_bits),
         label_free=label_free, verify=verify, torch_device=torch_device, max_samples=max_samples,
     )
+
+
+DEFAULT_THG = DEVICE_BOX
+"""``attack`` and ``compare`` search the device's own box unless told to sweep thresholds."""
+
+
+def solver_options(default: tuple[str, ...] = ("flwc",)) -> Callable:
+    """Decorator: ``--solver``, ``--iterations`` and ``--solver-param``, spelled the same in every command.
+
+    The command receives ``solver_names``, ``iterations`` and ``solver_params``; turn them into built
+    (so checked) solvers, ``{name: Solver}``, with :func:`cimguard.factories.solvers_from_options`.
+    """
+
+    def decorate(command: Callable) -> Callable:
+        command = click.option(
+            "--solver-param", "solver_params", multiple=True, metavar="[SOLVER.]FIELD=VALUE",
+            help="Set one solver option, e.g. flwc.k=20 or pgd.restarts=4 (repeatable; without SOLVER. it "
+                 "goes to every chosen solver that has FIELD).")(command)
+        command = click.option(
+            "--iterations", type=click.IntRange(min=1, max=MAX_COUNT), default=None,
+            help="Passes over the evaluation data per solver (per start for pgd); default: each solver's own.")(command)
+        return click.option(
+            "--solver", "solver_names", multiple=True, default=default, show_default=True,
+            help="Worst-case solver(s): repeat or comma-separate (see `cimguard plugins`).")(command)
+
+    return decorate
+
+
+def sweep_options(command: Callable) -> Callable:
+    """``--thg`` (the device's own box or a threshold sweep) and ``--samples``, spelled once for attack and compare."""
+    command = click.option("--samples", type=click.IntRange(min=0, max=MAX_CHIPS), default=100, show_default=True,
+                           help="Monte Carlo chips per thg; 0 skips Monte Carlo (worst case only, the table shows '-')."
+                           )(command)
+    return click.option("--thg", "thg_text", default=DEFAULT_THG, show_default=True,
+                        help="'device': the device's own worst-case box (its deviation_bound, per level), or "
+                             "write-verify thresholds to sweep, in level units, comma-separated "
+                             "(e.g. 0.005,0.01,0.02,0.03).")(command)

@@ -26,7 +26,8 @@ import torch
 from onnx import helper, numpy_helper
 
 from cimguard.errors import CimguardError
-from cimguard.model import ImportedModel, MappedWeight, comparison_tolerance, onnx_feed, onnxruntime_mismatch, random_inputs
+from cimguard.onnx.model import ImportedModel, MappedWeight
+from cimguard.onnx.runtime import comparison_tolerance, onnx_feed, onnxruntime_mismatch, random_inputs
 from cimguard.report import check_new_output, write_new_file
 
 

@@ -1,6 +1,6 @@
 """Per-layer sensitivity: how far the worst case drops accuracy when only one layer is perturbed.
 
-For every mapped layer, a solver (``flwc`` by default) searches the worst chip whose
+For every mapped layer, a solver (built by the caller) searches the worst chip whose
 perturbation is confined to that layer (every other layer's box has bound 0), and
 the core checks the answer as usual.  A layer whose own worst case costs the most
 accuracy is the one to protect first (tighter write-verify, more bits, hardening).
@@ -11,11 +11,11 @@ worst case, whose layers interact.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
 
-from cimguard.crossbar import Crossbar
-from cimguard.evaluate import EvalData, accuracy
-from cimguard.solve import build_solver, make_problem, run_solver
+from cimguard.sim.crossbar import Crossbar
+from cimguard.sim.evaluate import EvalData, accuracy
+from cimguard.sim.solve import Solver
+from cimguard.sim.worst_case import make_problem, run_checked
 
 
 @dataclass(frozen=True)
@@ -43,9 +43,8 @@ def layer_sensitivity(
     crossbar: Crossbar,
     data: EvalData,
     thg: float | None,
-    solver: str = "flwc",
+    solver: Solver,
     seed: int = 0,
-    options: Mapping[str, Any] | None = None,
     *,
     progress: bool = False,
 ) -> list[LayerSensitivity]:
@@ -53,11 +52,10 @@ def layer_sensitivity(
 
     Stops after the layer being searched when the search is interrupted (Ctrl-C).
     """
-    build_solver(solver, options)  # a bad option fails here, before any search
     clean = accuracy(crossbar, data)
     rows = []
     for name, layer in crossbar.layers.items():
-        run = run_solver(solver, make_problem(crossbar, data, thg, layers=(name,)), seed, options, progress=progress)
+        run = run_checked(solver, make_problem(crossbar, data, thg, layers=(name,)), seed, progress=progress)
         rows.append(
             LayerSensitivity(layer.weight.initializer, layer.weight.node, layer.weight.op_type, layer.nominal.numel(),
                              run.accuracy, clean - run.accuracy, run.worst.interrupted, name)

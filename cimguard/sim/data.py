@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from cimguard.errors import CimguardError
-from cimguard.model import TensorSpec
+from cimguard.onnx.model import TensorSpec
 
 
 @dataclass(frozen=True)
@@ -37,19 +37,6 @@ class Dataset:
 
 DatasetFactory = Callable[[str | None], Dataset]
 """``factory(argument) -> Dataset``; ``argument`` is what follows ``NAME:`` in ``--data``."""
-
-
-def load_dataset(spec: str) -> Dataset:
-    """Resolve ``--data``: ``NAME``, ``NAME:ARGUMENT`` or a path to an ``.npz`` file."""
-    from cimguard.plugins import registry
-
-    datasets = registry("datasets")
-    name, sep, argument = spec.partition(":")
-    if spec.endswith(".npz") and (not sep or name not in datasets.factories):
-        name, argument = "npz", spec
-    elif not sep:
-        argument = None
-    return datasets.get(name)(argument or None)
 
 
 def fit_to_model(x: torch.Tensor, spec: TensorSpec, *, what: str = "data") -> torch.Tensor:
@@ -107,7 +94,8 @@ def check_labels(y: torch.Tensor, num_classes: int, *, what: str = "data") -> No
 
 def read_npz(path: str | Path) -> Dataset:
     """``x`` and optionally ``y`` (evaluation), ``x_train``/``y_train`` (training) from an ``.npz`` file."""
-    from cimguard.checks import check_float_array, read_npz as read_checked_npz
+    from cimguard.checks import check_float_array
+    from cimguard.checks import read_npz as read_checked_npz
 
     path = Path(path)
     content = read_checked_npz(path, "data file")

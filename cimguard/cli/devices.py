@@ -10,8 +10,9 @@ import click
 import torch
 
 from cimguard.errors import CimguardError
-from cimguard.device import Device, create_device, describe_config, parse_param_overrides, read_device_file
+from cimguard.factories import create_device, parse_param_overrides, read_device_file
 from cimguard.report import to_jsonable
+from cimguard.sim.device import Device, describe_config
 
 
 @click.command(name="devices")
@@ -42,9 +43,7 @@ def devices_command(show: str | None, device_file: str | None, device_params: tu
 
 
 def _device_rows(device_file: str | None) -> list[dict[str, Any]]:
-    from cimguard.plugins import registry
-
-    from cimguard.plugins import BUILTIN_PLUGINS
+    from cimguard.plugins import BUILTIN_PLUGINS, registry
 
     devices = registry("devices")
     rows = []
@@ -106,7 +105,7 @@ def _shorten(text: str, width: int) -> str:
 def describe_device(name: str, device: Device) -> dict[str, Any]:
     """Everything ``devices --show`` prints, as data."""
     c = device.config
-    from cimguard.solve import device_box_levels
+    from cimguard.sim.device import device_box_levels
 
     levels = torch.arange(c.levels, dtype=torch.float32)
     try:

@@ -23,7 +23,7 @@ export writes weights back into it.  The passes, in order:
    zero (onnx2torch refuses the flag; for such shapes it changes nothing).
 8. ``asymmetric_average_pool``: an ``AveragePool`` whose pads differ at the two ends
    (common in Caffe2 exports) moves to cimguard's own operator domain, whose converter
-   (:mod:`cimguard.converters`) reproduces onnxruntime exactly.
+   (:mod:`cimguard.onnx.converters`) reproduces onnxruntime exactly.
 """
 
 from __future__ import annotations
@@ -288,7 +288,7 @@ def remove_training_nodes(state: Legalised) -> None:
 
 def normalise_opset(state: Legalised) -> None:
     """Upgrade the default-domain opset when onnx2torch lacks converters at the model's own."""
-    from cimguard.converters import CIMGUARD_DOMAIN  # noqa: F401 - registers the extra converters
+    from cimguard.onnx.converters import CIMGUARD_DOMAIN  # noqa: F401 - registers the extra converters
 
     model = state.model
     current = _default_opset(model)
@@ -406,7 +406,7 @@ def reshape_allowzero(state: Legalised) -> None:
 
 def asymmetric_average_pool(state: Legalised) -> None:
     """Move AveragePool nodes with asymmetric pads to cimguard's domain (exact converter)."""
-    from cimguard.converters import CIMGUARD_DOMAIN, CIMGUARD_DOMAIN_VERSION
+    from cimguard.onnx.converters import CIMGUARD_DOMAIN, CIMGUARD_DOMAIN_VERSION
 
     changed = 0
     for node in state.model.graph.node:

@@ -26,16 +26,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import tomllib
-import typing
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable, ClassVar, Mapping
+from typing import Any, Callable, ClassVar
 
 import torch
 
 from cimguard.errors import CimguardError
-from cimguard.options import checked_config, coerce, field_docs as _field_docs, field_types, type_name
+from cimguard.options import checked_config
+from cimguard.options import field_docs as _field_docs
 
 
 @dataclass(frozen=True)
@@ -99,7 +97,9 @@ class Device:
     formulas: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: DeviceConfig | None = None) -> None:
-        self.config = checked_config(self, config)
+        self.config = checked_config(self, config, finite_first=True)
+        #: The name labels and reports use: the registered (or profile) name when built by name.
+        self.name: str = type(self).__name__
 
     # -- physics -------------------------------------------------------------------------
     def programming_sigma(self, target_levels: torch.Tensor) -> torch.Tensor:
@@ -138,7 +138,7 @@ class Device:
 
         ``sampler(levels)(g)`` and ``sample_deviation(levels, g)`` are the same numbers.
         The crossbar prepares one sampler per block of weights (see
-        :data:`cimguard.crossbar.CPU_SAMPLE_BLOCK`), so ``target_levels`` is a cache-sized block there.
+        :data:`cimguard.sim.crossbar.CPU_SAMPLE_BLOCK`), so ``target_levels`` is a cache-sized block there.
         """
         program = self._programming_sampler(target_levels)
         if type(self).after_programming is not Device.after_programming:
@@ -246,131 +246,16 @@ class Device:
         return conductance_us / self.level_step_us
 
 
-# -- building devices from names, profiles and overrides ------------------------------------
-
-
-def parse_param_overrides(pairs: typing.Iterable[str], option: str = "--device-param") -> dict[str, str]:
-    """``["sigma=0.05", "t=86400"]`` -> ``{"sigma": "0.05", "t": "86400"}``; errors name ``option``."""
-    result: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise CimguardError(f"{option} expects FIELD=VALUE, got {pair!r}")
-        result[key.strip()] = value.strip()
-    return result
-
-
-def build_config(config_class: type[DeviceConfig], params: Mapping[str, Any], *, origin: str = "") -> DeviceConfig:
-    """A config from text or typed values, with errors naming the bad field."""
-    fields = {f.name: f for f in dataclasses.fields(config_class)}
-    hints = field_types(config_class)
-    values: dict[str, Any] = {}
-    for key, raw in params.items():
-        if key not in fields:
-            known = ", ".join(fields)
-            raise CimguardError(f"unknown device parameter {key!r}{origin} (parameters: {known})")
-        try:
-            values[key] = coerce(raw, hints[key])
-        except ValueError:
-            raise CimguardError(f"device parameter {key} must be a {type_name(hints[key])}, got {raw!r}") from None
-    config = config_class(**values)
-    from cimguard.checks import check_finite_fields
-
-    # Before validate(): a NaN or Inf must be named as such, not as the nonsense it makes of a formula.
-    check_finite_fields(config, _field_docs(config_class))
-    config.validate()
-    return config
-
-
-@dataclass(frozen=True)
-class DeviceProfile:
-    """A named device built from a registered device plus parameter values (from TOML)."""
-
-    name: str
-    base: str
-    params: dict[str, Any]
-    source: str = ""
-    problem: str = ""
-    """Why this profile cannot be used ("" when it can); other profiles of the file stay usable."""
-
-
-def read_device_file(path: str | Path) -> list[DeviceProfile]:
-    """Device profiles from a TOML file.
-
-    Each table is one profile; ``base`` names the registered device it builds on,
-    ``source`` cites the parameters, every other key sets a config field::
-
-        [my_rram]
-        base = "rram"
-        source = "our 2025 wafer measurements"
-        thg = 0.02
-    """
-    from cimguard.checks import check_input_file
-
-    path = check_input_file(path, "device file")
-    try:
-        data = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise CimguardError(f"{path} is not valid TOML: {exc}") from None
-    except RecursionError:
-        raise CimguardError(f"{path} nests tables or arrays too deep to be a device file") from None
-    profiles = []
-    for name, table in data.items():
-        # A malformed profile is kept with its problem, so the file's good profiles stay usable.
-        if not isinstance(table, dict):
-            profiles.append(DeviceProfile(name, "", {}, problem=f"{path}: {name!r} must be a table ([{name}]) of "
-                                                                 "device parameters"))
-            continue
-        table = dict(table)
-        base = table.pop("base", None)
-        source = str(table.pop("source", ""))
-        if not isinstance(base, str):
-            profiles.append(DeviceProfile(name, "", table, source,
-                                          problem=f"{path}: profile [{name}] needs base = \"<registered device>\""))
-            continue
-        profiles.append(DeviceProfile(name, base, table, source))
-    if not profiles:
-        raise CimguardError(f"{path} defines no device profile")
-    return profiles
-
-
-def create_device(
-    name: str,
-    params: Mapping[str, Any] | None = None,
-    *,
-    device_file: str | Path | None = None,
-) -> Device:
-    """Build a device by registered name or profile name, then apply ``params`` overrides."""
-    from cimguard.plugins import registry
-
-    devices = registry("devices")
-    profile_params: dict[str, Any] = {}
-    if device_file is not None:
-        profiles = {p.name: p for p in read_device_file(device_file)}
-        if name in profiles:
-            profile = profiles[name]
-            if profile.problem:
-                raise CimguardError(profile.problem)
-            try:
-                cls = devices.get(profile.base)
-                profile_params = dict(profile.params)
-                config = build_config(cls.Config, profile_params)
-            except CimguardError as exc:
-                raise CimguardError(f"profile [{name}] of {device_file}: {exc}") from None
-            if params:
-                config = build_config(cls.Config, dataclasses.asdict(config) | dict(params))
-            device = cls(config)
-            if profile.source:
-                device.source = profile.source
-            return device
-        if name not in devices.factories:
-            known = ", ".join(sorted(set(devices.names()) | set(profiles)))
-            raise CimguardError(f"unknown device {name!r} (known: {known})")
-    cls = devices.get(name)
-    return cls(build_config(cls.Config, params or {}))
+# -- describing a config -----------------------------------------------------------------------
 
 
 def describe_config(config: DeviceConfig) -> list[tuple[str, Any, str]]:
     """``(field, value, docstring)`` for every field, for ``devices --show``."""
     docs = _field_docs(type(config))
     return [(f.name, getattr(config, f.name), docs.get(f.name, "")) for f in dataclasses.fields(config)]
+
+
+def device_box_levels(device: Device) -> list[float]:
+    """The device's own worst-case box per target level (lowest level first, level units)."""
+    levels = torch.arange(device.config.levels, dtype=torch.float64)
+    return [float(b) for b in device.level_bounds(levels)]

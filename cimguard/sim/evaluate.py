@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import os
-from contextlib import closing
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass
-from typing import Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import torch
 
 from cimguard import distributed
-from cimguard.crossbar import Crossbar
+from cimguard.errors import CimguardError
 from cimguard.progress import progress_bar
+from cimguard.seeds import check_seed, chip_seed
+from cimguard.sim.crossbar import Crossbar
 
 #: Percentiles reported as KPP (k-th percentile performance), as in TRICE.
 KPP_PERCENTILES: tuple[float, ...] = (1.0, 10.0, 50.0)
@@ -93,11 +96,12 @@ def local_part(data: EvalData) -> EvalData:
 
 @torch.no_grad()
 def float_accuracy(crossbar: Crossbar, data: EvalData) -> float:
-    """Accuracy of the imported (unquantised) model itself."""
+    """Accuracy of the unquantised model: the imported one, or the float weights a crossbar was
+    :meth:`~cimguard.sim.crossbar.Crossbar.remapped` with (a hardened model)."""
+    source = {name: weight.to(crossbar.torch_device) for name, weight in (crossbar.source_weights or {}).items()}
     correct = 0
     for x, y in local_part(data).batches():  # torchrun: this rank's share; the counts are summed below
-        output = crossbar.imported.module(x)
-        output = output if isinstance(output, torch.Tensor) else output[0]
+        output = crossbar.logits_for_weights(x, source)
         correct += int((output.argmax(dim=1) == y).sum())
     (correct,) = distributed.sum_floats(correct)
     return int(correct) / len(data.labels)
@@ -117,27 +121,86 @@ class MonteCarloStats:
     """KPP: ``{"1": p1, "10": p10, "50": p50}``, accuracy percentiles over chips."""
     accuracies: list[float]
 
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (the ``monte_carlo`` section of the reports)."""
+        return dataclasses.asdict(self)
 
-def chip_seed(seed: int, chip: int) -> int:
-    """Generator seed of chip number ``chip`` in a Monte Carlo run seeded with ``seed``.
+    def rows(self, metric: str = "accuracy") -> list[tuple[str, float]]:
+        """``(label, value)``: mean, std, min and the KPP percentiles, as ``evaluate`` prints them."""
+        return [(f"Monte Carlo mean ({self.samples} chips, seed {self.seed})", self.mean), ("Monte Carlo std", self.std),
+                ("Monte Carlo min", self.min)] + [(f"KPP {ordinal(p)} percentile", v) for p, v in self.percentiles.items()]
 
-    Every chip has its own random stream, so chip ``k`` is the same whether chips are
-    drawn one by one, in groups, or alone:
-    ``crossbar.sample(crossbar.generator(chip_seed(seed, k)))`` reproduces it.
-    The mix is splitmix64 (a bijection of 64-bit integers), applied twice: distinct
-    chips of one run always get distinct seeds, and it costs microseconds per chip.
-    """
-    return _splitmix64((_splitmix64(seed & _MASK64) + chip * 0x9E3779B97F4A7C15) & _MASK64)
+    def table(self) -> str:
+        """The statistics, one per line."""
+        return "\n".join(_value_lines(self.rows()))
 
-
-_MASK64 = 2**64 - 1
+    def __str__(self) -> str:
+        return self.table()
 
 
-def _splitmix64(value: int) -> int:
-    value = (value + 0x9E3779B97F4A7C15) & _MASK64
-    value = ((value ^ (value >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    value = ((value ^ (value >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return value ^ (value >> 31)
+@dataclass
+class Evaluation:
+    """Float, clean-chip and Monte Carlo accuracy of one setup: what ``cimguard evaluate`` reports."""
+
+    metric: str
+    """``accuracy``, or ``agreement`` with the clean chip in label-free mode."""
+    seed: int
+    float_accuracy: float
+    """The unquantised torch model."""
+    clean_accuracy: float
+    """The perfect chip: quantised weights, no device error."""
+    monte_carlo: MonteCarloStats | None
+    """``None`` when Monte Carlo was skipped (0 chips)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data, as in the ``evaluate`` report."""
+        return {"metric": self.metric, "seed": self.seed, "float_accuracy": self.float_accuracy,
+                "clean_accuracy": self.clean_accuracy,
+                "monte_carlo": None if self.monte_carlo is None else self.monte_carlo.to_dict()}
+
+    def table(self) -> str:
+        """One figure per line, labels aligned (what ``cimguard evaluate`` prints)."""
+        rows = [(f"float model {self.metric}", self.float_accuracy), (f"clean chip {self.metric}", self.clean_accuracy)]
+        if self.monte_carlo is not None:
+            rows += self.monte_carlo.rows()
+        lines = _value_lines(rows)
+        if self.monte_carlo is None:
+            lines.append("Monte Carlo skipped (--samples 0)")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.table()
+
+
+def evaluation(crossbar: Crossbar, data: EvalData, samples: int = 100, seed: int = 0, *,
+               progress: bool = False) -> Evaluation:
+    """Float, clean-chip and Monte Carlo accuracy (``samples`` chips; 0 skips Monte Carlo)."""
+    seed, samples = check_seed(seed), chip_count(samples)
+    clean = accuracy(crossbar, data)
+    floating = float_accuracy(crossbar, data)
+    stats = monte_carlo(crossbar, data, samples, seed, progress=progress) if samples else None
+    return Evaluation("agreement" if data.label_free else "accuracy", seed, floating, clean, stats)
+
+
+def ordinal(number: str) -> str:
+    """``"1"`` -> ``"1st"``, ``"12"`` -> ``"12th"`` (the KPP percentile labels)."""
+    suffix = {"1": "st", "2": "nd", "3": "rd"}.get(number[-1:], "th")
+    return f"{number}{'th' if number.endswith(('11', '12', '13')) else suffix}"
+
+
+def _value_lines(rows: list[tuple[str, float]]) -> list[str]:
+    width = max(len(label) for label, _ in rows)
+    return [f"{label:<{width}}  {value:.4f}" for label, value in rows]
+
+
+def chip_count(samples: object, *, allow_none: bool = True) -> int:
+    """``samples`` as a whole number of Monte Carlo chips: ``>= 1``, or ``>= 0`` where 0 means "skip
+    Monte Carlo" (``allow_none``); anything else is one line."""
+    minimum = 0 if allow_none else 1
+    if isinstance(samples, bool) or not isinstance(samples, numbers.Integral) or samples < minimum:
+        skip = " (0 skips Monte Carlo)" if allow_none else ""
+        raise CimguardError(f"Monte Carlo needs a whole number of chips >= {minimum}{skip}, got {samples!r}")
+    return int(samples)
 
 
 @torch.no_grad()
@@ -167,6 +230,7 @@ def monte_carlo(
     fill the device with one chip's pass.  Default: 1 on CPU, :func:`chips_per_pass_for`
     elsewhere.  The accuracies are those of the one-chip loop.
     """
+    seed, samples = check_seed(seed), chip_count(samples, allow_none=False)
     if prefetch is None:
         prefetch = crossbar.torch_device.type == "cpu" and usable_cores() > 1
     accuracies = []

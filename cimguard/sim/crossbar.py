@@ -31,23 +31,23 @@ drawn in blocks of about :data:`CPU_SAMPLE_BLOCK` devices, each block turned int
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass, field
 from typing import Mapping
 
 import torch
 from torch.func import functional_call
 
-from cimguard.device import Device, DeviationSampler
 from cimguard.errors import CimguardError
-from cimguard.model import MAPPABLE_OPS, ImportedModel, MappedWeight
+from cimguard.onnx.model import MAPPABLE_OPS, ImportedModel, MappedWeight
+from cimguard.seeds import torch_generator
+from cimguard.sim.device import DeviationSampler, Device
 
 Perturbation = dict[str, torch.Tensor]
 """``{torch_name: ΔW}`` over the mapped weights; one simulated chip."""
 
 #: Devices drawn per block on CPU.  32,768 float32 values are 128 KiB per temporary (in L2 cache),
 #: and torch runs element-wise ops of this size on one thread, so a sampler thread running
-#: beside the forward pass (see :func:`cimguard.evaluate.monte_carlo`) keeps to one core.
+#: beside the forward pass (see :func:`cimguard.sim.evaluate.monte_carlo`) keeps to one core.
 CPU_SAMPLE_BLOCK = 1 << 15
 
 #: Devices drawn per block on accelerators: large, to launch few kernels, but bounded in memory.
@@ -180,7 +180,7 @@ class Crossbar:
 
         With ``thg``: every device within ``thg`` levels, a uniform box per layer (a sweep).
         Without: the device's own box, which may differ per target level
-        (:meth:`cimguard.device.Device.deviation_bound`); a weight whose devices sit at
+        (:meth:`cimguard.sim.device.Device.deviation_bound`); a weight whose devices sit at
         levels ``g_i`` gets ``s_fs · Σ_i b(g_i) 2**(-iB)``, the exact box of the bit-sliced
         mapping when each device ``i`` stays within ``b(g_i)``.
         """
@@ -271,10 +271,8 @@ class Crossbar:
         return {name: layer.nominal for name, layer in self.layers.items()}
 
     def generator(self, seed: int) -> torch.Generator:
-        """A generator on the crossbar's torch device, seeded."""
-        generator = torch.Generator(device=self.torch_device)
-        generator.manual_seed(seed)
-        return generator
+        """A generator on the crossbar's torch device, seeded (:func:`cimguard.seeds.torch_generator`)."""
+        return torch_generator(seed, self.torch_device)
 
     # -- running the model ------------------------------------------------------------------
     def perturbed_weights(self, perturbation: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:

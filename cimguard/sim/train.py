@@ -12,10 +12,10 @@ frozen (and BatchNorm keeps its running statistics), so the exported ONNX file
 is the vendor's graph with exactly the crossbar weights replaced.
 
 This module holds the shared machinery: the :class:`Trainer` base class and its
-frozen :class:`TrainerConfig`, the seeded training loop, checkpoints that make an
-interrupted run resume to bit-identical weights, and right-censored Gaussian
-(RCG) noise as used by TRICE and A-TRICE.  The trainer plugins subclass
-:class:`Trainer` and implement :meth:`Trainer.train_batch`.
+frozen :class:`TrainerConfig`, the seeded training loop, and checkpoints that make
+an interrupted run resume to bit-identical weights (the RCG noise TRICE and A-TRICE
+draw is in :mod:`cimguard.sim.rcg`).  The trainer plugins subclass :class:`Trainer`
+and implement :meth:`Trainer.train_batch`.
 """
 
 from __future__ import annotations
@@ -33,10 +33,11 @@ import torch
 from torch.nn import functional as F
 
 from cimguard import distributed
-from cimguard.crossbar import Crossbar, Perturbation
 from cimguard.errors import CimguardError
 from cimguard.options import checked_config, config_values
 from cimguard.progress import progress_bar
+from cimguard.seeds import check_seed, stream_seed, torch_generator
+from cimguard.sim.crossbar import Crossbar, Perturbation
 
 #: Bumped when the checkpoint layout changes; older checkpoints are refused.
 CHECKPOINT_FORMAT = 1
@@ -63,6 +64,7 @@ class TrainerConfig:
             raise CimguardError(f"the learning rate must be a positive number, got {self.lr}")
         if self.batch_size < 1:
             raise CimguardError(f"the batch size must be >= 1, got {self.batch_size}")
+        check_seed(self.seed)
 
 
 @dataclass
@@ -165,6 +167,8 @@ class Trainer:
 
     def __init__(self, config: TrainerConfig | None = None) -> None:
         self.config = checked_config(self, config)
+        #: The name reports use: the registered name when built by name, else the class name.
+        self.name: str = type(self).__name__
 
     @classmethod
     def from_options(cls, name: str | None = None, **options: Any) -> "Trainer":
@@ -174,7 +178,9 @@ class Trainer:
         (``--alpha`` means nothing to the ``noise`` trainer).
         """
         given = {k: v for k, v in options.items() if v is not None}
-        return cls(cls.Config(**config_values("trainer", name or cls.__name__, cls.Config, given)))
+        trainer = cls(cls.Config(**config_values("trainer", name or cls.__name__, cls.Config, given)))
+        trainer.name = name or cls.__name__
+        return trainer
 
     # -- what subclasses implement ----------------------------------------------------------
     def prepare(self, crossbar: Crossbar, x: torch.Tensor, y: torch.Tensor, *, progress: bool = False) -> dict[str, Any]:
@@ -269,9 +275,9 @@ class Trainer:
             for name in crossbar.names
         }
         optimiser = torch.optim.Adam(list(weights.values()), lr=self.config.lr)
-        data_generator = torch.Generator().manual_seed(seed)
+        data_generator = torch_generator(seed)
         # A different stream for noise, so the data order does not depend on how much noise is drawn.
-        noise_generator = crossbar.generator((seed + 0x9E3779B1) % 2**64)  # seeds are 64-bit
+        noise_generator = crossbar.generator(stream_seed(seed, 1))
         return Run(crossbar, weights, optimiser, data_generator, noise_generator)
 
     # -- checkpoints ----------------------------------------------------------------------
@@ -364,63 +370,6 @@ def check_checkpoint(checkpoint: str | Path | None, resume: bool) -> Path | None
 
 
 # -- right-censored Gaussian noise (TRICE) ----------------------------------------------------
-
-
-def rcg_mean(sigma: float, threshold: float) -> float:
-    """Mean of ``σ · min(ε, s)``, ``ε ~ N(0, 1)``: ``σ · (s · (1 - Φ(s)) - φ(s))``."""
-    if math.isinf(threshold):
-        return 0.0 if threshold > 0 else -math.inf
-    pdf = math.exp(-0.5 * threshold * threshold) / math.sqrt(2 * math.pi)
-    upper_tail = 0.5 * math.erfc(threshold / math.sqrt(2))
-    return sigma * (threshold * upper_tail - pdf)
-
-
-def rcg_perturbation(chip: Crossbar, sigma: float, threshold: float, generator: torch.Generator) -> Perturbation:
-    """One draw of RCG noise: every device deviates by ``σ · min(ε, s)`` levels, mapped to ΔW by the crossbar.
-
-    The censoring acts on each device's conductance deviation (a device cannot end
-    more than ``s·σ`` levels above its target), so through the crossbar formula
-    ``ΔW = sign(W) · s_fs · Σ_i Δg_i 2**(-iB)`` it scales with the layer's full scale.
-
-    This differs on purpose from the authors' code, which draws one ``ε`` per *weight*,
-    censors it, and adds ``s_L · σ · ε'`` with no sign: there the clipped tail is "the
-    weight grows more positive".  Here the noise is what the devices do, as for every
-    other chip cimguard simulates, so the clipped tail is "a device's conductance
-    overshoots its target", which makes ``|W|`` grow (``sign(W)``) and the mean
-    shift shrinks ``|W|``.  Both are right-censored Gaussians of the same σ and
-    threshold; they differ in which direction of ΔW is clipped and in the spread over
-    slices (see docs/hardening.md).
-    """
-    perturbation = {}
-    for name, layer in chip.layers.items():
-        shape = (chip.slices, *layer.nominal.shape)
-        noise = torch.randn(shape, generator=generator, device=chip.torch_device)
-        perturbation[name] = chip.weight_delta(name, sigma * noise.clamp(max=threshold))
-    return perturbation
-
-
-def rcg_mean_perturbation(chip: Crossbar, sigma: float, threshold: float) -> Perturbation:
-    """ΔW when every device sits at the mean of the RCG distribution."""
-    mean = rcg_mean(sigma, threshold)
-    return {
-        name: chip.weight_delta(name, torch.full((chip.slices, *layer.nominal.shape), mean, device=chip.torch_device))
-        for name, layer in chip.layers.items()
-    }
-
-
-def check_rcg(sigma: float, threshold: float) -> None:
-    """Refuse RCG parameters that cannot give finite noise.
-
-    A threshold of ``+inf`` is allowed (no censoring: plain Gaussian noise); ``-inf``
-    would censor every draw to ``-inf`` and train to NaN, so it is refused here,
-    before any work, rather than surfacing later as a broken export.
-    """
-    if not sigma >= 0 or math.isinf(sigma):
-        raise CimguardError(f"sigma must be a finite number >= 0 (level units), got {sigma}")
-    if math.isnan(threshold) or threshold == -math.inf:
-        raise CimguardError(
-            f"the censoring threshold must be a number or +inf (in units of sigma), got {threshold}"
-        )
 
 
 # -- helpers --------------------------------------------------------------------------------

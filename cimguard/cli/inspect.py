@@ -1,0 +1,79 @@
+"""``cimguard inspect MODEL.onnx``: what is in an ONNX file and how cimguard will see it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from cimguard.cli.options import SEED
+from cimguard.errors import CimguardError
+from cimguard.onnx.inspect import ModelInspection, inspect_model
+from cimguard.onnx.model import shape_text
+from cimguard.report import to_jsonable
+
+
+def _print(report: ModelInspection) -> None:
+    opsets = ", ".join(f"{domain} {version}" for domain, version in report.opsets.items())
+    click.echo(f"model       {report.path}")
+    click.echo(f"format      IR {report.ir_version}, opset {opsets}, producer {report.producer}")
+    for kind, specs in (("input", report.inputs), ("output", report.outputs)):
+        for spec in specs:
+            click.echo(f"{kind:<11} {spec.name}: {spec.dtype} {shape_text(spec)}")
+    operators = ", ".join(f"{op} {count}" for op, count in report.operators.items())
+    click.echo(f"operators   {sum(report.operators.values())} nodes: {operators}")
+    if not report.converts:
+        click.echo(f"conversion  FAILED: {report.conversion_error}")
+        return
+    click.echo(f"parameters  {report.parameters}")
+    click.echo(f"batch       {report.batch}: {report.batch_text}")
+    if report.legalisation:
+        click.echo("legalised   " + "\n            ".join(report.legalisation))
+    else:
+        click.echo("legalised   nothing to change")
+    click.echo(f"crossbars   {len(report.crossbar_layers)} layers, {report.crossbar_weights} weights "
+               "(layers named by their ONNX weight, as `attack --sensitivity` names them; node in brackets)")
+    if report.crossbar_layers:
+        width = max(len(layer.weight) for layer in report.crossbar_layers)
+        for layer in report.crossbar_layers:
+            shape = "x".join(str(d) for d in layer.shape)
+            click.echo(f"  {layer.weight:<{width}}  {layer.op_type:<6} {shape:<16} {layer.weights:>10} weights  "
+                       f"[{layer.node}] ({layer.stored_as})")
+    for name, nodes in report.shared_weights.items():
+        click.echo(f"shared      {name} is used by {len(nodes)} nodes ({', '.join(nodes)}): each use is its own "
+                   f"crossbar, so crossbars count it {len(nodes)} times while parameters counts it once")
+    check = report.check
+    shapes = ", ".join(f"{name} {list(shape)}" for name, shape in check.input_shapes.items())
+    verdict = "exact" if check.exact else "NOT exact"
+    click.echo(f"conversion  {verdict}: max relative error {check.relative_error:.2e} vs onnxruntime "
+               f"(tolerance {check.tolerance:g}) on a random input {shapes}")
+
+
+@click.command(name="inspect")
+@click.argument("model_path", metavar="MODEL.onnx", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the random check input (0 <= seed < 2^64).")
+def inspect_command(model_path: str, as_json: bool, seed: int) -> None:
+    """Opsets, operators, inputs/outputs, crossbar layers and whether conversion is exact.
+
+    Exits with status 1 when the model does not convert or the conversion is not exact.
+    """
+    from cimguard.provenance import provenance
+
+    report = inspect_model(model_path, seed=seed)
+    if as_json:
+        report.provenance = provenance(models=[Path(model_path)], metric=None)
+        click.echo(json.dumps(to_jsonable(report), indent=2))
+    else:
+        _print(report)
+    if not report.converts:
+        raise CimguardError(report.conversion_error or "conversion failed")
+    if not report.check.exact:
+        raise CimguardError(
+            f"the converted model is not exact: relative error {report.check.relative_error:.2e} "
+            f"exceeds {report.check.tolerance:g}"
+        )
+
+
+COMMANDS = (inspect_command,)

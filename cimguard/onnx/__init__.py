@@ -1,0 +1,1 @@
+"""Read, legalise, convert to torch, run in onnxruntime, inspect and export ONNX networks."""

@@ -1,0 +1,1 @@
+"""The simulation core: devices, crossbars, evaluation, worst-case search and hardening."""
