@@ -21,6 +21,7 @@ Names become objects in :mod:`cimguard.factories`; every failure is a one-line
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import numbers
 import warnings
@@ -153,7 +154,8 @@ def run_solver(
     return its answer after the core's independent check (:func:`cimguard.sim.worst_case.run_checked`)."""
     if isinstance(solver, Solver):
         if options:
-            raise CimguardError("run_solver: options configure a solver given by name; this Solver object has its config")
+            raise CimguardError("run_solver: options configure a solver given by name; "
+                                "this Solver object has its config")
         built = named_solver(solver)
     else:
         built = build_solver(solver, options)
@@ -283,7 +285,7 @@ class Setup:
             built = trainer
         else:
             built = build_trainer(trainer, options)
-        x_train, y_train = self.training_data()
+        x_train, y_train = self.training_data
         result = built.fit(self.crossbar, x_train, y_train, checkpoint=checkpoint, resume=resume, progress=progress)
         for name, weight in result.weights.items():
             check_finite(weight, f"training diverged (lower --lr or the noise): weight {name}")
@@ -291,8 +293,10 @@ class Setup:
         # Measured here, on every rank (accuracy is a collective under torchrun), not when first printed.
         return Hardening(self, hardened, built.name, result, self.clean_accuracy(), hardened.clean_accuracy())
 
+    @functools.cached_property
     def training_data(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The dataset's labelled training split, fitted to the model's input."""
+        """The dataset's labelled training split, fitted to the model's input (once: a command's header
+        counts it before :meth:`harden` trains on it)."""
         x_train, y_train = self.dataset.require_training()
         return fit_to_model(x_train, self.imported.input, what="training data"), y_train
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import typing
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from cimguard.errors import CimguardError
 
@@ -66,18 +66,12 @@ def config_values(kind: str, name: str, config_class: type, raw: Mapping[str, An
     A field the config does not have is refused with one line naming the ``kind``
     ("solver", "trainer") called ``name`` and its fields, never dropped silently.
     """
-    hints = field_types(config_class)
     fields = sorted(f.name for f in dataclasses.fields(config_class))
     unknown = sorted(set(raw) - set(fields))
     if unknown:
         raise CimguardError(f"{kind} {name!r} has no option {', '.join(unknown)} (its options: {', '.join(fields)})")
-    values: dict[str, Any] = {}
-    for key, value in raw.items():
-        try:
-            values[key] = coerce(value, hints[key])
-        except ValueError:
-            raise CimguardError(f"{kind} {name!r}: option {key} expects {type_name(hints[key])}, got {value!r}") from None
-    return values
+    return _typed_values(config_class, raw,
+                         lambda key, type_, value: f"{kind} {name!r}: option {key} expects {type_}, got {value!r}")
 
 
 def device_values(config_class: type, raw: Mapping[str, Any], *, origin: str = "") -> dict[str, Any]:
@@ -86,16 +80,25 @@ def device_values(config_class: type, raw: Mapping[str, Any], *, origin: str = "
 
     Only typing happens here; the device checks the values when it is built (:func:`checked_config`).
     """
-    hints = field_types(config_class)
     fields = [f.name for f in dataclasses.fields(config_class)]
+    unknown = next((key for key in raw if key not in fields), None)
+    if unknown is not None:
+        raise CimguardError(f"unknown device parameter {unknown!r}{origin} (parameters: {', '.join(fields)})")
+    return _typed_values(config_class, raw,
+                         lambda key, type_, value: f"device parameter {key} must be a {type_}, got {value!r}")
+
+
+def _typed_values(config_class: type, raw: Mapping[str, Any],
+                  wrong_type: Callable[[str, str, Any], str]) -> dict[str, Any]:
+    """Every value of ``raw`` (fields of ``config_class``) through :func:`coerce`; a value that is not of its
+    field's type is one line, worded by ``wrong_type(field, type name, value)``."""
+    hints = field_types(config_class)
     values: dict[str, Any] = {}
     for key, value in raw.items():
-        if key not in hints or key not in fields:
-            raise CimguardError(f"unknown device parameter {key!r}{origin} (parameters: {', '.join(fields)})")
         try:
             values[key] = coerce(value, hints[key])
         except ValueError:
-            raise CimguardError(f"device parameter {key} must be a {type_name(hints[key])}, got {value!r}") from None
+            raise CimguardError(wrong_type(key, type_name(hints[key]), value)) from None
     return values
 
 

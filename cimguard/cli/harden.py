@@ -54,7 +54,7 @@ def harden(model, trainer_name, output, data, device_name, device_params, device
 
     setup = setup_from_options(model, data, device_name, parse_param_overrides(device_params), device_file,
                                weight_bits, False, verify, torch_device, max_samples, thg)
-    x_train, _ = setup.training_data()
+    x_train, _ = setup.training_data
     # The header first: a long run under a pipe shows what it is doing before any work.
     click.echo(f"model    {setup.model_path}")
     click.echo(f"data     {setup.data_label}; {len(x_train)} training samples")

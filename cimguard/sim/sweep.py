@@ -120,16 +120,9 @@ class DeviceSweep:
 
 def point_record(point: ThgPoint) -> dict[str, Any]:
     """The JSON form of one point (perturbations left out; the trace of every run kept)."""
-    runs = {}
-    for name, run in point.runs.items():
-        runs[name] = {
-            "accuracy": run.accuracy,
-            "interrupted": run.worst.interrupted,
-            "seconds": run.seconds,
-            "distance": run.distance,
-            "options": run.options,
-            "trace": run.worst.trace,
-        }
+    # The point already says which box, and the key which solver.
+    runs = {name: {key: value for key, value in run.to_dict().items() if key not in ("solver", "thg", "box")}
+            for name, run in point.runs.items()}
     return {"thg": point.thg, "box": "device" if point.thg is None else "thg", "box_levels": point.box_levels,
             "clean": point.clean, "monte_carlo": point.monte_carlo, "worst_case": runs}
 
