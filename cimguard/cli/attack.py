@@ -37,7 +37,7 @@ from cimguard.provenance import file_sha256
               help="Re-evaluate a saved perturbation (.npz) instead of searching.")
 @click.pass_context
 def attack(ctx, model, data, device_name, device_params, device_file, weight_bits, label_free, verify, torch_device,
-           max_samples, solver_names, thg_text, iterations, solver_params, samples, seed, plot_path, save_path,
+           max_samples, solver_names, thg_text, iterations, budget, solver_params, samples, seed, plot_path, save_path,
            sensitivity, json_path, replay_path) -> None:
     """Worst-case accuracy under bounded device variation (one chip: one ΔW for every input).
 
@@ -55,7 +55,7 @@ def attack(ctx, model, data, device_name, device_params, device_file, weight_bit
     thgs = parse_thg_list(thg_text)
     overrides = parse_param_overrides(device_params)
     check_thg_sweep(thgs, overrides)
-    solvers = solvers_from_options(solver_names, iterations, solver_params)
+    solvers = solvers_from_options(solver_names, iterations, solver_params, budget)
     check_outputs({"--json": json_path, "--plot": plot_path, "--save-perturbation": save_path},
                   suffixes={"--plot": PLOT_SUFFIXES, "--save-perturbation": (".npz",)},
                   inputs=(model, data, device_file))
