@@ -126,7 +126,7 @@ class LWC(Solver):
                     tracker.stop(f"used its budget of {tracker.budget} passes")
                     return
             start = tracker.best if config.warm_start else None
-            delta, reached, acc = self._run(problem, generator, tracker, c, lr, run, run_passes, start)
+            delta, reached, acc = self._run(problem, generator, tracker, c, lr, run, start, run_passes)
             feasible = project(delta, problem.bounds)
             if acc is None:  # not read out with the passes: one forward of its own
                 tracker.advance()
@@ -152,8 +152,8 @@ class LWC(Solver):
         tracker.stop(f"tried {config.runs} values of c")
 
     def _run(self, problem: AttackProblem, generator: torch.Generator, tracker: Tracker, c: float, lr: float,
-             run: int, passes: int, start: Perturbation | None = None):
-        """One Adam run of ``passes`` passes at multiplier ``c`` from ``start`` (feasible; None: ``ΔW = 0``):
+             run: int, start: Perturbation | None = None, passes: int | None = None):
+        """One Adam run of ``passes`` (default: the config's) passes at multiplier ``c`` from ``start`` (feasible; None: ``ΔW = 0``):
         its end, distance and (with ``score_passes``) the accuracy of its projected end, else None."""
         bounds = problem.bounds
         live = {name: bound > 0 for name, bound in bounds.items()}
@@ -168,7 +168,7 @@ class LWC(Solver):
         x_all, y_all = problem.data.x, problem.data.labels
         done = 0
         acc = None
-        for _ in range(passes):
+        for _ in range(self.config.passes if passes is None else passes):
             tracker.advance()
             order = torch.randperm(len(y_all), generator=generator, device=y_all.device)
             for start, stop in mini_batches(len(order), self.config.batch_size):

@@ -1,0 +1,178 @@
+"""Worst case per pass: every solver, and a plain projected PGD written here, at budgets of 10, 20, 40, 80 passes.
+
+A pass is one forward + backward over the evaluation set (an accuracy read-out that is not part of a
+gradient pass counts as one too).  Each solver runs with ``budget=B`` (its own options otherwise); the
+plain PGD is the issue's 30-line baseline: full-set margin gradient, sign step ``2.5·bound/B``, halved
+after half the steps, best iterate kept, every iterate scored from its own gradient pass (so B passes).
+Same box, same data, same budget.  Printed: the worst case (accuracy) per solver and budget, and
+whether the default search (``apgd``) is at or below the best of the others at every budget.
+
+Problems: the shipped LeNet (digits evaluation split, 360 images, gaussian device) at thg 0.01 and 0.03,
+and a harder model: a LeNet trained here (seeded, about a minute on 2 cores) on the 8,000 training images
+of the MNIST test set in ``--mnist`` (``i % 5 != 0``; its README's split), evaluated on the 2,000 others.
+The package never needs that data; without it the harder model is skipped (said so).
+
+Options: ``--budgets``, ``--thg``, ``--mnist PATH`` (default ``../shared/data/mnist-t10k`` relative to the
+repository), ``--threads``, ``--json FILE`` (write the numbers, e.g. under ``benchmarks/results``),
+``--plot FILE`` (any-time curves, accuracy against passes, of every solver at the largest budget).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_MNIST = REPO.parent / "shared" / "data" / "mnist-t10k"
+SOLVERS = ("apgd", "flwc", "pgd", "lwc")
+DEFAULT = "apgd"
+
+
+def plain_pgd(problem, budget: int) -> float:
+    """The baseline: projected sign-gradient descent, step 2.5·bound/budget halved after half, best iterate."""
+    from cimguard.sim.gradients import margin_gradient_with_accuracy
+
+    bounds = problem.bounds
+    delta = {name: torch.zeros_like(bound) for name, bound in bounds.items()}
+    best = math.inf
+    for t in range(budget):
+        grad, _, acc = margin_gradient_with_accuracy(problem.crossbar, problem.data, delta)
+        best = min(best, acc)
+        step = 2.5 / budget * (0.5 if t >= budget // 2 else 1.0)
+        delta = {name: torch.clamp(value - step * bounds[name] * torch.sign(grad[name]), -bounds[name], bounds[name])
+                 for name, value in delta.items()}
+    return best
+
+
+def read_idx(path: Path, offset: int) -> np.ndarray:
+    with gzip.open(path) as handle:
+        return np.frombuffer(handle.read(), np.uint8, offset=offset)
+
+
+def harder_model(mnist: Path, seed: int = 0, epochs: int = 6):
+    """A LeNet-5 trained on MNIST t10k's training split; returns (module, eval x, eval y, clean float acc)."""
+    images = read_idx(mnist / "t10k-images-idx3-ubyte.gz", 16).reshape(-1, 1, 28, 28).astype(np.float32) / 255.0
+    labels = read_idx(mnist / "t10k-labels-idx1-ubyte.gz", 8).astype(np.int64)
+    held_out = np.arange(len(labels)) % 5 == 0
+    x_train, y_train = torch.from_numpy(images[~held_out]), torch.from_numpy(labels[~held_out])
+    torch.manual_seed(seed)
+    nn = torch.nn
+    model = nn.Sequential(nn.Conv2d(1, 6, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 16, 5), nn.ReLU(),
+                          nn.MaxPool2d(2), nn.Flatten(), nn.Linear(256, 120), nn.ReLU(), nn.Linear(120, 84),
+                          nn.ReLU(), nn.Linear(84, 10))
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        order = torch.randperm(len(y_train), generator=generator)
+        for start in range(0, len(order), 64):
+            index = order[start:start + 64]
+            loss = nn.functional.cross_entropy(model(x_train[index]), y_train[index])
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+    model.eval()
+    x_eval, y_eval = images[held_out], labels[held_out]
+    with torch.no_grad():
+        float_accuracy = float((model(torch.from_numpy(x_eval)).argmax(1).numpy() == y_eval).mean())
+    return model, x_eval, y_eval, float_accuracy
+
+
+def run_problem(problem, budgets: list[int]) -> dict[str, Any]:
+    """Worst case per solver and budget, the baseline's, and the largest budget's any-time curves."""
+    from cimguard.api import run_solver
+
+    worst: dict[str, dict[int, float]] = {name: {} for name in (*SOLVERS, "plain PGD")}
+    passes: dict[str, dict[int, int]] = {name: {} for name in SOLVERS}
+    curves: dict[str, list[float | None]] = {}
+    for budget in budgets:
+        for name in SOLVERS:
+            run = run_solver(name, problem, seed=0, budget=budget)
+            worst[name][budget] = run.accuracy
+            passes[name][budget] = run.worst.passes
+            if budget == max(budgets):
+                curves[name] = run.worst.curve
+        worst["plain PGD"][budget] = plain_pgd(problem, budget)
+    return {"worst": worst, "passes": passes, "curves": curves}
+
+
+def print_table(title: str, result: dict[str, Any], budgets: list[int]) -> bool:
+    """Print one problem's table; True when the default is at or below every other entry at every budget."""
+    worst, passes = result["worst"], result["passes"]
+    print(f"\n{title}")
+    print("| budget (passes) | " + " | ".join(f"`{n}`" if n in SOLVERS else n for n in worst) + " | default best? |")
+    print("|---" * (len(worst) + 2) + "|")
+    ok_all = True
+    for budget in budgets:
+        others = min(value[budget] for name, value in worst.items() if name != DEFAULT)
+        ok = worst[DEFAULT][budget] <= others + 1e-12
+        ok_all &= ok
+        cells = [f"{values[budget]:.3f}" + (f" ({passes[name][budget]})" if name in passes
+                                             and passes[name][budget] < budget else "")
+                 for name, values in worst.items()]
+        print(f"| {budget} | " + " | ".join(cells) + f" | {'yes' if ok else 'NO'} |")
+    return ok_all
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--budgets", default="10,20,40,80")
+    parser.add_argument("--thg", default="0.01,0.03")
+    parser.add_argument("--mnist", type=Path, default=DEFAULT_MNIST)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--torch-device", default="cpu")
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--plot", type=Path, default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    budgets = [int(b) for b in args.budgets.split(",")]
+    thgs = [float(t) for t in args.thg.split(",")]
+
+    import cimguard
+    from cimguard.api import build_setup
+    from cimguard.sim.worst_case import make_problem
+
+    print("worst-case accuracy found within each budget (lower is stronger); a pass = forward + backward over "
+          "the evaluation set; (n): passes used when fewer than the budget")
+    problems: list[tuple[str, Any]] = []
+    shipped = build_setup(None, torch_device=args.torch_device)
+    for thg in thgs:
+        problems.append((f"shipped LeNet, digits ({len(shipped.data.labels)} images), thg {thg:g}",
+                         make_problem(shipped.crossbar, shipped.data, thg)))
+    if (args.mnist / "t10k-images-idx3-ubyte.gz").exists():
+        model, x_eval, y_eval, float_accuracy = harder_model(args.mnist)
+        chip = cimguard.setup(model, "gaussian", data=(x_eval, y_eval), example_input=torch.from_numpy(x_eval[:1]),
+                              torch_device=args.torch_device)
+        for thg in thgs:
+            problems.append((f"harder LeNet-5, MNIST t10k split ({len(y_eval)} images, float accuracy "
+                             f"{float_accuracy:.3f}, clean chip {chip.clean_accuracy():.3f}), thg {thg:g}",
+                             make_problem(chip.crossbar, chip.data, thg)))
+    else:
+        print(f"(no MNIST at {args.mnist}: the harder model is skipped)")
+
+    record: dict[str, Any] = {"budgets": budgets, "problems": {}}
+    verdict = True
+    for title, problem in problems:
+        result = run_problem(problem, budgets)
+        verdict &= print_table(title, result, budgets)
+        record["problems"][title] = result
+    print(f"\ndefault ({DEFAULT}) at or below the best of the others at every budget and problem: "
+          f"{'yes' if verdict else 'NO'}")
+    if args.json is not None:
+        args.json.write_text(json.dumps(record, indent=1))
+        print(f"wrote {args.json}")
+    if args.plot is not None:
+        from cimguard.plot import plot_anytime_grid
+
+        plot_anytime_grid({title: result["curves"] for title, result in record["problems"].items()}, args.plot)
+        print(f"wrote {args.plot}")
+
+
+if __name__ == "__main__":
+    main()
