@@ -23,6 +23,7 @@ import argparse
 import gzip
 import json
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +121,49 @@ def print_table(title: str, result: dict[str, Any], budgets: list[int]) -> bool:
     return ok_all
 
 
+def problems(thgs: list[float], mnist: Path, torch_device: str = "cpu") -> list[tuple[str, Any]]:
+    """``(title, AttackProblem)``: the shipped LeNet at each thg, then the harder model (when ``mnist`` exists)."""
+    import cimguard
+    from cimguard.api import build_setup
+    from cimguard.sim.worst_case import make_problem
+
+    found: list[tuple[str, Any]] = []
+    shipped = build_setup(None, torch_device=torch_device)
+    for thg in thgs:
+        found.append((f"shipped LeNet, digits ({len(shipped.data.labels)} images), thg {thg:g}",
+                      make_problem(shipped.crossbar, shipped.data, thg)))
+    if not (mnist / "t10k-images-idx3-ubyte.gz").exists():
+        print(f"(no MNIST at {mnist}: the harder model is skipped)")
+        return found
+    started = time.perf_counter()
+    model, x_eval, y_eval, float_accuracy = harder_model(mnist)
+    print(f"(harder model trained in {time.perf_counter() - started:.0f} s)")
+    chip = cimguard.setup(model, "gaussian", data=(x_eval, y_eval), example_input=torch.from_numpy(x_eval[:1]),
+                          torch_device=torch_device)
+    for thg in thgs:
+        found.append((f"harder LeNet-5, MNIST t10k split ({len(y_eval)} images, float accuracy {float_accuracy:.3f}, "
+                      f"clean chip {chip.clean_accuracy():.3f}), thg {thg:g}", make_problem(chip.crossbar, chip.data, thg)))
+    return found
+
+
+def measure(budgets: list[int], thgs: list[float], mnist: Path, torch_device: str = "cpu") -> dict[str, Any]:
+    """Every problem's table (printed as it is measured) and the record ``--json`` writes."""
+    print("worst-case accuracy found within each budget (lower is stronger); a pass = forward + backward over "
+          "the evaluation set; (n): passes used when fewer than the budget")
+    record: dict[str, Any] = {"settings": {"budgets": budgets, "thg": thgs, "seed": 0, "device": "gaussian",
+                                           "baseline": "plain PGD: step 2.5*bound/B, halved after B/2"},
+                              "problems": {}}
+    verdict = True
+    for title, problem in problems(thgs, mnist, torch_device):
+        result = run_problem(problem, budgets)
+        verdict &= print_table(title, result, budgets)
+        record["problems"][title] = result
+    record["default_best"] = verdict
+    print(f"\ndefault ({DEFAULT}) at or below the best of the others at every budget and problem: "
+          f"{'yes' if verdict else 'NO'}")
+    return record
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budgets", default="10,20,40,80")
@@ -131,47 +175,24 @@ def main() -> None:
     parser.add_argument("--plot", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    budgets = [int(b) for b in args.budgets.split(",")]
-    thgs = [float(t) for t in args.thg.split(",")]
-
-    import cimguard
-    from cimguard.api import build_setup
-    from cimguard.sim.worst_case import make_problem
-
-    print("worst-case accuracy found within each budget (lower is stronger); a pass = forward + backward over "
-          "the evaluation set; (n): passes used when fewer than the budget")
-    problems: list[tuple[str, Any]] = []
-    shipped = build_setup(None, torch_device=args.torch_device)
-    for thg in thgs:
-        problems.append((f"shipped LeNet, digits ({len(shipped.data.labels)} images), thg {thg:g}",
-                         make_problem(shipped.crossbar, shipped.data, thg)))
-    if (args.mnist / "t10k-images-idx3-ubyte.gz").exists():
-        model, x_eval, y_eval, float_accuracy = harder_model(args.mnist)
-        chip = cimguard.setup(model, "gaussian", data=(x_eval, y_eval), example_input=torch.from_numpy(x_eval[:1]),
-                              torch_device=args.torch_device)
-        for thg in thgs:
-            problems.append((f"harder LeNet-5, MNIST t10k split ({len(y_eval)} images, float accuracy "
-                             f"{float_accuracy:.3f}, clean chip {chip.clean_accuracy():.3f}), thg {thg:g}",
-                             make_problem(chip.crossbar, chip.data, thg)))
-    else:
-        print(f"(no MNIST at {args.mnist}: the harder model is skipped)")
-
-    record: dict[str, Any] = {"budgets": budgets, "problems": {}}
-    verdict = True
-    for title, problem in problems:
-        result = run_problem(problem, budgets)
-        verdict &= print_table(title, result, budgets)
-        record["problems"][title] = result
-    print(f"\ndefault ({DEFAULT}) at or below the best of the others at every budget and problem: "
-          f"{'yes' if verdict else 'NO'}")
+    record = measure([int(b) for b in args.budgets.split(",")], [float(t) for t in args.thg.split(",")], args.mnist,
+                     args.torch_device)
     if args.json is not None:
-        args.json.write_text(json.dumps(record, indent=1))
+        from cimguard.report import write_json
+
+        write_json(args.json, record)
         print(f"wrote {args.json}")
     if args.plot is not None:
-        from cimguard.plot import plot_anytime_grid
-
-        plot_anytime_grid({title: result["curves"] for title, result in record["problems"].items()}, args.plot)
+        plot(record, args.plot)
         print(f"wrote {args.plot}")
+
+
+def plot(record: dict[str, Any], path: Path) -> None:
+    """The any-time curves of every solver at the largest budget, one panel per problem."""
+    from cimguard.plot import plot_anytime_grid
+
+    plot_anytime_grid({title: result["curves"] for title, result in record["problems"].items()}, path,
+                      title=f"worst case found vs passes (budget {max(record['settings']['budgets'])})")
 
 
 if __name__ == "__main__":
