@@ -151,3 +151,15 @@ def test_attack_budget_records_passes_and_curve(invoke, tmp_path):
 def test_attack_budget_must_be_positive(invoke):
     result = invoke("attack", "--budget", "0", "--samples", "0")
     assert result.exit_code == 2 and "--budget" in result.output
+
+
+def test_apgd_steps_back_from_a_flat_iterate_instead_of_stopping():
+    # In FeFET's own box a full step from the first corner silences the network (every margin flat,
+    # gradient 0) at pass 12: that is a failed step, not the end of the search (it used to stop there at 0.106).
+    fefet = build_setup(None, "digits", "fefet", {}, torch_device="cpu")
+    problem = make_problem(fefet.crossbar, fefet.data, None)
+    run = run_solver("apgd", problem, seed=0, budget=100)
+    flat = [e for e in run.worst.trace if e.get("margin") is not None and e["margin"] < 0.05 and e["accuracy"] > 0]
+    assert flat and flat[0]["passes"] < run.worst.passes  # it went on after the flat iterate
+    assert "vanished" not in run.worst.trace[-1]["stopped"]
+    assert run.accuracy < min(e["accuracy"] for e in flat)

@@ -14,11 +14,13 @@ parameter-free attacks", ICML 2020, adapted from an input box to cimguard's weig
   step halves, and the search restarts from the best chip so far (its stored gradient: no extra pass),
   when fewer than 75 % of the steps since the last checkpoint lowered the summed margin, or when the
   step was not halved last time and the best chip did not improve since;
+- an iterate whose margin gradient vanished (a step so large it silenced the network: every margin
+  flat) that is not the best chip counts as a failed checkpoint: halve, back to the best chip;
 - the best chip (lowest accuracy, ties: lowest summed margin) is returned.
 
 The schedule is a function of the budget alone (``budget`` if set, else ``iterations``), so it spends
 any budget without hand-set options.  No randomness: the answer is the same for every seed.  It stops
-early, as every solver, when a chip has accuracy 0 or the gradient vanishes inside the box.
+early, as every solver, when a chip has accuracy 0 or the gradient vanishes at the best chip.
 """
 
 from __future__ import annotations
@@ -100,17 +102,19 @@ class APGD(Solver):
             if acc <= 0.0:
                 stopped = f"apgd: accuracy 0 (every margin negative) after {t + 1} passes"
                 break
-            if not any(bool(((g != 0) & (bounds[name] > 0)).any()) for name, g in grad.items()):
+            vanished = not any(bool(((g != 0) & (bounds[name] > 0)).any()) for name, g in grad.items())
+            if vanished and best_x is x:
                 stopped = f"apgd: the margin gradient vanished after {t + 1} passes"
                 break
             improving += margin < last_margin
             since += 1
             last_margin = margin
-            if t in marks:
+            if t in marks or vanished:
                 stalled = improving < PROGRESS * since
                 unchanged = eta == eta_at_mark and best == best_at_mark
                 eta_at_mark, best_at_mark = eta, best
-                if stalled or unchanged:
+                # A flat iterate that is not the best (e.g. a step that silenced every ReLU) is a failed step.
+                if stalled or unchanged or vanished:
                     # Halve the step and go back to the best chip, whose gradient is kept: no extra pass.
                     eta /= 2.0
                     x, previous, grad = best_x, best_x, best_grad
