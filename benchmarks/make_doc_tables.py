@@ -216,14 +216,16 @@ def device_box_table() -> tuple[list[str], list[list[str]], dict]:
 
 
 def solver_budget_table() -> tuple[list[str], list[list[str]], dict]:
+    sys.path.insert(0, str(HERE))
+    from bench_solver_budget import short_title
+
     record = json.loads((RESULTS / "solver_budget.json").read_text())
     problems = record["problems"]
     solvers = list(next(iter(problems.values()))["worst"])
     header = ["problem", "budget (passes)"] + [f"`{name}`" if name != "plain PGD" else name for name in solvers]
     rows = []
     for title, result in problems.items():
-        model, _, thg = title.rpartition(", thg ")
-        short = ("shipped LeNet" if model.startswith("shipped") else "MNIST LeNet-5") + f", thg {thg}"
+        short = short_title(title)
         for budget in record["settings"]["budgets"]:
             cells = []
             for name in solvers:

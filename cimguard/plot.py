@@ -166,8 +166,9 @@ def plot_anytime_grid(panels, path=None, *, metric: str = "accuracy", title: str
     for axes, (panel, curves) in zip(grid.flat, panels.items()):
         for index, (solver, curve) in enumerate(curves.items()):
             points = [(at, value) for at, value in enumerate(curve, start=1) if value is not None]
-            if points:
-                axes.step(*zip(*points), where="post", color=f"C{index % 10}", label=solver)
+            if points:  # styles and widths differ so that identical curves (pgd's start is flwc) both show
+                axes.step(*zip(*points), where="post", color=f"C{index % 10}", label=solver,
+                          linestyle=("-", "--", ":", "-.")[index % 4], linewidth=max(2.6 - 0.4 * index, 1.0))
         axes.set_xscale("log")
         axes.set_xlabel("passes (forward + backward over the evaluation set)")
         axes.set_ylabel(f"worst {metric} so far")

@@ -163,3 +163,26 @@ def test_apgd_steps_back_from_a_flat_iterate_instead_of_stopping():
     assert flat and flat[0]["passes"] < run.worst.passes  # it went on after the flat iterate
     assert "vanished" not in run.worst.trace[-1]["stopped"]
     assert run.accuracy < min(e["accuracy"] for e in flat)
+
+
+def test_api_budget_caps_every_solver_and_leaves_the_given_solver_alone(small):
+    pgd = build_solver("pgd")
+    sweep = small.sweep(0.01, {"apgd": None, "pgd": pgd}, samples=0, budget=5)
+    runs = sweep.points[0].runs
+    assert all(run.worst.passes <= 5 and run.options["budget"] == 5 for run in runs.values())
+    assert pgd.config.budget == 0  # with_budget copies: the caller's solver keeps its config
+    one = small.worst_case("pgd", 0.01, budget=3, iterations=4)
+    assert one.worst.passes == 3 and one.options["iterations"] == 4
+    with pytest.raises(CimguardError, match="solver 'lwc': budget must be 0 .* or >= 2"):
+        small.worst_case("lwc", 0.01, budget=1)
+
+
+def test_compare_budget(invoke, default_model_path, tmp_path):
+    report = tmp_path / "cmp.json"
+    result = invoke("compare", default_model_path, "--thg", "0.01", "--samples", "0", "--budget", "4",
+                    "--max-samples", "50", "--json", str(report))
+    assert result.exit_code == 0, result.output
+    assert "worst apgd" in result.output
+    record = json.loads(report.read_text())
+    runs = [run for sweep in record["sweeps"] for point in sweep["points"] for run in point["worst_case"].values()]
+    assert runs and all(run["passes"] == 4 and len(run["curve"]) == 4 for run in runs)

@@ -61,7 +61,8 @@ class SolverConfig:
     """Options every solver understands."""
 
     iterations: int = 100
-    """Iteration budget (each iteration is one pass over the evaluation data)."""
+    """Iterations of the search (each solver says what one is and what it costs in passes; ``budget``
+    caps the passes)."""
     kappa: float = 0.0
     """Confidence margin κ of the Carlini–Wagner loss."""
     budget: int = 0

@@ -74,7 +74,8 @@ class LWCConfig(SolverConfig):
     tol: float = 1e-5
     """Stop the search when ``|d − 1| · thg`` is below this (authors: 1e-5)."""
     score_passes: bool = True
-    """Also score the projected iterate after every pass (one more forward pass each), not only each run's end."""
+    """Also score the projected iterate after every pass (one more pass each; the run's end is the last of
+    them), not only each run's end (one pass per run)."""
     warm_start: bool = True
     """Start each run from the best chip found so far (False: from ``ΔW = 0``, as the authors)."""
 
@@ -153,8 +154,8 @@ class LWC(Solver):
 
     def _run(self, problem: AttackProblem, generator: torch.Generator, tracker: Tracker, c: float, lr: float,
              run: int, start: Perturbation | None = None, passes: int | None = None):
-        """One Adam run of ``passes`` (default: the config's) passes at multiplier ``c`` from ``start`` (feasible; None: ``ΔW = 0``):
-        its end, distance and (with ``score_passes``) the accuracy of its projected end, else None."""
+        """One Adam run of ``passes`` passes (default: the config's) at multiplier ``c`` from ``start`` (feasible;
+        None: ``ΔW = 0``): its end, distance and (with ``score_passes``) the accuracy of its projected end, else None."""
         bounds = problem.bounds
         live = {name: bound > 0 for name, bound in bounds.items()}
         u = {}
