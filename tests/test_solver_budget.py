@@ -136,10 +136,11 @@ def test_apgd_stops_early_at_accuracy_zero():
 
 
 def test_attack_budget_records_passes_and_curve(invoke, tmp_path):
-    report = tmp_path / "report.json"
+    report, curves = tmp_path / "report.json", tmp_path / "curves.png"
     result = invoke("attack", "--thg", "0.01", "--samples", "0", "--max-samples", "96", "--solver", "apgd,flwc",
-                    "--budget", "6", "--json", str(report), "--torch-device", "cpu")
+                    "--budget", "6", "--json", str(report), "--plot-passes", str(curves), "--torch-device", "cpu")
     assert result.exit_code == 0, result.output
+    assert curves.read_bytes().startswith(b"\x89PNG") and f"wrote {curves}" in result.output
     runs = json.loads(report.read_text())["points"][0]["worst_case"]
     assert set(runs) == {"apgd", "flwc"}
     for run in runs.values():
@@ -148,9 +149,15 @@ def test_attack_budget_records_passes_and_curve(invoke, tmp_path):
     assert "used its budget of 6 passes" in runs["flwc"]["trace"][-1]["stopped"]
 
 
-def test_attack_budget_must_be_positive(invoke):
+def test_attack_budget_must_be_positive_and_plot_passes_a_new_image(invoke, tmp_path):
     result = invoke("attack", "--budget", "0", "--samples", "0")
     assert result.exit_code == 2 and "--budget" in result.output
+    existing = tmp_path / "taken.png"
+    existing.write_bytes(b"mine")
+    for path, message in ((existing, "exists"), (tmp_path / "curves.txt", "must end in .png, .pdf or .svg")):
+        result = invoke("attack", "--samples", "0", "--plot-passes", str(path))
+        assert result.exit_code == 1 and result.output.startswith("Error: ") and message in result.output
+    assert existing.read_bytes() == b"mine"
 
 
 def test_apgd_steps_back_from_a_flat_iterate_instead_of_stopping():
