@@ -39,8 +39,8 @@ from cimguard.provenance import file_sha256
               help="Re-evaluate a saved perturbation (.npz) instead of searching.")
 @click.pass_context
 def attack(ctx, model, data, device_name, device_params, device_file, weight_bits, label_free, verify, torch_device,
-           max_samples, solver_names, thg_text, iterations, budget, solver_params, samples, seed, plot_path, passes_path,
-           save_path, sensitivity, json_path, replay_path) -> None:
+           max_samples, solver_names, thg_text, iterations, budget, solver_params, samples, seed, plot_path,
+           passes_path, save_path, sensitivity, json_path, replay_path) -> None:
     """Worst-case accuracy under bounded device variation (one chip: one ΔW for every input).
 
     For every --thg: the clean chip, Monte Carlo chips (mean and KPP percentiles) and

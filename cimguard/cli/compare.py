@@ -25,7 +25,8 @@ from cimguard.factories import (
 @click.option("--json", "json_path", type=click.Path(), default=None, help="Write the results to a new JSON file.")
 @click.pass_context
 def compare(ctx, models, data, device_name, device_params, device_file, weight_bits, label_free, verify, torch_device,
-            max_samples, solver_names, iterations, budget, solver_params, thg_text, samples, seed, plot_path, json_path) -> None:
+            max_samples, solver_names, iterations, budget, solver_params, thg_text, samples, seed, plot_path,
+            json_path) -> None:
     """Evaluate MODELS side by side: clean, Monte Carlo and worst-case accuracy at each thg.
 
     Every model runs the same sweep as `cimguard attack` (same device, thg values,

@@ -131,7 +131,8 @@ def solver_options(default: tuple[str, ...] = ("apgd",)) -> Callable:
                  "goes to every chosen solver that has FIELD).")(command)
         command = click.option(
             "--iterations", type=click.IntRange(min=1, max=MAX_COUNT), default=None,
-            help="Passes over the evaluation data per solver (per start for pgd); default: each solver's own.")(command)
+            help="Iterations per solver (per start for pgd; Adam passes for lwc); default: each solver's own. "
+                 "--budget caps the passes.")(command)
         command = click.option(
             "--budget", type=click.IntRange(min=1, max=MAX_COUNT), default=None,
             help="Most passes (forward + backward over the evaluation data, read-outs included) each solver "

@@ -155,7 +155,8 @@ class LWC(Solver):
     def _run(self, problem: AttackProblem, generator: torch.Generator, tracker: Tracker, c: float, lr: float,
              run: int, start: Perturbation | None = None, passes: int | None = None):
         """One Adam run of ``passes`` passes (default: the config's) at multiplier ``c`` from ``start`` (feasible;
-        None: ``ΔW = 0``): its end, distance and (with ``score_passes``) the accuracy of its projected end, else None."""
+        None: ``ΔW = 0``): its end, distance and (with ``score_passes``) the accuracy of its projected end,
+        else None."""
         bounds = problem.bounds
         live = {name: bound > 0 for name, bound in bounds.items()}
         u = {}
