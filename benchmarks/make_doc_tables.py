@@ -9,12 +9,16 @@ not re-run: delete the file to re-measure, nothing is ever overwritten):
   (vanilla, noise, trice, atrice fine-tuned from the shipped LeNet; compared with the original
   at thg 0.01/0.02/0.03 on the gaussian device, 100 Monte Carlo chips, ``flwc`` and ``pgd``);
 * ``solvers.json``: ``cimguard attack`` on the shipped LeNet, thg 0.01 and 0.03, solvers
-  ``flwc``, ``pgd``, ``lwc``, 100 Monte Carlo chips, seed 0;
+  ``apgd``, ``flwc``, ``pgd``, ``lwc``, 100 Monte Carlo chips, seed 0;
 * ``device_box.json``: ``cimguard attack`` with each built-in device's own box (``--thg device``),
-  PCM at t = 0 and one day.
+  PCM at t = 0 and one day;
+* ``solver_budget.json``: :func:`bench_solver_budget.measure`: every solver and a plain projected PGD at
+  budgets of 10, 20, 40, 80 passes, on the shipped LeNet at thg 0.01 and 0.03 and on the harder MNIST
+  LeNet the benchmark trains (when ``../shared/data/mnist-t10k`` exists).
 
 Then ``doc_tables.json`` (every table as rows of strings) and ``doc_tables.md`` (the same as
-markdown) are written from the raw files.  ``tests/test_doc_tables.py`` checks that README.md
+markdown) are written from the raw files, and ``docs/solver_budget.png`` (the any-time curves) is drawn
+from ``solver_budget.json``.  ``tests/test_doc_tables.py`` checks that README.md
 and docs/ quote exactly these tables.  Hardening rows are the mean over the seeds with the
 range (min–max) beside it, because a single training seed is not a result.
 """
@@ -110,7 +114,7 @@ def run_solvers(samples: int) -> None:
         print(f"{path} exists, kept (delete it to re-measure)")
         return
     setup = build_setup(None, "digits", "gaussian", {})
-    sweep = setup.sweep([0.01, 0.03], ["flwc", "pgd", "lwc"], samples=samples, seed=0)
+    sweep = setup.sweep([0.01, 0.03], ["apgd", "flwc", "pgd", "lwc"], samples=samples, seed=0)
     rows = []
     for point in sweep.points:
         mc = point.monte_carlo
@@ -131,13 +135,24 @@ def run_device_box(samples: int) -> None:
     rows = []
     for device, params in cases:
         setup = build_setup(None, "digits", device, params)
-        sweep = setup.sweep(None, ["flwc", "pgd"], samples=samples, seed=0)
+        sweep = setup.sweep(None, ["apgd", "flwc", "pgd"], samples=samples, seed=0)
         point = sweep.points[0]
         mc = point.monte_carlo
         rows.append({"device": device, "params": params, "bound_levels": point.box_levels,
                      "clean": point.clean, "mc_mean": mc.mean, "kpp1": mc.percentiles["1"],
                      "worst": {name: run.accuracy for name, run in point.runs.items()}})
     _save(path, {"settings": {"model": "lenet_digits", "samples": samples, "seed": 0}, "rows": rows})
+
+
+def run_solver_budget() -> None:
+    path = RESULTS / "solver_budget.json"
+    if path.exists():
+        print(f"{path} exists, kept (delete it to re-measure)")
+        return
+    sys.path.insert(0, str(HERE))
+    import bench_solver_budget
+
+    _save(path, bench_solver_budget.measure([10, 20, 40, 80], [0.01, 0.03], bench_solver_budget.DEFAULT_MNIST))
 
 
 def _mean_range(values: list[float]) -> str:
@@ -181,22 +196,59 @@ def hardening_table(seeds: tuple[int, ...] | list[int] = DEFAULT_SEEDS) -> tuple
 
 def solver_table() -> tuple[list[str], list[list[str]], dict]:
     record = json.loads((RESULTS / "solvers.json").read_text())
-    header = ["thg", "clean", "Monte Carlo mean", "KPP 1%", "`flwc`", "`pgd`", "`lwc`"]
-    rows = [[f"{r['thg']:g}", f"{r['clean']:.3f}", f"{r['mc_mean']:.3f}", f"{r['kpp1']:.3f}",
-             f"{r['worst']['flwc']:.3f}", f"{r['worst']['pgd']:.3f}", f"{r['worst']['lwc']:.3f}"]
-            for r in record["rows"]]
+    solvers = list(record["rows"][0]["worst"])
+    header = ["thg", "clean", "Monte Carlo mean", "KPP 1%"] + [f"`{name}`" for name in solvers]
+    rows = [[f"{r['thg']:g}", f"{r['clean']:.3f}", f"{r['mc_mean']:.3f}", f"{r['kpp1']:.3f}"]
+            + [f"{r['worst'][name]:.3f}" for name in solvers] for r in record["rows"]]
     return header, rows, record["settings"]
 
 
 def device_box_table() -> tuple[list[str], list[list[str]], dict]:
     record = json.loads((RESULTS / "device_box.json").read_text())
-    header = ["device", "box per level (levels)", "clean", "MC mean", "worst flwc", "worst pgd"]
+    solvers = list(record["rows"][0]["worst"])
+    header = ["device", "box per level (levels)", "clean", "MC mean"] + [f"worst {name}" for name in solvers]
     rows = []
     for r in record["rows"]:
         name = r["device"] + "".join(f", {k}={v}" for k, v in r["params"].items())
         rows.append([f"`{name}`", " / ".join(f"{b:.3g}" for b in r["bound_levels"]), f"{r['clean']:.3f}",
-                     f"{r['mc_mean']:.3f}", f"{r['worst']['flwc']:.3f}", f"{r['worst']['pgd']:.3f}"])
+                     f"{r['mc_mean']:.3f}"] + [f"{r['worst'][solver]:.3f}" for solver in solvers])
     return header, rows, record["settings"]
+
+
+def solver_budget_table() -> tuple[list[str], list[list[str]], dict]:
+    sys.path.insert(0, str(HERE))
+    from bench_solver_budget import short_title
+
+    record = json.loads((RESULTS / "solver_budget.json").read_text())
+    problems = record["problems"]
+    solvers = list(next(iter(problems.values()))["worst"])
+    header = ["problem", "budget (passes)"] + [f"`{name}`" if name != "plain PGD" else name for name in solvers]
+    rows = []
+    for title, result in problems.items():
+        short = short_title(title)
+        for budget in record["settings"]["budgets"]:
+            cells = []
+            for name in solvers:
+                cell = f"{result['worst'][name][str(budget)]:.3f}"
+                used = result["passes"].get(name, {}).get(str(budget), budget)
+                cells.append(cell + (f" ({used})" if used < budget else ""))
+            best = min(float(cell.split()[0]) for cell in cells)
+            rows.append([short, str(budget)] + [f"**{c}**" if float(c.split()[0]) == best else c for c in cells])
+    return header, rows, record["settings"]
+
+
+def draw_solver_budget_plot() -> None:
+    """``docs/solver_budget.png`` from ``solver_budget.json`` (derived: always redrawn)."""
+    record_path = RESULTS / "solver_budget.json"
+    if not record_path.exists():
+        return
+    sys.path.insert(0, str(HERE))
+    import bench_solver_budget
+
+    target = ROOT / "docs" / "solver_budget.png"
+    target.unlink(missing_ok=True)
+    bench_solver_budget.plot(json.loads(record_path.read_text()), target)
+    print(f"wrote {target}")
 
 
 def markdown(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -210,7 +262,7 @@ def write_tables(seeds: list[int]) -> None:
 
     tables = {}
     for name, build in (("hardening", lambda: hardening_table(seeds)), ("solvers", solver_table),
-                        ("device_box", device_box_table)):
+                        ("device_box", device_box_table), ("solver_budget", solver_budget_table)):
         try:
             header, rows, settings = build()
         except FileNotFoundError as exc:
@@ -229,8 +281,9 @@ def write_tables(seeds: list[int]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--stages", default="hardening,solvers,device_box,tables,docs",
-                        help="comma-separated: hardening, solvers, device_box (measure), tables (aggregate), "
+    parser.add_argument("--stages", default="hardening,solvers,device_box,solver_budget,tables,docs",
+                        help="comma-separated: hardening, solvers, device_box, solver_budget (measure), tables "
+                             "(aggregate, and draw docs/solver_budget.png), "
                              "docs (write the tables into README.md and docs/)")
     parser.add_argument("--seeds", default=",".join(map(str, DEFAULT_SEEDS)), help="training seeds of the hardening table")
     parser.add_argument("--epochs", type=int, default=None, help="hardening epochs (default: atrice's)")
@@ -244,11 +297,14 @@ def main() -> None:
         run_solvers(args.samples)
     if "device_box" in stages:
         run_device_box(args.samples)
+    if "solver_budget" in stages:
+        run_solver_budget()
     seeds = [int(s) for s in args.seeds.split(",")]
     if "hardening" in stages:
         run_hardening(seeds, args.epochs, args.samples)
     if "tables" in stages:
         write_tables(seeds)
+        draw_solver_budget_plot()
     if "docs" in stages:
         fill_docs()
 

@@ -7,8 +7,8 @@ In a notebook::
     model = cimguard.load("vendor.onnx")                  # or cimguard.load(torch_module, example_input)
     chip = cimguard.setup(model, cimguard.device("pcm", t=86400), data="digits")
     chip.evaluate(samples=100, seed=0).table()            # float, clean and Monte Carlo accuracy
-    chip.worst_case("flwc").accuracy                      # the worst chip in the device's box
-    chip.sweep(thg=[0.01, 0.03], solvers=["flwc", "pgd"]).to_dict()
+    chip.worst_case("apgd", budget=20).accuracy           # the worst chip in the device's box, in 20 passes
+    chip.sweep(thg=[0.01, 0.03], solvers=["apgd", "flwc"]).to_dict()
     chip.sweep_device("t", [1, 3600, 86400]).table()      # one row per retention time
 
 Every result is a plain object with ``to_dict()`` (what the JSON reports hold) and ``table()``
@@ -118,9 +118,10 @@ def solver(name: str, **options: Any) -> Solver:
     return build_solver(name, options)
 
 
-def pick_solvers(choice: SolverChoice) -> dict[str, Solver]:
+def pick_solvers(choice: SolverChoice, budget: int | None = None) -> dict[str, Solver]:
     """``{name: Solver}`` from a name, a :class:`Solver`, several, or a dict whose values are built solvers
-    or option dicts (``{"pgd": {"restarts": 4}}``); all are built before any work."""
+    or option dicts (``{"pgd": {"restarts": 4}}``); all are built before any work.  ``budget`` caps every
+    one at that many passes over the evaluation data (:meth:`Solver.with_budget`)."""
     built: dict[str, Solver] = {}
     if isinstance(choice, Mapping):
         for name, value in choice.items():
@@ -138,7 +139,7 @@ def pick_solvers(choice: SolverChoice) -> dict[str, Solver]:
             built[one.name] = one
     if not built:
         raise CimguardError("give at least one solver")
-    return built
+    return {name: one.with_budget(budget) for name, one in built.items()}
 
 
 def run_solver(
@@ -147,11 +148,13 @@ def run_solver(
     seed: int = 0,
     options: Mapping[str, Any] | None = None,
     *,
+    budget: int | None = None,
     progress: bool = False,
     callbacks: tuple[TraceCallback, ...] = (),
 ) -> SolverRun:
-    """Run ``solver`` (a registered name with ``options``, or a built :class:`Solver`) on ``problem`` and
-    return its answer after the core's independent check (:func:`cimguard.sim.worst_case.run_checked`)."""
+    """Run ``solver`` (a registered name with ``options``, or a built :class:`Solver`; capped at ``budget``
+    passes when given) on ``problem`` and return its answer after the core's independent check
+    (:func:`cimguard.sim.worst_case.run_checked`)."""
     if isinstance(solver, Solver):
         if options:
             raise CimguardError("run_solver: options configure a solver given by name; "
@@ -159,7 +162,7 @@ def run_solver(
         built = named_solver(solver)
     else:
         built = build_solver(solver, options)
-    return run_checked(built, problem, seed, progress=progress, callbacks=callbacks)
+    return run_checked(built.with_budget(budget), problem, seed, progress=progress, callbacks=callbacks)
 
 
 def pick_torch_device(name: str = "auto") -> torch.device:
@@ -249,26 +252,28 @@ class Setup:
         """Accuracy over ``samples`` simulated chips (mean, spread, KPP percentiles)."""
         return monte_carlo(self.crossbar, self.data, samples, seed, progress=progress)
 
-    def worst_case(self, solver: str | Solver = "flwc", thg: float | None = None, seed: int = 0, *,
-                   progress: bool = False, **options: Any) -> SolverRun:
-        """The worst chip ``solver`` finds in the device's own box (``thg=None``) or at threshold ``thg``,
-        checked by the core.  Keyword ``options`` configure a solver given by name (``k=20``)."""
-        return run_solver(solver, make_problem(self.crossbar, self.data, thg), seed, options, progress=progress)
+    def worst_case(self, solver: str | Solver = "apgd", thg: float | None = None, seed: int = 0, *,
+                   budget: int | None = None, progress: bool = False, **options: Any) -> SolverRun:
+        """The worst chip ``solver`` finds in the device's own box (``thg=None``) or at threshold ``thg``
+        within ``budget`` passes (default: the solver's own), checked by the core.  Keyword ``options``
+        configure a solver given by name (``k=20``)."""
+        return run_solver(solver, make_problem(self.crossbar, self.data, thg), seed, options, budget=budget,
+                          progress=progress)
 
-    def sweep(self, thg: Sequence[float | None] | float | None = None, solvers: SolverChoice = "flwc", *,
-              samples: int = 100, seed: int = 0, progress: bool = False) -> AttackSweep:
+    def sweep(self, thg: Sequence[float | None] | float | None = None, solvers: SolverChoice = "apgd", *,
+              samples: int = 100, seed: int = 0, budget: int | None = None, progress: bool = False) -> AttackSweep:
         """Clean, Monte Carlo and worst case at each write-verify threshold (``None``: the device's own
         box): one row per value, what ``cimguard attack --thg`` prints."""
         thgs = _thg_list(thg)
-        chosen = pick_solvers(solvers)
+        chosen = pick_solvers(solvers, budget)
         return attack_sweep(self.crossbar, self.data, thgs, chosen, samples=samples, seed=seed, progress=progress)
 
-    def sweep_device(self, parameter: str, values: Sequence[Any], solvers: SolverChoice = "flwc", *,
-                     thg: float | None = None, samples: int = 100, seed: int = 0,
+    def sweep_device(self, parameter: str, values: Sequence[Any], solvers: SolverChoice = "apgd", *,
+                     thg: float | None = None, samples: int = 100, seed: int = 0, budget: int | None = None,
                      progress: bool = False) -> DeviceSweep:
         """The same measurements for each value of one device parameter (``t``, ``sigma``, ...): one row per
         value, each in the device's own box (or at ``thg``)."""
-        return device_sweep(self.crossbar, self.data, parameter, list(values), pick_solvers(solvers), thg=thg,
+        return device_sweep(self.crossbar, self.data, parameter, list(values), pick_solvers(solvers, budget), thg=thg,
                             samples=samples, seed=seed, progress=progress)
 
     def harden(self, trainer: str | Trainer = "atrice", *, checkpoint: str | Path | None = None, resume: bool = False,

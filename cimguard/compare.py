@@ -92,10 +92,12 @@ def compare_sweeps(
     max_samples: int | None = None,
     labels: Sequence[str] | None = None,
     verify: bool = False,
+    budget: int | None = None,
     progress: bool = False,
 ) -> Comparison:
     """Run :func:`cimguard.sim.sweep.attack_sweep` once per model, with the same data, device, thg values,
-    solvers (names, built :class:`Solver` objects, or ``{name: Solver}``) and seeds.
+    solvers (names, built :class:`Solver` objects, or ``{name: Solver}``; each capped at ``budget`` passes
+    when given) and seeds.
 
     Each model gets exactly the numbers ``cimguard attack`` would report for it.  A
     Ctrl-C stops the comparison: the models done so far (and the interrupted one's
@@ -103,7 +105,7 @@ def compare_sweeps(
     """
     if not thgs:
         raise CimguardError("give at least one thg value")
-    chosen = pick_solvers(solvers)  # unknown solvers and bad settings fail before any work
+    chosen = pick_solvers(solvers, budget)  # unknown solvers and bad settings fail before any work
     if not isinstance(device, Device):
         device = create_device(device, device_params, device_file=device_file)
     labels = list(labels) if labels is not None else [str(m) for m in models]

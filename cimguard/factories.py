@@ -242,13 +242,16 @@ def parse_solvers(values: Iterable[str]) -> list[str]:
     return names
 
 
-def parse_solver_params(pairs: Iterable[str], solvers: list[str], iterations: int | None) -> dict[str, dict[str, str | int]]:
+def parse_solver_params(pairs: Iterable[str], solvers: list[str], iterations: int | None,
+                        budget: int | None = None) -> dict[str, dict[str, str | int]]:
     """``--solver-param [SOLVER.]FIELD=VALUE`` sorted out per solver (values stay text: the solver's config
-    types them when it is built); a field no chosen solver has is an error."""
+    types them when it is built), after ``--iterations`` and ``--budget``; a field no chosen solver has is an
+    error."""
     raw: dict[str, dict[str, str | int]] = {name: {} for name in solvers}
-    if iterations is not None:
-        for name in solvers:
-            raw[name]["iterations"] = iterations
+    for field_name, value in (("iterations", iterations), ("budget", budget)):
+        if value is not None:
+            for name in solvers:
+                raw[name][field_name] = value
     for pair in pairs:
         key, sep, value = pair.partition("=")
         key = key.strip()
@@ -268,14 +271,14 @@ def parse_solver_params(pairs: Iterable[str], solvers: list[str], iterations: in
 
 
 def solvers_from_options(solver_names: Iterable[str], iterations: int | None,
-                         solver_params: Iterable[str]) -> dict[str, Solver]:
-    """``--solver``, ``--iterations`` and ``--solver-param`` as built solvers, ``{name: Solver}``.
+                         solver_params: Iterable[str], budget: int | None = None) -> dict[str, Solver]:
+    """``--solver``, ``--iterations``, ``--budget`` and ``--solver-param`` as built solvers, ``{name: Solver}``.
 
     Building validates each solver's settings, so a bad value (``flwc.k=nan``) is a one-line
     error before any Monte Carlo or search work starts; the objects are then used as they are.
     """
     names = parse_solvers(solver_names)
-    return build_solvers(names, parse_solver_params(solver_params, names, iterations))
+    return build_solvers(names, parse_solver_params(solver_params, names, iterations, budget))
 
 
 # -- trainers --------------------------------------------------------------------------------------

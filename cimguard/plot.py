@@ -143,3 +143,49 @@ def plot_attack_sweep(sweep, path=None, *, title: str = ""):
     if path is not None:
         save_figure(figure, path)
     return figure
+
+
+# -- any-time curves (cimguard attack --plot-passes, benchmarks/bench_solver_budget.py) ----------------
+
+
+def plot_anytime_grid(panels, path=None, *, metric: str = "accuracy", title: str = ""):
+    """Best ``metric`` so far against passes over the data, one panel per problem, one line per solver.
+
+    ``panels`` maps a panel title to ``{solver: curve}``, a curve being a run's ``WorstCase.curve`` (the best
+    accuracy after each pass; ``None`` before the first scored chip).  With ``path`` the figure is written.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    from matplotlib.figure import Figure
+
+    columns = min(2, len(panels)) or 1
+    rows = max(1, -(-len(panels) // columns))
+    figure = Figure(figsize=(5.2 * columns, 3.6 * rows), layout="constrained")
+    grid = figure.subplots(rows, columns, squeeze=False)
+    for axes, (panel, curves) in zip(grid.flat, panels.items()):
+        for index, (solver, curve) in enumerate(curves.items()):
+            points = [(at, value) for at, value in enumerate(curve, start=1) if value is not None]
+            if points:  # styles and widths differ so that identical curves (pgd's start is flwc) both show
+                axes.step(*zip(*points), where="post", color=f"C{index % 10}", label=solver,
+                          linestyle=("-", "--", ":", "-.")[index % 4], linewidth=max(2.6 - 0.4 * index, 1.0))
+        axes.set_xscale("log")
+        axes.set_xlabel("passes (forward + backward over the evaluation set)")
+        axes.set_ylabel(f"worst {metric} so far")
+        axes.set_title(panel, fontsize="small")
+        axes.grid(True, alpha=0.3)
+        axes.legend(fontsize="small")
+    for axes in list(grid.flat)[len(panels):]:
+        axes.set_visible(False)
+    if title:
+        figure.suptitle(title, fontsize="medium")
+    if path is not None:
+        save_figure(figure, path)
+    return figure
+
+
+def plot_anytime(sweep, path=None, *, title: str = ""):
+    """:func:`plot_anytime_grid` of an :class:`~cimguard.sim.sweep.AttackSweep`: one panel per box."""
+    panels = {f"box {point.label}": {name: run.worst.curve for name, run in point.runs.items()}
+              for point in sorted(sweep.points, key=lambda point: point.size)}
+    return plot_anytime_grid(panels, path, metric=sweep.metric, title=title)

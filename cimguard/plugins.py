@@ -21,6 +21,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "cimguard_plugins.devices.fefet",
     "cimguard_plugins.datasets.digits",
     "cimguard_plugins.datasets.npz",
+    "cimguard_plugins.solvers.apgd",
     "cimguard_plugins.solvers.flwc",
     "cimguard_plugins.solvers.pgd",
     "cimguard_plugins.solvers.lwc",

@@ -63,17 +63,18 @@ def test_solver_options_helper_is_reusable():
 
     @click.command()
     @solver_options(default=("pgd",))
-    def probe(solver_names, iterations, solver_params):
+    def probe(solver_names, iterations, budget, solver_params):
         # Built solvers, named as chosen, each with the options given for it.
-        solvers = solvers_from_options(solver_names, iterations, solver_params)
+        solvers = solvers_from_options(solver_names, iterations, solver_params, budget)
         click.echo(" ".join(f"{name}={solver.name}:{solver.config.iterations},{solver.config.stop_at_bound},"
-                            f"{solver.config.k:g}" for name, solver in solvers.items()))
+                            f"{solver.config.k:g},{solver.config.budget}" for name, solver in solvers.items()))
 
     result = CliRunner().invoke(probe, ["--solver", "flwc", "--solver", "pgd,flwc", "--iterations", "7",
-                                        "--solver-param", "stop_at_bound=false", "--solver-param", "pgd.k=4"])
+                                        "--solver-param", "stop_at_bound=false", "--solver-param", "pgd.k=4",
+                                        "--budget", "30"])
     assert result.exit_code == 0, result.output
     flwc_k = build_solver("flwc").config.k  # flwc keeps its own k; pgd.k=4 reaches pgd only
-    assert result.output.strip() == f"flwc=flwc:7,False,{flwc_k:g} pgd=pgd:7,False,4"
+    assert result.output.strip() == f"flwc=flwc:7,False,{flwc_k:g},30 pgd=pgd:7,False,4,30"
     assert CliRunner().invoke(probe, []).output.strip().startswith("pgd=pgd:")
     with pytest.raises(CimguardError, match="solver 'pgd': k must be a finite number > 0, got nan"):
         solvers_from_options(("pgd",), None, ("k=nan",))
@@ -101,14 +102,16 @@ def test_label_free_reports_agreement_and_sensitivity(invoke):
         (("--thg", ","), "at least one threshold"),
         (("--solver", "nope"), "unknown solver 'nope'"),
         (("--solver-param", "bogus=1"), "no chosen solver has an option 'bogus'"),
-        (("--solver-param", "flwc.k=abc"), "option k expects float"),
+        (("--solver", "flwc", "--solver-param", "flwc.k=abc"), "option k expects float"),
         (("--solver-param", "pgd.k=3"), "names solver 'pgd', which is not in --solver"),
         (("--solver-param", "k"), "expects [SOLVER.]FIELD=VALUE"),
-        (("--solver-param", "flwc.k=nan"), "solver 'flwc': k must be a finite number > 0, got nan"),
-        (("--solver-param", "k=inf"), "solver 'flwc': k must be a finite number > 0, got inf"),
+        (("--solver", "flwc", "--solver-param", "flwc.k=nan"), "solver 'flwc': k must be a finite number > 0, got nan"),
+        (("--solver", "flwc", "--solver-param", "k=inf"), "solver 'flwc': k must be a finite number > 0, got inf"),
+        (("--solver-param", "k=inf"), "no chosen solver has an option 'k'"),  # the default apgd has no options
         (("--solver", "flwc,pgd", "--solver-param", "pgd.step=-1"), "solver 'pgd': step must be a finite number > 0"),
         (("--solver", "lwc", "--solver-param", "c0=nan"), "solver 'lwc': c0 must be a finite number > 0"),
-        (("--solver-param", "kappa=-1"), "solver 'flwc': kappa must be a finite number >= 0"),
+        (("--solver-param", "kappa=-1"), "solver 'apgd': kappa must be a finite number >= 0"),
+        (("--solver", "lwc", "--budget", "1"), "solver 'lwc': budget must be 0 (no cap) or >= 2"),
         (("--solver-param", "iterations=1.5"), "option iterations expects int"),
         (("--plot", "out.txt"), "--plot file out.txt must end in .png, .pdf or .svg"),
         (("--save-perturbation", "out.txt"), "--save-perturbation file out.txt must end in .npz"),
@@ -157,7 +160,8 @@ def test_ctrl_c_stops_cleanly_and_keeps_the_best_chip(invoke, tmp_path, monkeypa
 
     monkeypatch.setattr(flwc_module, "margin_gradient_with_accuracy", interrupt_on_fourth)
     saved = tmp_path / "best.npz"
-    result = invoke("attack", *SMALL, "--thg", "0.03,0.05", "--samples", "2", "--save-perturbation", saved)
+    result = invoke("attack", *SMALL, "--solver", "flwc", "--thg", "0.03,0.05", "--samples", "2",
+                    "--save-perturbation", saved)
     assert result.exit_code == 130
     rows = _table_rows(result.output)
     assert rows["0.03"][-1].endswith("*")

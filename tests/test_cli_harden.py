@@ -246,7 +246,7 @@ def test_compare_solver_default_and_zero_samples_match_attack(invoke, default_mo
     result = invoke("compare", default_model_path, "--thg", "0.02", "--samples", "0", "--iterations", "2",
                     "--max-samples", "50")
     assert result.exit_code == 0, result.output
-    assert "worst flwc" in result.output and "worst pgd" not in result.output  # attack's default solver
+    assert "worst apgd" in result.output and "worst flwc" not in result.output  # attack's default solver
     assert "no Monte Carlo" in result.output
     table_row = [line for line in result.output.splitlines() if line.strip().endswith(tuple("0123456789"))][-1]
     assert table_row.split()[3:5] == ["-", "-"]  # MC mean and p1 skipped, as attack --samples 0 does

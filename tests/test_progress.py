@@ -15,7 +15,7 @@ def test_non_tty_run_prints_header_first_then_progress_lines(invoke, monkeypatch
     lines = result.output.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("model "))
     chips = [i for i, line in enumerate(lines) if line.startswith("Monte Carlo chips: ")]
-    passes = [i for i, line in enumerate(lines) if line.startswith("FLWC thg=0.03: ")]
+    passes = [i for i, line in enumerate(lines) if line.startswith("APGD thg=0.03: ")]  # the default solver
     table = next(i for i, line in enumerate(lines) if line.split()[:2] == ["thg", "clean"])
     assert chips and passes
     assert header < min(chips) < max(chips) < min(passes) <= max(passes) < table

@@ -63,10 +63,12 @@ def _dead_relu_model(path):
     return path
 
 
-def test_flwc_stops_when_the_gradient_vanishes(tmp_path):
+@pytest.mark.parametrize("solver, options", [("flwc", {"iterations": 60, "stop_at_bound": False}),
+                                             ("apgd", {"iterations": 60})])
+def test_a_solver_stops_when_the_gradient_vanishes(tmp_path, solver, options):
     setup = build_setup(_dead_relu_model(tmp_path / "dead.onnx"), "digits", "gaussian", {"thg": 0.03},
                         torch_device="cpu", label_free=True, max_samples=30)
     problem = make_problem(setup.crossbar, setup.data, 0.03)
-    run = run_solver("flwc", problem, 0, {"iterations": 60, "stop_at_bound": False})
-    assert len(run.worst.trace) == 1
-    assert _stops(run.worst.trace) == ["flwc: the margin gradient vanished after 1 passes"]
+    run = run_solver(solver, problem, 0, options)
+    assert len(run.worst.trace) == 1 and run.worst.passes == 1
+    assert _stops(run.worst.trace) == [f"{solver}: the margin gradient vanished after 1 passes"]

@@ -148,7 +148,8 @@ def test_lwc_run_starts_from_the_given_chip(small):
     solver = build_solver("lwc", {"passes": 1, "score_passes": False})
     start = {name: -0.5 * bound for name, bound in problem.bounds.items()}
     tracker = Tracker(problem, solver, None, "test")
-    delta, reached = solver._run(problem, small.crossbar.generator(0), tracker, 0.0, 1e-9, 0, start)
+    delta, reached, acc = solver._run(problem, small.crossbar.generator(0), tracker, 0.0, 1e-9, 0, start)
+    assert acc is None and tracker.passes == 1  # no read-out without score_passes: the one Adam pass
     assert reached == pytest.approx(0.5, abs=1e-4)
     assert all(torch.allclose(delta[n], start[n], atol=1e-6) for n in delta)
     assert all(float(delta[n].abs().max()) == 0.0 for n in delta if n != first)

@@ -27,6 +27,8 @@ from cimguard.provenance import file_sha256
 @seed_option
 @click.option("--plot", "plot_path", type=click.Path(), default=None,
               help="Write accuracy vs thg to a new .png/.pdf/.svg file.")
+@click.option("--plot-passes", "passes_path", type=click.Path(), default=None,
+              help="Write each solver's any-time curve (worst accuracy so far vs passes) to a new .png/.pdf/.svg.")
 @click.option("--save-perturbation", "save_path", type=click.Path(), default=None,
               help="Write the worst ΔW found in the largest box to a new .npz file (replay with --replay).")
 @click.option("--sensitivity", is_flag=True,
@@ -37,8 +39,8 @@ from cimguard.provenance import file_sha256
               help="Re-evaluate a saved perturbation (.npz) instead of searching.")
 @click.pass_context
 def attack(ctx, model, data, device_name, device_params, device_file, weight_bits, label_free, verify, torch_device,
-           max_samples, solver_names, thg_text, iterations, solver_params, samples, seed, plot_path, save_path,
-           sensitivity, json_path, replay_path) -> None:
+           max_samples, solver_names, thg_text, iterations, budget, solver_params, samples, seed, plot_path,
+           passes_path, save_path, sensitivity, json_path, replay_path) -> None:
     """Worst-case accuracy under bounded device variation (one chip: one ΔW for every input).
 
     For every --thg: the clean chip, Monte Carlo chips (mean and KPP percentiles) and
@@ -55,9 +57,10 @@ def attack(ctx, model, data, device_name, device_params, device_file, weight_bit
     thgs = parse_thg_list(thg_text)
     overrides = parse_param_overrides(device_params)
     check_thg_sweep(thgs, overrides)
-    solvers = solvers_from_options(solver_names, iterations, solver_params)
-    check_outputs({"--json": json_path, "--plot": plot_path, "--save-perturbation": save_path},
-                  suffixes={"--plot": PLOT_SUFFIXES, "--save-perturbation": (".npz",)},
+    solvers = solvers_from_options(solver_names, iterations, solver_params, budget)
+    check_outputs({"--json": json_path, "--plot": plot_path, "--plot-passes": passes_path,
+                   "--save-perturbation": save_path},
+                  suffixes={"--plot": PLOT_SUFFIXES, "--plot-passes": PLOT_SUFFIXES, "--save-perturbation": (".npz",)},
                   inputs=(model, data, device_file))
 
     from cimguard.sim.evaluate import float_accuracy
@@ -86,6 +89,11 @@ def attack(ctx, model, data, device_name, device_params, device_file, weight_bit
 
         plot_attack_sweep(sweep, plot_path, title=f"{setup.model_path.name} on {setup.device_label}")
         click.echo(f"wrote {plot_path}")
+    if passes_path is not None:
+        from cimguard.plot import plot_anytime
+
+        plot_anytime(sweep, passes_path, title=f"{setup.model_path.name} on {setup.device_label}")
+        click.echo(f"wrote {passes_path}")
     worst = sweep.worst_run()
     if save_path is not None and worst is not None:
         save_perturbation(save_path, worst.worst.perturbation, {

@@ -25,7 +25,8 @@ from cimguard.factories import (
 @click.option("--json", "json_path", type=click.Path(), default=None, help="Write the results to a new JSON file.")
 @click.pass_context
 def compare(ctx, models, data, device_name, device_params, device_file, weight_bits, label_free, verify, torch_device,
-            max_samples, solver_names, iterations, solver_params, thg_text, samples, seed, plot_path, json_path) -> None:
+            max_samples, solver_names, iterations, budget, solver_params, thg_text, samples, seed, plot_path,
+            json_path) -> None:
     """Evaluate MODELS side by side: clean, Monte Carlo and worst-case accuracy at each thg.
 
     Every model runs the same sweep as `cimguard attack` (same device, thg values,
@@ -39,7 +40,7 @@ def compare(ctx, models, data, device_name, device_params, device_file, weight_b
     thgs = parse_thg_list(thg_text)
     params = parse_param_overrides(device_params)
     check_thg_sweep(thgs, params)
-    solvers = solvers_from_options(solver_names, iterations, solver_params)
+    solvers = solvers_from_options(solver_names, iterations, solver_params, budget)
     check_outputs({"--plot": plot_path, "--json": json_path}, suffixes={"--plot": PLOT_SUFFIXES},
                   inputs=(*models, data, device_file))
     # The header first (a long run under a pipe shows what it is doing); building the device

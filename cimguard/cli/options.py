@@ -116,11 +116,12 @@ DEFAULT_THG = DEVICE_BOX
 """``attack`` and ``compare`` search the device's own box unless told to sweep thresholds."""
 
 
-def solver_options(default: tuple[str, ...] = ("flwc",)) -> Callable:
-    """Decorator: ``--solver``, ``--iterations`` and ``--solver-param``, spelled the same in every command.
+def solver_options(default: tuple[str, ...] = ("apgd",)) -> Callable:
+    """Decorator: ``--solver``, ``--iterations``, ``--budget`` and ``--solver-param``, spelled the same in
+    every command.
 
-    The command receives ``solver_names``, ``iterations`` and ``solver_params``; turn them into built
-    (so checked) solvers, ``{name: Solver}``, with :func:`cimguard.factories.solvers_from_options`.
+    The command receives ``solver_names``, ``iterations``, ``budget`` and ``solver_params``; turn them into
+    built (so checked) solvers, ``{name: Solver}``, with :func:`cimguard.factories.solvers_from_options`.
     """
 
     def decorate(command: Callable) -> Callable:
@@ -130,7 +131,12 @@ def solver_options(default: tuple[str, ...] = ("flwc",)) -> Callable:
                  "goes to every chosen solver that has FIELD).")(command)
         command = click.option(
             "--iterations", type=click.IntRange(min=1, max=MAX_COUNT), default=None,
-            help="Passes over the evaluation data per solver (per start for pgd); default: each solver's own.")(command)
+            help="Iterations per solver (per start for pgd; Adam passes for lwc); default: each solver's own. "
+                 "--budget caps the passes.")(command)
+        command = click.option(
+            "--budget", type=click.IntRange(min=1, max=MAX_COUNT), default=None,
+            help="Most passes (forward + backward over the evaluation data, read-outs included) each solver "
+                 "may use; the report records the passes used and the best accuracy after each.")(command)
         return click.option(
             "--solver", "solver_names", multiple=True, default=default, show_default=True,
             help="Worst-case solver(s): repeat or comma-separate (see `cimguard plugins`).")(command)

@@ -85,7 +85,8 @@ def sign_descent(
 
     ``schedule(t)`` (optional) scales the step at iteration ``t``.  Returns the last
     iterate and the number of steps taken.  Iterate ``t`` is scored from the logits of the gradient pass at ``t``;
-    the final iterate costs one extra forward pass.
+    the final iterate costs one extra forward pass (counted as a pass: ``steps + 1`` passes in all when
+    nothing stops it early).  A solver's budget (:meth:`Tracker.advance`) can end it at any pass.
 
     The descent stops early, and says why in the trace (``stopped``), when there is
     nothing left to find: the accuracy is 0 (every margin is negative: no chip can do
@@ -101,8 +102,8 @@ def sign_descent(
         if stop_at_bound and distance >= 1.0 - 1e-6:
             stopped = f"{label}: reached the box (max |ΔW| = bound)"
             break
-        grads, margin, acc = margin_gradient_with_accuracy(problem.crossbar, problem.data, delta, kappa)
         tracker.advance()
+        grads, margin, acc = margin_gradient_with_accuracy(problem.crossbar, problem.data, delta, kappa)
         tracker.record(delta, acc, phase=label, iteration=t, margin=margin, distance=distance)
         if acc <= 0.0:
             stopped, scored = f"{label}: accuracy 0 (every margin negative) after {t + 1} passes", True
@@ -117,6 +118,7 @@ def sign_descent(
                 torch.clamp(value, -problem.bounds[name], problem.bounds[name], out=value)
         taken += 1
     if not scored:
+        tracker.advance()  # the last iterate's read-out is a forward pass of its own
         final = accuracy(problem.crossbar, problem.data, delta)
         tracker.record(delta, final, phase=label, iteration="final", distance=linf_ratio(delta, problem.bounds))
     tracker.stop(stopped)

@@ -8,6 +8,7 @@ is negative exactly when a sample is misclassified.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from dataclasses import dataclass, field
@@ -49,6 +50,10 @@ class WorstCase:
     """One record per iteration or search run (accuracy, loss, distance, …)."""
     interrupted: bool = False
     """True when the search was stopped early (Ctrl-C); the result is the best so far."""
+    passes: int = 0
+    """Passes over the evaluation data the search used (forward, plus backward where it took a gradient)."""
+    curve: list[float | None] = field(default_factory=list)
+    """The any-time curve: best accuracy after each pass (see :func:`anytime_curve`)."""
 
 
 @dataclass(frozen=True)
@@ -56,14 +61,21 @@ class SolverConfig:
     """Options every solver understands."""
 
     iterations: int = 100
-    """Iteration budget (each iteration is one pass over the evaluation data)."""
+    """Iterations of the search (each solver says what one is and what it costs in passes; ``budget``
+    caps the passes)."""
     kappa: float = 0.0
     """Confidence margin κ of the Carlini–Wagner loss."""
+    budget: int = 0
+    """Most passes over the evaluation data the whole search may use (0: no cap, the solver's own
+    schedule).  A pass is one forward over the whole set plus, when the search needs a gradient, its
+    backward; an accuracy read-out that is not part of a gradient pass counts as a pass too."""
 
     def validate(self) -> None:
         """Raise :class:`CimguardError` for values no search can use (subclasses extend it)."""
         if self.iterations < 0:
             raise CimguardError(f"iterations must be >= 0, got {self.iterations}")
+        if self.budget < 0:
+            raise CimguardError(f"budget must be >= 0 (0: no cap), got {self.budget}")
         if not is_finite(self.kappa) or self.kappa < 0:
             raise CimguardError(f"kappa must be a finite number >= 0, got {self.kappa}")
 
@@ -77,6 +89,28 @@ TraceCallback = Callable[[dict[str, Any]], None]
 """Called with every trace record as it is made (progress, logging, tests)."""
 
 
+class BudgetSpent(Exception):
+    """Raised by :meth:`Tracker.advance` when a pass would exceed the solver's budget; :meth:`Solver.solve`
+    ends the search there with the best chip so far (a solver need not catch it)."""
+
+
+def anytime_curve(trace: list[dict[str, Any]], passes: int) -> list[float | None]:
+    """Best accuracy after each pass ``1..passes`` (``None`` before the first scored chip), from the
+    ``passes`` field :meth:`Tracker.record` puts on every record: the any-time curve of a search."""
+    first: dict[int, float] = {}  # the best accuracy scored in each pass
+    for entry in trace:
+        at, acc = entry.get("passes"), entry.get("accuracy")
+        if at and acc is not None:
+            first[at] = min(first.get(at, acc), acc)
+    curve: list[float | None] = []
+    best: float | None = None
+    for at in range(1, passes + 1):
+        if at in first:
+            best = first[at] if best is None else min(best, first[at])
+        curve.append(best)
+    return curve
+
+
 class Tracker:
     """The trace and the best chip seen so far: what a solver returns, also when stopped early.
 
@@ -86,6 +120,9 @@ class Tracker:
 
     def __init__(self, problem: AttackProblem, solver: "Solver", total: int | None, desc: str) -> None:
         self.problem = problem
+        #: Passes over the evaluation data paid so far (:meth:`advance`), and the most allowed (None: no cap).
+        self.passes = 0
+        self.budget: int | None = solver.config.budget or None
         self.trace: list[dict[str, Any]] = []
         self.best: Perturbation | None = None
         self.best_accuracy = float("inf")
@@ -98,7 +135,7 @@ class Tracker:
         if perturbation is not None and accuracy is not None and accuracy < self.best_accuracy:
             self.best = {name: value.detach().clone() for name, value in perturbation.items()}
             self.best_accuracy = accuracy
-        entry = {"accuracy": accuracy, **fields, "best_accuracy": self.best_accuracy}
+        entry = {"accuracy": accuracy, **fields, "best_accuracy": self.best_accuracy, "passes": self.passes}
         self.trace.append(entry)
         if self._bar is not None and not self._bar.disable and accuracy is not None:
             self._bar.set_postfix(accuracy=f"{accuracy:.3f}", best=f"{self.best_accuracy:.3f}", refresh=False)
@@ -117,8 +154,18 @@ class Tracker:
         """True once a chip with accuracy 0 is found: no chip can do worse, so searching on is wasted."""
         return self.best_accuracy <= 0.0
 
+    @property
+    def remaining(self) -> int | None:
+        """Passes the budget still allows (``None``: no cap)."""
+        return None if self.budget is None else self.budget - self.passes
+
     def advance(self, passes: int = 1) -> None:
-        """Count passes over the evaluation data on the progress bar."""
+        """Pay for ``passes`` passes over the evaluation data *before* computing them (each forward over the
+        whole set, with or without its backward, is one): counts them on the progress bar and in the trace
+        (``passes`` of later records), or raises :class:`BudgetSpent` when they would exceed the budget."""
+        if self.budget is not None and self.passes + passes > self.budget:
+            raise BudgetSpent
+        self.passes += passes
         self._bar.update(passes)
 
     def close(self) -> None:
@@ -128,7 +175,8 @@ class Tracker:
         if self.best is None:  # stopped before the first candidate: the unperturbed chip
             self.best = self.problem.crossbar.zeros()
             self.best_accuracy = accuracy(self.problem.crossbar, self.problem.data, self.best)
-        return WorstCase(self.best, self.best_accuracy, self.trace, self.interrupted)
+        return WorstCase(self.best, self.best_accuracy, self.trace, self.interrupted, self.passes,
+                         anytime_curve(self.trace, self.passes))
 
 
 class Solver:
@@ -169,8 +217,28 @@ class Solver:
         solver.name = label
         return solver
 
+    def with_budget(self, budget: int | None) -> "Solver":
+        """This solver capped at ``budget`` passes (a copy, its config checked again; ``None``: itself)."""
+        if budget is None:
+            return self
+        capped = copy.copy(self)
+        try:
+            capped.config = checked_config(self, dataclasses.replace(self.config, budget=budget))
+        except CimguardError as exc:
+            raise CimguardError(f"solver {self.name!r}: {exc}") from None
+        return capped
+
     def total_passes(self, problem: AttackProblem) -> int | None:
-        """Upper bound on passes over the data, for the progress bar (``None``: unknown)."""
+        """Passes over the data the search plans to use, read-outs included, at most the budget (for the
+        progress bar; ``None``: unknown).  Subclasses override :meth:`planned_passes`."""
+        planned = self.planned_passes(problem)
+        budget = self.config.budget or None
+        if planned is None:
+            return budget
+        return planned if budget is None else min(planned, budget)
+
+    def planned_passes(self, problem: AttackProblem) -> int | None:
+        """Passes the search uses without a budget when nothing stops it early (``None``: unknown)."""
         return self.config.iterations
 
     def solve(self, problem: AttackProblem, generator: torch.Generator) -> WorstCase:
@@ -179,9 +247,12 @@ class Solver:
             if all(not bool((bound > 0).any()) for bound in problem.bounds.values()):
                 # An empty box (thg = 0): the unperturbed chip is the only candidate.
                 zeros = problem.crossbar.zeros()
+                tracker.advance()
                 tracker.record(zeros, accuracy(problem.crossbar, problem.data, zeros), empty_box=True)
             else:
                 self.search(problem, generator, tracker)
+        except BudgetSpent:
+            tracker.stop(f"used its budget of {tracker.budget} passes")
         except KeyboardInterrupt:
             tracker.interrupted = True
         finally:

@@ -40,7 +40,8 @@ class SolverRun:
         """Plain data (the perturbation left out; its trace kept), as in the ``attack`` report."""
         return {"solver": self.solver, "thg": self.thg, "box": "device" if self.thg is None else "thg",
                 "accuracy": self.accuracy, "interrupted": self.worst.interrupted, "seconds": self.seconds,
-                "distance": self.distance, "options": self.options, "trace": self.worst.trace}
+                "distance": self.distance, "options": self.options, "passes": self.worst.passes,
+                "curve": self.worst.curve, "trace": self.worst.trace}
 
     def table(self) -> str:
         """One line: the solver, the box and the worst chip's accuracy."""

@@ -53,11 +53,11 @@ class FLWC(Solver):
     Config = FLWCConfig
     summary = "F-LWC: sign steps of bound/k from ΔW=0 on the whole-set margin gradient (Yan et al. 2024)"
 
-    def total_passes(self, problem: AttackProblem) -> int:
+    def planned_passes(self, problem: AttackProblem) -> int:
+        # One gradient pass per step (the stop rule ends it after about k), plus the last iterate's read-out.
         config = self.config
-        if config.stop_at_bound:
-            return min(config.iterations, math.ceil(config.k))
-        return config.iterations
+        steps = min(config.iterations, math.ceil(config.k)) if config.stop_at_bound else config.iterations
+        return steps + 1
 
     def search(self, problem: AttackProblem, generator: torch.Generator, tracker: Tracker) -> None:
         sign_descent(problem, problem.crossbar.zeros(), self.config.iterations, flwc_step(problem, self.config.k),

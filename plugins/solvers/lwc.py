@@ -74,7 +74,8 @@ class LWCConfig(SolverConfig):
     tol: float = 1e-5
     """Stop the search when ``|d − 1| · thg`` is below this (authors: 1e-5)."""
     score_passes: bool = True
-    """Also score the projected iterate after every pass (one more forward pass each), not only each run's end."""
+    """Also score the projected iterate after every pass (one more pass each; the run's end is the last of
+    them), not only each run's end (one pass per run)."""
     warm_start: bool = True
     """Start each run from the best chip found so far (False: from ``ΔW = 0``, as the authors)."""
 
@@ -89,31 +90,48 @@ class LWCConfig(SolverConfig):
             raise CimguardError(f"lr must be a finite number >= 0 (0: automatic), got {self.lr}")
         if not is_finite(self.tol) or self.tol < 0:
             raise CimguardError(f"tol must be a finite number >= 0, got {self.tol}")
+        if self.budget == 1:
+            raise CimguardError("budget must be 0 (no cap) or >= 2: one Adam pass and its read-out")
 
 
 class LWC(Solver):
     Config = LWCConfig
     summary = "LWC: Lagrangian relaxation, CW margin, Adam over ΔW, search over c (Yan et al. 2024)"
 
-    def total_passes(self, problem: AttackProblem) -> int:
-        return min(self.config.iterations, self.config.runs * self.config.passes)
+    def run_cost(self, adam_passes: int) -> int:
+        """Passes one run of ``adam_passes`` Adam passes costs: each pass's read-out (the run's end is the
+        last of them) with ``score_passes``, else one read-out of the run's end."""
+        return 2 * adam_passes if self.config.score_passes else adam_passes + 1
+
+    def planned_passes(self, problem: AttackProblem) -> int:
+        config = self.config
+        return min(config.runs, config.iterations // config.passes) * self.run_cost(config.passes)
 
     def search(self, problem: AttackProblem, generator: torch.Generator, tracker: Tracker) -> None:
         config = self.config
         n = len(problem.data.labels)
         steps_per_run = config.passes * math.ceil(n / config.batch_size)
         lr = config.lr or 2.6 / steps_per_run
-        budget = config.iterations
+        adam_passes = config.iterations  # ``iterations`` counts Adam passes, all runs together
         c, inside, outside = config.c0, None, None
         for run in range(config.runs):
-            if budget < config.passes:
+            if adam_passes < config.passes:
                 tracker.stop(f"used its budget of {config.iterations} passes")
                 return
-            budget -= config.passes
+            adam_passes -= config.passes
+            run_passes = config.passes
+            if tracker.remaining is not None:  # a pass budget shortens the last run to what it can pay for
+                while run_passes and self.run_cost(run_passes) > tracker.remaining:
+                    run_passes -= 1
+                if not run_passes:
+                    tracker.stop(f"used its budget of {tracker.budget} passes")
+                    return
             start = tracker.best if config.warm_start else None
-            delta, reached = self._run(problem, generator, tracker, c, lr, run, start)
+            delta, reached, acc = self._run(problem, generator, tracker, c, lr, run, start, run_passes)
             feasible = project(delta, problem.bounds)
-            acc = accuracy(problem.crossbar, problem.data, feasible)
+            if acc is None:  # not read out with the passes: one forward of its own
+                tracker.advance()
+                acc = accuracy(problem.crossbar, problem.data, feasible)
             tracker.record(feasible, acc, record="run", run=run, c=c, distance=reached, lr=lr)
             if abs(reached - 1.0) * problem.thg < config.tol:
                 tracker.stop(f"run {run}: the distance reached the box within tol")
@@ -135,8 +153,10 @@ class LWC(Solver):
         tracker.stop(f"tried {config.runs} values of c")
 
     def _run(self, problem: AttackProblem, generator: torch.Generator, tracker: Tracker, c: float, lr: float,
-             run: int, start: Perturbation | None = None):
-        """One Adam run at multiplier ``c`` from ``start`` (feasible; None: ``ΔW = 0``)."""
+             run: int, start: Perturbation | None = None, passes: int | None = None):
+        """One Adam run of ``passes`` passes (default: the config's) at multiplier ``c`` from ``start`` (feasible;
+        None: ``ΔW = 0``): its end, distance and (with ``score_passes``) the accuracy of its projected end,
+        else None."""
         bounds = problem.bounds
         live = {name: bound > 0 for name, bound in bounds.items()}
         u = {}
@@ -149,7 +169,9 @@ class LWC(Solver):
         optimiser = torch.optim.Adam(list(u.values()), lr=lr)
         x_all, y_all = problem.data.x, problem.data.labels
         done = 0
-        for _ in range(self.config.passes):
+        acc = None
+        for _ in range(self.config.passes if passes is None else passes):
+            tracker.advance()
             order = torch.randperm(len(y_all), generator=generator, device=y_all.device)
             for start, stop in mini_batches(len(order), self.config.batch_size):
                 index = order[start:stop]
@@ -164,18 +186,18 @@ class LWC(Solver):
                 loss.backward()
                 sum_gradients(u.values())
                 optimiser.step()
-            tracker.advance()
             if self.config.score_passes:
                 with torch.no_grad():
                     feasible = project({name: u[name] * bounds[name] for name in u}, bounds)
-                tracker.record(feasible, accuracy(problem.crossbar, problem.data, feasible), record="pass", run=run,
-                               c=c, **{"pass": done + 1})
+                tracker.advance()
+                acc = accuracy(problem.crossbar, problem.data, feasible)
+                tracker.record(feasible, acc, record="pass", run=run, c=c, **{"pass": done + 1})
             done += 1
             if tracker.nothing_left:
                 break  # accuracy 0: the rest of this run cannot find a worse chip
         with torch.no_grad():
             delta = {name: (u[name] * bounds[name]).detach() for name in u}
-        return delta, linf_ratio(delta, bounds)
+        return delta, linf_ratio(delta, bounds), acc
 
 
 @hookimpl

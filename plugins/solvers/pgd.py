@@ -89,8 +89,12 @@ class PGD(Solver):
         # +1: float rounding may leave the k-th iterate a hair inside the box; the stop rule decides.
         return max(self.config.iterations, math.ceil(self.config.k) + 1)
 
-    def total_passes(self, problem: AttackProblem) -> int:
-        return self.flwc_phase() + self.config.iterations * self.config.restarts
+    def planned_passes(self, problem: AttackProblem) -> int:
+        # Every sign descent is one gradient pass per step plus its last iterate's read-out.
+        config = self.config
+        phase = min(self.flwc_phase(), math.ceil(config.k)) if config.stop_at_bound else self.flwc_phase()
+        decay = config.iterations - phase
+        return phase + 1 + (decay + 1 if decay > 0 else 0) + config.restarts * (config.iterations + 1)
 
     def search(self, problem: AttackProblem, generator: torch.Generator, tracker: Tracker) -> None:
         config = self.config
