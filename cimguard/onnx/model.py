@@ -248,6 +248,17 @@ def import_model(original: onnx.ModelProto, *, path: Path | None = None, require
                          dict(state.origins), batch_mode)
 
 
+def convert_model(original: onnx.ModelProto, where: str = "the model") -> fx.GraphModule:
+    """Legalise and convert only: the torch module of ``original`` as the file's batch size gives it.
+
+    No crossbar mapping and no batch rewriting; the node conformance suite
+    (``tests/test_node_suite.py``) checks the converters through it.
+    """
+    legal = legalise_model(original).model
+    _check_operators(legal, where)
+    return _convert(legal, where)
+
+
 def _convert(legal: onnx.ModelProto, where: str, notes: list[str] | None = None) -> fx.GraphModule:
     """onnx2torch on a legalised model: an eval-mode float32 module with frozen parameters, or a one-line error.
 
@@ -323,7 +334,23 @@ def _any_batch_size(legal: onnx.ModelProto, module: fx.GraphModule, where: str,
     return legal, module, mode
 
 
+#: Element types torch stores but has no arithmetic kernels for (add, compare, max... fail at run time).
+_NO_ARITHMETIC = {onnx.TensorProto.UINT16: "uint16", onnx.TensorProto.UINT32: "uint32",
+                  onnx.TensorProto.UINT64: "uint64"}
+
+
+def _check_element_types(model: onnx.ModelProto, where: str) -> None:
+    values = [*model.graph.input, *model.graph.output, *model.graph.value_info]
+    types = [(v.name, v.type.tensor_type.elem_type) for v in values]
+    types += [(t.name, t.data_type) for t in model.graph.initializer]
+    for name, elem_type in types:
+        if elem_type in _NO_ARITHMETIC:
+            raise CimguardError(f"{where}: tensor {name!r} has element type {_NO_ARITHMETIC[elem_type]}, "
+                                "which torch cannot compute with; unsupported")
+
+
 def _check_operators(model: onnx.ModelProto, where: str) -> None:
+    _check_element_types(model, where)
     opsets = {op.domain or "": op.version for op in model.opset_import}
     for node in model.graph.node:
         domain = node.domain if node.domain != "ai.onnx" else ""

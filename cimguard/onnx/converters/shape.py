@@ -1,0 +1,192 @@
+"""Shape and layout operators: ``Reshape`` (``allowzero``), ``Pad`` 18+, ``Split`` (every
+version, ``num_outputs`` with an uneven last part), ``Cast``/``CastLike`` between numeric
+types, ``Size``, ``Flatten`` (every axis), ``Trilu``, ``SpaceToDepth``/``DepthToSpace``
+(both modes), ``Compress``."""
+
+from __future__ import annotations
+
+import math
+
+import onnx
+import torch
+from onnx2torch.onnx_graph import OnnxGraph
+from onnx2torch.onnx_node import OnnxNode
+from onnx2torch.utils.common import OperationConverterResult, onnx_mapping_from_node
+from torch import nn
+
+from cimguard.onnx.converters.registry import (
+    OnnxToTorchModule,
+    Unsupported,
+    attribute,
+    checked_alias,
+    converter,
+    delegate,
+    function_result,
+    register,
+)
+
+
+class OnnxReshapeAllowZero(nn.Module, OnnxToTorchModule):
+    """``Reshape`` with ``allowzero=1``: a 0 in the shape is a zero-sized axis, not "copy this axis"."""
+
+    def forward(self, x: torch.Tensor, shape: torch.Tensor) -> torch.Tensor:
+        return torch.reshape(x, [int(d) for d in shape.tolist()])
+
+
+def _reshape(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+    if node.attributes.get("allowzero", 0) == 1:
+        return OperationConverterResult(OnnxReshapeAllowZero(), onnx_mapping_from_node(node))
+    return delegate("Reshape", 14)(node, graph)
+
+
+def _pad_check(node: OnnxNode) -> str | None:
+    if len(node.input_values) > 3 and node.input_values[3]:
+        return "the 'axes' input (opset 18) is not supported"
+    if node.attributes.get("mode", "constant") == "wrap":
+        return "mode 'wrap' is not supported"
+    return None
+
+
+for _version in (19, 21, 23, 24, 25):
+    register("Reshape", _version, _reshape, "Reshape 14 plus allowzero=1")
+for _version in (18, 19, 21, 23, 24, 25):
+    register("Pad", _version, checked_alias("Pad", 13, _pad_check), "Pad 13 without axes/wrap")
+
+
+# --- Split -------------------------------------------------------------------------
+
+
+def _split(node: OnnxNode, graph: OnnxGraph, version: int) -> OperationConverterResult:  # noqa: ARG001
+    axis = int(node.attributes.get("axis", 0))
+    count = sum(1 for name in node.output_values)
+    static = attribute(node, "split", None)
+    num_outputs = node.attributes.get("num_outputs")
+    if num_outputs is not None and int(num_outputs) != count:
+        raise Unsupported("Split: num_outputs differs from the number of outputs")
+
+    def split(x: torch.Tensor, sizes: torch.Tensor | None = None):
+        length = x.shape[axis]
+        if sizes is not None:
+            parts = [int(s) for s in sizes.reshape(-1).tolist()]
+        elif static:
+            parts = [int(s) for s in static]
+        else:
+            # Opset 18: ceil(length / n) per part, the last one smaller; before, equal parts.
+            step = math.ceil(length / count)
+            parts = [min(step, max(length - i * step, 0)) for i in range(count)]
+        pieces = torch.split(x, parts, dim=axis)
+        return pieces[0] if count == 1 else tuple(pieces)
+
+    return function_result(node, split)
+
+
+converter("Split", 1, "every version; num_outputs with an uneven last part", replace=True)(_split)
+
+
+# --- casts -------------------------------------------------------------------------
+
+_TORCH_TYPES = {
+    onnx.TensorProto.FLOAT: torch.float32, onnx.TensorProto.DOUBLE: torch.float64,
+    onnx.TensorProto.FLOAT16: torch.float16, onnx.TensorProto.BFLOAT16: torch.bfloat16,
+    onnx.TensorProto.INT8: torch.int8, onnx.TensorProto.UINT8: torch.uint8, onnx.TensorProto.INT16: torch.int16,
+    onnx.TensorProto.INT32: torch.int32, onnx.TensorProto.INT64: torch.int64, onnx.TensorProto.BOOL: torch.bool,
+}
+
+
+def torch_type(onnx_type: int, op: str) -> torch.dtype:
+    """The torch element type of an ONNX one, or a one-line refusal (strings, float8, 4-bit...)."""
+    if onnx_type not in _TORCH_TYPES:
+        name = onnx.TensorProto.DataType.Name(onnx_type) if onnx_type in onnx.TensorProto.DataType.values() else onnx_type
+        raise Unsupported(f"{op} to element type {name} is not supported")
+    return _TORCH_TYPES[onnx_type]
+
+
+def _cast_value(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return x.to(dtype)  # float to integer truncates toward zero, as ONNX and C do
+
+
+@converter("Cast", 6, "numeric types", replace=True)
+def _cast(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:  # noqa: ARG001
+    dtype = torch_type(int(node.attributes["to"]), "Cast")
+    return function_result(node, lambda x: _cast_value(x, dtype))
+
+
+@converter("CastLike", 15, "numeric types")
+def _cast_like(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:  # noqa: ARG001
+    return function_result(node, lambda x, like: _cast_value(x, like.dtype))
+
+
+@converter("Size", 1, "new")
+def _size(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:  # noqa: ARG001
+    return function_result(node, lambda x: torch.tensor(x.numel(), dtype=torch.int64, device=x.device))
+
+
+@converter("Flatten", 1, "every axis", replace=True)
+def _flatten(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:  # noqa: ARG001
+    axis = int(node.attributes.get("axis", 1))
+
+    def flatten(x: torch.Tensor) -> torch.Tensor:
+        split = axis % x.dim() if axis < 0 else axis
+        return x.reshape(math.prod(x.shape[:split]), math.prod(x.shape[split:]))
+
+    return function_result(node, flatten)
+
+
+@converter("Trilu", 14, "new")
+def _trilu(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:  # noqa: ARG001
+    upper = bool(node.attributes.get("upper", 1))
+
+    def trilu(x: torch.Tensor, k: torch.Tensor | None = None) -> torch.Tensor:
+        diagonal = int(k.reshape(-1)[0]) if k is not None else 0
+        return torch.triu(x, diagonal) if upper else torch.tril(x, diagonal)
+
+    return function_result(node, trilu)
+
+
+def _depth_to_space(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:  # noqa: ARG001
+    block = int(node.attributes["blocksize"])
+    mode = node.attributes.get("mode", "DCR")
+
+    def depth_to_space(x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        if mode == "DCR":
+            y = x.reshape(n, block, block, c // block**2, h, w).permute(0, 3, 4, 1, 5, 2)
+        else:
+            y = x.reshape(n, c // block**2, block, block, h, w).permute(0, 1, 4, 2, 5, 3)
+        return y.reshape(n, c // block**2, h * block, w * block)
+
+    return function_result(node, depth_to_space)
+
+
+def _space_to_depth(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:  # noqa: ARG001
+    block = int(node.attributes["blocksize"])
+    mode = node.attributes.get("mode", "DCR")
+
+    def space_to_depth(x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        y = x.reshape(n, c, h // block, block, w // block, block)
+        y = y.permute(0, 3, 5, 1, 2, 4) if mode == "DCR" else y.permute(0, 1, 3, 5, 2, 4)
+        return y.reshape(n, c * block * block, h // block, w // block)
+
+    return function_result(node, space_to_depth)
+
+
+converter("DepthToSpace", 1, "DCR and CRD modes", replace=True)(_depth_to_space)
+converter("SpaceToDepth", 1, "DCR and CRD modes", replace=True)(_space_to_depth)
+
+
+@converter("Compress", 9, "new")
+def _compress(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:  # noqa: ARG001
+    axis = node.attributes.get("axis")
+
+    def compress(x: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        keep = condition.reshape(-1).to(torch.bool)
+        if axis is None:
+            flat = x.reshape(-1)
+            return flat[: keep.numel()][keep[: flat.numel()]]
+        dim = int(axis) % x.dim()
+        keep = keep[: x.shape[dim]]
+        index = torch.nonzero(keep).reshape(-1)
+        return torch.index_select(x, dim, index)
+
+    return function_result(node, compress)
