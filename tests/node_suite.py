@@ -93,7 +93,12 @@ def node_cases(form: str) -> list[NodeCase]:
 
 
 def mismatch(references: list[np.ndarray], results: list[np.ndarray]) -> str | None:
-    """Why ``results`` differ from ``references`` (``None``: they match)."""
+    """Why ``results`` differ from ``references`` (``None``: they match).
+
+    A float16 reference was computed in float16 by the suite, cimguard computes in float32:
+    the two may differ by one float16 rounding step (2^-10) of the output's scale, which is
+    added to the absolute tolerance for float16 outputs only.
+    """
     if len(references) != len(results):
         return f"{len(results)} outputs, expected {len(references)}"
     for index, (ref, ours) in enumerate(zip(references, results)):
@@ -106,7 +111,10 @@ def mismatch(references: list[np.ndarray], results: list[np.ndarray]) -> str | N
             continue
         a = ref.astype(np.float64)
         b = ours.astype(np.float64)
-        if not np.allclose(b, a, rtol=RTOL, atol=ATOL, equal_nan=True):
+        atol = ATOL
+        if ref.dtype == np.float16 and a.size:
+            atol += 2.0**-10 * float(np.nanmax(np.abs(np.where(np.isinf(a), 0, a)), initial=0.0))
+        if not np.allclose(b, a, rtol=RTOL, atol=atol, equal_nan=True):
             with np.errstate(invalid="ignore"):
                 worst = np.nanmax(np.abs(a - b)) if a.size else 0.0
             return f"output {index}: values differ (max abs {worst:.3g})"

@@ -10,7 +10,7 @@ from onnx2torch.onnx_graph import OnnxGraph
 from onnx2torch.onnx_node import OnnxNode
 from onnx2torch.utils.common import OperationConverterResult
 
-from cimguard.onnx.converters.registry import Unsupported, converter, function_result
+from cimguard.onnx.converters.registry import Unsupported, converter, delegate, function_result
 
 _REDUCE = {"add": "sum", "mul": "prod", "max": "amax", "min": "amin"}
 
@@ -155,3 +155,19 @@ def _reverse_sequence(node: OnnxNode, graph: OnnxGraph) -> OperationConverterRes
         return out
 
     return function_result(node, reverse_sequence)
+
+
+@converter("NonMaxSuppression", 10, "boxes with flipped corners", replace=True)
+def _non_max_suppression(node: OnnxNode, graph: OnnxGraph, version: int) -> OperationConverterResult:
+    # onnx2torch's module (torchvision's nms) assumes the first corner is the smaller one; ONNX
+    # allows either diagonal, so the corners are ordered first.
+    inner = delegate("NonMaxSuppression", version)(node, graph).torch_module
+    centered = bool(node.attributes.get("center_point_box", 0))
+
+    def nms(boxes, scores, max_output=None, iou=None, score=None):
+        if not centered:
+            first, second = boxes[..., :2], boxes[..., 2:]
+            boxes = torch.cat([torch.minimum(first, second), torch.maximum(first, second)], dim=-1)
+        return inner(boxes, scores, max_output, iou, score)
+
+    return function_result(node, nms)

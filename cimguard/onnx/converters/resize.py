@@ -205,6 +205,8 @@ def _resize(node: OnnxNode, graph: OnnxGraph, version: int) -> OperationConverte
 @converter("Upsample", 7, "as Resize 10", until=9, replace=True)
 def _upsample(node: OnnxNode, graph: OnnxGraph, version: int) -> OperationConverterResult:  # noqa: ARG001
     plan = _Plan(node, 10)
+    if plan.mode == "nearest":
+        plan.coeffs = _nearest("floor")  # Upsample's nearest takes the floor of the source coordinate
     if version == 7:
         scales = torch.tensor(node.attributes["scales"], dtype=torch.float32)
         return function_result(node, lambda x: plan(x, None, scales, None))

@@ -1,4 +1,5 @@
-"""Shape and layout operators: ``Reshape`` (``allowzero``), ``Pad`` 18+, ``Split`` (every
+"""Shape and layout operators: ``Reshape`` (``allowzero``), ``Pad`` (every mode, ``axes``),
+``Clip`` (bounds omitted or given at run time), ``Split`` (every
 version, ``num_outputs`` with an uneven last part), ``Cast``/``CastLike`` between numeric
 types, ``Size``, ``Flatten`` (every axis), ``Trilu``, ``SpaceToDepth``/``DepthToSpace``
 (both modes), ``Compress``."""
@@ -18,7 +19,6 @@ from cimguard.onnx.converters.registry import (
     OnnxToTorchModule,
     Unsupported,
     attribute,
-    checked_alias,
     converter,
     delegate,
     function_result,
@@ -39,18 +39,66 @@ def _reshape(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
     return delegate("Reshape", 14)(node, graph)
 
 
-def _pad_check(node: OnnxNode) -> str | None:
-    if len(node.input_values) > 3 and node.input_values[3]:
-        return "the 'axes' input (opset 18) is not supported"
-    if node.attributes.get("mode", "constant") == "wrap":
-        return "mode 'wrap' is not supported"
-    return None
-
-
 for _version in (19, 21, 23, 24, 25):
     register("Reshape", _version, _reshape, "Reshape 14 plus allowzero=1")
-for _version in (18, 19, 21, 23, 24, 25):
-    register("Pad", _version, checked_alias("Pad", 13, _pad_check), "Pad 13 without axes/wrap")
+
+
+def _source_index(length: int, begin: int, end: int, mode: str, device: torch.device) -> torch.Tensor:
+    """For each output position along one axis, the input index it copies (-1: the constant)."""
+    position = torch.arange(-begin, length + end, device=device)
+    if mode == "constant":
+        return torch.where((position >= 0) & (position < length), position, torch.full_like(position, -1))
+    if mode == "edge":
+        return position.clamp(0, length - 1)
+    if mode == "wrap":
+        return position % length
+    period = 2 * (length - 1)  # reflect: mirror without repeating the edge
+    if period == 0:
+        return torch.zeros_like(position)
+    folded = position % period
+    return torch.where(folded < length, folded, period - folded)
+
+
+@converter("Pad", 11, "every mode, axes input, negative pads", replace=True)
+def _pad(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:  # noqa: ARG001
+    mode = node.attributes.get("mode", "constant")
+    if mode not in ("constant", "reflect", "edge", "wrap"):
+        raise Unsupported(f"Pad mode {mode!r} is not supported")
+
+    def pad(x: torch.Tensor, pads: torch.Tensor, value: torch.Tensor | None = None,
+            axes: torch.Tensor | None = None) -> torch.Tensor:
+        rank = x.dim()
+        chosen = [int(a) % rank for a in axes.reshape(-1).tolist()] if axes is not None else list(range(rank))
+        amounts = [int(p) for p in pads.reshape(-1).tolist()]
+        fill = value.reshape(-1)[0].to(x.dtype) if value is not None and value.numel() else \
+            torch.zeros((), dtype=x.dtype, device=x.device)
+        y = x
+        for i, axis in enumerate(chosen):
+            begin, end = amounts[i], amounts[len(chosen) + i]
+            if begin == 0 and end == 0:
+                continue
+            index = _source_index(y.shape[axis], begin, end, mode, x.device)
+            picked = torch.index_select(y, axis, index.clamp(min=0))
+            if mode == "constant":
+                shape = [1] * rank
+                shape[axis] = -1
+                picked = torch.where((index >= 0).reshape(shape), picked, fill)
+            y = picked
+        return y
+
+    return function_result(node, pad)
+
+
+@converter("Clip", 11, "bounds omitted or given at run time", replace=True)
+def _clip(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:  # noqa: ARG001
+    def clip(x: torch.Tensor, low: torch.Tensor | None = None, high: torch.Tensor | None = None) -> torch.Tensor:
+        if low is not None:
+            x = torch.maximum(x, low.to(x.dtype))
+        if high is not None:
+            x = torch.minimum(x, high.to(x.dtype))
+        return x
+
+    return function_result(node, clip)
 
 
 # --- Split -------------------------------------------------------------------------
@@ -102,6 +150,11 @@ def torch_type(onnx_type: int, op: str) -> torch.dtype:
 
 
 def _cast_value(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    if dtype.is_floating_point:
+        # cimguard computes every float in float32 (the conversion turns float16/float64 weights
+        # into float32): a cast to a narrower float rounds to it and stays float32; to float64
+        # it stays float32, so no operator ever mixes float types.
+        return x.to(dtype).float() if dtype in (torch.float16, torch.bfloat16) else x.float()
     return x.to(dtype)  # float to integer truncates toward zero, as ONNX and C do
 
 
