@@ -102,7 +102,7 @@ def _attention(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:  #
             k = k.repeat_interleave(heads // kv, dim=1)
             v = v.repeat_interleave(heads // kv, dim=1)
         scores = (q * root) @ (k * root).transpose(-1, -2)
-        if softcap is not None:
+        if softcap is not None and float(softcap) > 0:  # exporters write softcap=0 for "none"
             scores = float(softcap) * torch.tanh(scores / float(softcap))
         qk = scores
         with_bias = scores + bias
