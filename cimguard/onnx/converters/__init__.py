@@ -22,11 +22,13 @@ from cimguard.onnx.converters import (  # noqa: F401 - each module registers its
     activations,
     attention,
     indexing,
+    linear_algebra,
     normalization,
     pooling,
     recurrent,
     reduce,
     resize,
+    sampling,
     shape,
 )
 from cimguard.onnx.converters.registry import (

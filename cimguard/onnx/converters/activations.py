@@ -11,7 +11,7 @@ from onnx2torch.onnx_node import OnnxNode
 from onnx2torch.utils.common import OperationConverterResult, onnx_mapping_from_node
 from torch import nn
 
-from cimguard.onnx.converters.registry import Unsupported, converter, function_result
+from cimguard.onnx.converters.registry import Unsupported, constant_input, converter, function_result
 
 
 @converter("Gelu", 20, "new")
@@ -116,3 +116,20 @@ def _is_inf(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:  # no
         return (torch.isposinf(x) & positive) | (torch.isneginf(x) & negative)
 
     return function_result(node, is_inf)
+
+
+def _dropout_needs_own(node) -> bool:
+    """Dropout that onnx2torch refuses (a seed) or whose mask is used; legalisation removes the rest."""
+    return any(a.name == "seed" for a in node.attribute) or (len(node.output) > 1 and bool(node.output[1]))
+
+
+@converter("Dropout", 12, "inference: identity and an all-true mask", replace=True, when=_dropout_needs_own)
+def _dropout(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+    training = constant_input(node, graph, 2, "training_mode")
+    if training is not None and bool(training.reshape(-1)[0]):
+        raise Unsupported("Dropout in training mode (random) is not supported")
+
+    def dropout(x: torch.Tensor, ratio=None, training_mode=None):
+        return x, torch.ones_like(x, dtype=torch.bool)
+
+    return function_result(node, dropout)

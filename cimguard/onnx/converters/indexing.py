@@ -171,3 +171,47 @@ def _non_max_suppression(node: OnnxNode, graph: OnnxGraph, version: int) -> Oper
         return inner(boxes, scores, max_output, iou, score)
 
     return function_result(node, nms)
+
+
+@converter("Unique", 11, "sorted or in order of first occurrence, with or without axis")
+def _unique(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:  # noqa: ARG001
+    axis = node.attributes.get("axis")
+    ordered = bool(node.attributes.get("sorted", 1))
+
+    def unique(x: torch.Tensor):
+        data = x.reshape(-1) if axis is None else x
+        dim = 0 if axis is None else int(axis) % x.dim()
+        values, inverse, counts = torch.unique(data, sorted=True, return_inverse=True, return_counts=True, dim=dim)
+        positions = torch.arange(data.shape[dim], device=x.device)
+        first = torch.full((values.shape[dim],), data.shape[dim], dtype=torch.int64, device=x.device)
+        first = first.scatter_reduce(0, inverse, positions, "amin")
+        if not ordered:  # the order of first occurrence
+            order = torch.argsort(first)
+            rank = torch.empty_like(order)
+            rank[order] = torch.arange(order.numel(), device=x.device)
+            values, first, counts, inverse = values.index_select(dim, order), first[order], counts[order], rank[inverse]
+        return values, first, inverse, counts
+
+    return function_result(node, unique)
+
+
+@converter("TensorScatter", 24, "linear and circular")
+def _tensor_scatter(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:  # noqa: ARG001
+    mode = node.attributes.get("mode", "linear")
+    axis_attr = int(node.attributes.get("axis", -2))
+    if mode not in ("linear", "circular"):
+        raise Unsupported(f"TensorScatter mode {mode!r} is not supported")
+
+    def tensor_scatter(cache: torch.Tensor, update: torch.Tensor, write: torch.Tensor | None = None) -> torch.Tensor:
+        axis = axis_attr % cache.dim()
+        length, count = cache.shape[axis], update.shape[axis]
+        starts = write.long().tolist() if write is not None else [0] * cache.shape[0]
+        out = cache.clone()
+        for batch, start in enumerate(starts):  # each batch row writes at its own position
+            positions = torch.arange(start, start + count, device=cache.device)
+            if mode == "circular":
+                positions = positions % length
+            out[batch].index_copy_(axis - 1, positions, update[batch])
+        return out
+
+    return function_result(node, tensor_scatter)

@@ -242,3 +242,28 @@ def _conv_transpose(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResul
 
 converter("ConvTranspose", 1, "output_shape, auto_pad, asymmetric pads", replace=True,
           when=_conv_transpose_needs_own)(_conv_transpose)
+
+
+_MAX_UNPOOL = {1: F.max_unpool1d, 2: F.max_unpool2d, 3: F.max_unpool3d}
+
+
+@converter("MaxUnpool", 9, "new")
+def _max_unpool(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:  # noqa: ARG001
+    kernel = [int(k) for k in node.attributes["kernel_shape"]]
+    rank = len(kernel)
+    strides = attribute(node, "strides", None) or [1] * rank
+    pads = attribute(node, "pads", None) or [0] * 2 * rank
+    if rank not in _MAX_UNPOOL:
+        raise Unsupported(f"MaxUnpool with spatial rank {rank} is not supported")
+    if len(node.input_values) > 2 and node.input_values[2]:
+        # Where the values land in a larger output is read differently by the reference and onnxruntime.
+        raise Unsupported("MaxUnpool with an output_shape input is not supported")
+
+    def max_unpool(x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        spatial = [(size - 1) * s + k - pads[i] - pads[rank + i]
+                   for i, (size, s, k) in enumerate(zip(x.shape[2:], strides, kernel))]
+        # ONNX indices are flat over the whole tensor; torch's over one (N, C) plane.
+        plane = math.prod(spatial)
+        return _MAX_UNPOOL[rank](x, indices.long() % plane, kernel, strides, 0, [x.shape[0], x.shape[1], *spatial])
+
+    return function_result(node, max_unpool)

@@ -243,3 +243,17 @@ def _compress(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:  # 
         return torch.index_select(x, dim, index)
 
     return function_result(node, compress)
+
+
+@converter("BitCast", 26, "same element size")
+def _bit_cast(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:  # noqa: ARG001
+    dtype = torch_type(int(node.attributes["to"]), "BitCast")
+    if dtype.itemsize == 8 and not dtype.is_floating_point:
+        # A 64-bit source may be a float64 that cimguard holds in float32: its bits are not the file's.
+        raise Unsupported("BitCast to a 64-bit integer type is not supported (cimguard computes floats in float32)")
+
+    def bit_cast(x: torch.Tensor) -> torch.Tensor:
+        y = x.view(dtype)
+        return y.float() if dtype.is_floating_point else y
+
+    return function_result(node, bit_cast)
