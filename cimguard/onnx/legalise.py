@@ -481,6 +481,32 @@ def _constant_condition(node: onnx.NodeProto, initializers: dict, constants: dic
     return bool(np.asarray(value).reshape(-1)[0]) if np.asarray(value).size == 1 else None
 
 
+def single_output_graph_outputs(state: Legalised) -> None:
+    """A graph output produced by a node with several outputs goes through an ``Identity``.
+
+    onnx2torch returns a node's whole output tuple for a graph output it produces, which is
+    wrong when the graph lists only some of that node's outputs (e.g. only ``Mean`` of a
+    ``LayerNormalization``) or lists them in another order.
+    """
+    graph = state.model.graph
+    outputs = {value.name for value in graph.output}
+    extra: list[onnx.NodeProto] = []
+    for node in graph.node:
+        if len(node.output) < 2:
+            continue
+        for index, name in enumerate(node.output):
+            if name in outputs:
+                inner = f"{name}__cimguard_output"
+                node.output[index] = inner
+                for other in graph.node:  # other consumers read the renamed value
+                    for position, used in enumerate(other.input):
+                        if used == name:
+                            other.input[position] = inner
+                extra.append(helper.make_node("Identity", [inner], [name]))
+    if extra:
+        graph.node.extend(extra)
+
+
 def own_converters(state: Legalised) -> None:
     """Nodes that onnx2torch converts wrongly go to cimguard's converters (see ``converters.registry``)."""
     from cimguard.onnx.converters import route_own_converters
@@ -502,6 +528,7 @@ PASSES: tuple[Pass, ...] = (
     reshape_allowzero,
     asymmetric_average_pool,
     fold_constant_if,
+    single_output_graph_outputs,
     own_converters,
 )
 

@@ -60,13 +60,17 @@ def reduce(op: str, x: torch.Tensor, dims: list[int], keepdims: bool) -> torch.T
     return result.to(x.dtype)
 
 
+_ELEMENTWISE = {"ReduceL1": torch.abs, "ReduceL2": torch.abs, "ReduceLogSum": torch.log,
+                "ReduceSumSquare": lambda t: t * t}
+
+
 def _run(op: str, static_axes: list[int] | None, keepdims: bool, noop: bool, x: torch.Tensor,
          axes: torch.Tensor | None = None) -> torch.Tensor:
     dims = list(static_axes) if static_axes is not None else \
         ([] if axes is None else [int(a) for a in axes.reshape(-1).tolist()])
     if not dims:
-        if noop:
-            return x
+        if noop:  # no reduction, but the element-wise part of the operation still applies
+            return _ELEMENTWISE.get(op, lambda t: t)(x)
         dims = list(range(x.dim()))
     if x.dim() == 0:
         return reduce(op, x.reshape(1), [0], False)

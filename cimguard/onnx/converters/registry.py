@@ -163,22 +163,21 @@ class OnnxFunction(nn.Module, OnnxToTorchModule):
     mapped, and ``present`` puts them back in their ONNX positions.
     """
 
-    def __init__(self, function: Callable[..., Any], present: Sequence[bool], name: str, keep: Sequence[int]):
+    def __init__(self, function: Callable[..., Any], present: Sequence[bool], name: str, outputs: int):
         super().__init__()
         self.function = function
         self.present = tuple(present)
         self.name = name
-        self.keep = tuple(keep)
+        self.outputs = outputs
 
     def forward(self, *args: torch.Tensor) -> Any:
         values = iter(args)
         full = [next(values) if here else None for here in self.present]
         result = self.function(*full)
-        if not isinstance(result, tuple):
-            return result
-        # Only the outputs the node names: onnx2torch indexes a module's outputs by their names.
-        kept = tuple(result[i] for i in self.keep)
-        return kept[0] if len(kept) == 1 else kept
+        if self.outputs == 1:
+            return result[0] if isinstance(result, tuple) else result
+        # onnx2torch picks a node's output by its position among the node's outputs.
+        return tuple(result[:self.outputs])
 
     def extra_repr(self) -> str:
         return self.name
@@ -188,16 +187,15 @@ def function_result(node: OnnxNode, function: Callable[..., Any]) -> OperationCo
     """A converter result computing ``function(*inputs)``.
 
     A multi-output function returns a tuple in the operator's output order (it may return
-    more than the node names); the module returns those the node names.
+    more than the node names; legalisation routes graph outputs of multi-output nodes
+    through an ``Identity``, see :func:`cimguard.onnx.legalise.single_output_graph_outputs`).
     """
     present = [bool(name) for name in node.input_values]
     while present and not present[-1]:
         present.pop()
     inputs = tuple(name for name in node.input_values[: len(present)] if name)
-    keep = [i for i, name in enumerate(node.output_values) if name]
-    module = OnnxFunction(function, present, node.operation_type, keep)
-    outputs = tuple(node.output_values[i] for i in keep)
-    return OperationConverterResult(module, OnnxMapping(inputs=inputs, outputs=outputs))
+    module = OnnxFunction(function, present, node.operation_type, len(node.output_values))
+    return OperationConverterResult(module, OnnxMapping(inputs=inputs, outputs=node.output_values))
 
 
 def constant_input(node: OnnxNode, graph: OnnxGraph, index: int, what: str) -> torch.Tensor | None:

@@ -75,6 +75,10 @@ def _pad(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:  # noqa:
         y = x
         for i, axis in enumerate(chosen):
             begin, end = amounts[i], amounts[len(chosen) + i]
+            if begin < 0 or end < 0:  # negative pads crop first; the other side pads the cropped axis
+                start, stop = max(-begin, 0), y.shape[axis] - max(-end, 0)
+                y = y.narrow(axis, start, stop - start)
+                begin, end = max(begin, 0), max(end, 0)
             if begin == 0 and end == 0:
                 continue
             index = _source_index(y.shape[axis], begin, end, mode, x.device)
