@@ -12,10 +12,11 @@ case's reference outputs (rtol 1e-3, atol 1e-5, NaN equal to NaN):
   (cimguard registers converters in onnx2torch's registry);
 * ``cimguard``: ``cimguard.onnx.model.convert_model`` (legalisation + converters).
 
-Each case ends ``match``, ``refused`` (no module: an error at conversion), ``wrong`` (a
-module that computes different numbers, or crashes at run time).  Prints the counts per
-engine and form; ``--save`` writes them to ``benchmarks/results/node_suite.json`` for the
-doc table (``make_doc_tables.py``).
+Each case ends ``match``, ``refused`` (no module: an error at conversion), ``wrong`` (the
+engine computes other numbers without complaint) or ``crash`` (the converted module raises at
+run time).  Prints the counts per engine and form; ``--save`` writes them to
+``benchmarks/results/node_suite.json`` (never over an existing file) for the doc table of
+``docs/import.md`` (``make_doc_tables.py``).
 """
 
 from __future__ import annotations
@@ -61,9 +62,11 @@ def _worker(engine: str) -> None:
             try:
                 if engine != "onnxruntime":
                     results = run_torch(module, case.inputs, float32=engine == "cimguard")
-                problem = mismatch(case.outputs, results)
             except Exception as exc:  # noqa: BLE001
-                problem = f"run: {type(exc).__name__}: {str(exc).strip()[:200]}"
+                row.update(status="crash", reason=f"run: {type(exc).__name__}: {str(exc).strip()[:200]}")
+                print(json.dumps(row), flush=True)
+                continue
+            problem = mismatch(case.outputs, results)
             row.update(status="wrong" if problem else "match", reason=problem)
             print(json.dumps(row), flush=True)
 
@@ -87,8 +90,8 @@ def summarise(rows: dict[str, dict[str, dict]]) -> dict:
     for engine, by_key in rows.items():
         for form in ("written", "constants"):
             statuses = [r["status"] for k, r in by_key.items() if k.startswith(form + ":")]
-            summary.setdefault(engine, {})[form] = {s: statuses.count(s) for s in ("match", "refused", "wrong")} | {
-                "cases": len(statuses)}
+            summary.setdefault(engine, {})[form] = {
+                s: statuses.count(s) for s in ("match", "refused", "wrong", "crash")} | {"cases": len(statuses)}
     for form in ("written", "constants"):
         ort_ok = {k for k, r in rows["onnxruntime"].items() if k.startswith(form + ":") and r["status"] == "match"}
         for engine in [e for e in ("plain", "cimguard") if e in rows]:
@@ -103,7 +106,8 @@ def main() -> None:
     parser.add_argument("--worker", choices=ENGINES, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--engines", default=",".join(ENGINES))
     parser.add_argument("--save", action="store_true", help=f"write the counts to {RESULTS}")
-    parser.add_argument("--list-wrong", action="store_true", help="list cimguard's wrong and refused cases")
+    parser.add_argument("--list-wrong", action="store_true",
+                        help="list every engine's wrong cases and cimguard's refusals")
     args = parser.parse_args()
     if args.worker:
         _worker(args.worker)
@@ -113,24 +117,40 @@ def main() -> None:
         rows[engine], seconds = run_engine(engine)
         print(f"{engine}: {len(rows[engine])} runs in {seconds:.0f} s", flush=True)
     summary = summarise(rows)
-    print(f"\n{'engine':<12} {'form':<10} {'cases':>6} {'match':>6} {'refused':>8} {'wrong':>6} {'of ORT':>7}")
+    print(f"\n{'engine':<12} {'form':<10} {'cases':>6} {'match':>6} {'refused':>8} {'wrong':>6} {'crash':>6} "
+          f"{'of ORT':>7}")
     for engine, forms in summary.items():
         for form, counts in forms.items():
             print(f"{engine:<12} {form:<10} {counts['cases']:>6} {counts['match']:>6} {counts['refused']:>8} "
-                  f"{counts['wrong']:>6} {counts['of_onnxruntime']:>7}")
+                  f"{counts['wrong']:>6} {counts['crash']:>6} {counts['of_onnxruntime']:>7}")
     if "cimguard" in rows and "onnxruntime" in rows:
         for form in ("written", "constants"):
             share = summary["cimguard"][form]["of_onnxruntime"] / max(summary["onnxruntime"][form]["match"], 1)
             print(f"cimguard matches {share:.1%} of onnxruntime's matching cases ({form})")
-    if args.list_wrong and "cimguard" in rows:
-        for key, row in sorted(rows["cimguard"].items()):
-            if row["status"] != "match":
-                ort = rows.get("onnxruntime", {}).get(key, {}).get("status", "?")
-                print(f"{row['status']:<8} ort={ort:<8} {key} {row['ops']}: {row['reason']}")
+    if args.list_wrong:
+        for engine, by_key in rows.items():
+            for key, row in sorted(by_key.items()):
+                if row["status"] in ("wrong", "crash") or (engine == "cimguard" and row["status"] == "refused"):
+                    ort = rows.get("onnxruntime", {}).get(key, {}).get("status", "?")
+                    print(f"{engine:<12} {row['status']:<8} ort={ort:<8} {key} {row['ops']}: {row['reason']}")
     if args.save:
-        RESULTS.parent.mkdir(exist_ok=True)
-        RESULTS.write_text(json.dumps({"summary": summary, "python": sys.version.split()[0]}, indent=1) + "\n")
-        print(f"wrote {RESULTS}")
+        save(summary)
+
+
+def save(summary: dict) -> None:
+    """Write the counts with the versions that produced them (no-clobber: delete the file to re-measure)."""
+    import onnx
+    import onnx2torch
+    import onnxruntime
+    import torch
+
+    from cimguard.report import write_json
+
+    versions = {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "torch": torch.__version__,
+                "onnx2torch": getattr(onnx2torch, "__version__", "?")}
+    RESULTS.parent.mkdir(exist_ok=True)
+    write_json(RESULTS, {"summary": summary, "versions": versions})
+    print(f"wrote {RESULTS}")
 
 
 if __name__ == "__main__":
