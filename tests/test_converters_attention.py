@@ -46,3 +46,31 @@ def test_rotary_embedding_partial_dimension_with_position_ids(interleaved):
     node = helper.make_node("RotaryEmbedding", ["x", "cos", "sin", "ids"], ["y"], interleaved=interleaved,
                             rotary_embedding_dim=4)
     assert_matches_onnxruntime(node, {"x": x}, constants, opset=23)
+
+
+@pytest.mark.parametrize("rule", ["linear", "gated", "delta", "gated_delta"])
+def test_linear_attention_update_rules_with_past_state(rule):
+    q = rng(14).standard_normal((2, 4, 8)).astype(np.float32)
+    k = rng(15).standard_normal((2, 4, 4)).astype(np.float32) * 0.3
+    v = rng(16).standard_normal((2, 4, 6)).astype(np.float32)
+    constants = {"state": rng(17).standard_normal((2, 1, 4, 6)).astype(np.float32) * 0.1}
+    inputs = ["q", "k", "v", "state", "", ""]
+    if rule in ("gated", "gated_delta"):
+        constants["decay"] = -np.abs(rng(18).standard_normal((2, 4, 1))).astype(np.float32)
+        inputs[4] = "decay"
+    if rule in ("delta", "gated_delta"):
+        constants["beta"] = rng(19).random((2, 4, 1)).astype(np.float32)
+        inputs[5] = "beta"
+    node = helper.make_node("LinearAttention", inputs, ["y", "present"], update_rule=rule, q_num_heads=2,
+                            kv_num_heads=1)
+    assert_matches_onnxruntime(node, {"q": q, "k": k, "v": v}, constants, opset=27)
+
+
+@pytest.mark.parametrize("activation", ["none", "silu"])
+def test_causal_conv_with_state(activation):
+    x = rng(20).standard_normal((2, 3, 5)).astype(np.float32)
+    constants = {"w": rng(21).standard_normal((3, 1, 4)).astype(np.float32),
+                 "b": rng(22).standard_normal(3).astype(np.float32),
+                 "state": rng(23).standard_normal((2, 3, 3)).astype(np.float32)}
+    node = helper.make_node("CausalConvWithState", ["x", "w", "b", "state"], ["y", "present"], activation=activation)
+    assert_matches_onnxruntime(node, {"x": x}, constants, opset=27)

@@ -1,12 +1,15 @@
-"""Opset-23 transformer operators: ``Attention`` (grouped heads, 3D or 4D inputs, masks, past
-key/value caches, causal, softcap, scale) and ``RotaryEmbedding`` (interleaved or not, partial
-rotary dimension, position ids).  Written against the ONNX specification's function body."""
+"""Transformer and sequence-model operators: ``Attention`` (opset 23: grouped heads, 3D or 4D
+inputs, masks, past key/value caches, causal, sliding window, softcap, scale),
+``RotaryEmbedding`` (interleaved or not, partial rotary dimension, position ids), and opset 27's
+``LinearAttention`` and ``CausalConvWithState``.  Written against the ONNX specification (its
+function bodies and reference implementation)."""
 
 from __future__ import annotations
 
 import math
 
 import torch
+import torch.nn.functional as F
 from onnx2torch.onnx_graph import OnnxGraph
 from onnx2torch.onnx_node import OnnxNode
 from onnx2torch.utils.common import OperationConverterResult
@@ -157,3 +160,69 @@ def _rotary(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:  # no
         return y.reshape(shape) if len(shape) == 3 else y.transpose(1, 2)
 
     return function_result(node, rotary)
+
+
+def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """``[B, T, H*D]`` -> ``[B, H, T, D]``."""
+    b, t, hd = x.shape
+    return x.reshape(b, t, heads, hd // heads).transpose(1, 2)
+
+
+@converter("LinearAttention", 27, "linear, gated, delta and gated-delta updates")
+def _linear_attention(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:  # noqa: ARG001
+    attrs = node.attributes
+    rule = attrs.get("update_rule", "gated_delta")
+    q_heads, kv_heads = attrs.get("q_num_heads"), attrs.get("kv_num_heads")
+    scale_attr = attrs.get("scale")
+    if rule not in ("linear", "gated", "delta", "gated_delta") or not q_heads or not kv_heads:
+        raise Unsupported(f"LinearAttention update_rule {rule!r} without q_num_heads/kv_num_heads is not supported")
+    gating, delta = rule in ("gated", "gated_delta"), rule in ("delta", "gated_delta")
+
+    def linear_attention(q, k, v, past_state=None, decay=None, beta=None):
+        b, t, _ = q.shape
+        d_k, d_v = q.shape[-1] // int(q_heads), v.shape[-1] // int(kv_heads)
+        group = int(q_heads) // int(kv_heads)
+        q4, k4, v4 = _heads(q, int(q_heads)).float(), _heads(k, int(kv_heads)).float(), _heads(v, int(kv_heads)).float()
+        if decay is not None:
+            decay4 = (decay.reshape(b, t, int(kv_heads), 1).transpose(1, 2) if decay.shape[-1] == int(kv_heads)
+                      else _heads(decay, int(kv_heads))).float()
+        if beta is not None:
+            beta4 = beta.reshape(b, t, beta.shape[-1], 1).transpose(1, 2).float()
+        state = past_state.float().clone() if past_state is not None else \
+            torch.zeros((b, int(kv_heads), d_k, d_v), dtype=torch.float32, device=q.device)
+        scale = float(scale_attr) if scale_attr else 1.0 / math.sqrt(d_k)
+        outputs = []
+        for i in range(t):  # the recurrence of the specification, one step at a time
+            k_t, v_t = k4[:, :, i, :], v4[:, :, i, :]
+            if gating:
+                state = state * torch.exp(decay4[:, :, i, :])[..., None]
+            if delta:
+                retrieved = torch.einsum("bhdm,bhd->bhm", state, k_t)
+                v_t = beta4[:, :, i, :] * (v_t - retrieved)
+            state = state + k_t[..., :, None] * v_t[..., None, :]
+            read = state if group == 1 else state.repeat_interleave(group, dim=1)
+            outputs.append(scale * torch.einsum("bhd,bhdm->bhm", q4[:, :, i, :], read))
+        out = torch.stack(outputs, dim=2).transpose(1, 2).reshape(b, t, int(q_heads) * d_v)
+        return out.to(q.dtype), state.to(past_state.dtype if past_state is not None else q.dtype)
+
+    return function_result(node, linear_attention)
+
+
+@converter("CausalConvWithState", 27, "new")
+def _causal_conv(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:  # noqa: ARG001
+    activation = node.attributes.get("activation", "none")
+    if activation not in ("none", "silu", "swish"):
+        raise Unsupported(f"CausalConvWithState activation {activation!r} is not supported")
+
+    def causal_conv(x, weight, bias=None, past_state=None):
+        batch, channels, _ = x.shape
+        k = weight.shape[2]
+        pad = past_state if past_state is not None else \
+            torch.zeros((batch, channels, k - 1), dtype=x.dtype, device=x.device)
+        padded = torch.cat([pad.to(x.dtype), x], dim=2)
+        out = F.conv1d(padded, weight.to(x.dtype), None if bias is None else bias.to(x.dtype), groups=channels)
+        if activation != "none":
+            out = out * torch.sigmoid(out)
+        return out, padded[:, :, padded.shape[2] - (k - 1):]
+
+    return function_result(node, causal_conv)
