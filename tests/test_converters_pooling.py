@@ -46,3 +46,14 @@ def test_conv_transpose_output_shape_auto_pad_and_asymmetric_pads(attrs):
     weight = rng(1).standard_normal((3, 2, 3, 3)).astype(np.float32)
     node = helper.make_node("ConvTranspose", ["x", "w", "b"], ["y"], **attrs)
     assert_matches_onnxruntime(node, {"x": X}, {"w": weight, "b": np.array([0.5, -0.5], np.float32)}, opset=22)
+
+
+def test_deform_conv_with_groups_offset_groups_and_mask():
+    x = rng(2).standard_normal((1, 4, 6, 5)).astype(np.float32)
+    constants = {"w": rng(3).standard_normal((2, 2, 3, 3)).astype(np.float32),
+                 "offset": rng(4).standard_normal((1, 2 * 2 * 9, 3, 3)).astype(np.float32),
+                 "b": np.array([0.5, -0.5], np.float32),
+                 "mask": rng(5).random((1, 2 * 9, 3, 3)).astype(np.float32)}
+    node = helper.make_node("DeformConv", ["x", "w", "offset", "b", "mask"], ["y"], group=2, offset_group=2,
+                            strides=[2, 2], pads=[1, 1, 1, 1], kernel_shape=[3, 3])
+    assert_matches_onnxruntime(node, {"x": x}, constants, opset=22)

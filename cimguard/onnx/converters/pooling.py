@@ -1,6 +1,7 @@
-"""Pooling: ``AveragePool`` and ``LpPool`` (any padding, dilations, ``ceil_mode``),
+"""Pooling and convolutions onnx2torch lacks: ``AveragePool`` and ``LpPool`` (any padding, dilations, ``ceil_mode``),
 ``MaxPool`` (pads larger than half the kernel, dilations, the ``Indices`` output with either
-storage order), ``GlobalMaxPool`` and ``GlobalLpPool``.
+storage order), ``GlobalMaxPool``, ``GlobalLpPool``, ``MaxUnpool``, ``ConvTranspose`` (``output_shape``,
+``auto_pad``, asymmetric pads) and ``DeformConv``.
 
 The windows are computed the way onnxruntime does: the input is padded explicitly, the
 ``ceil_mode`` overhang is added at the end, and a window sum is a grouped convolution with a
@@ -267,3 +268,20 @@ def _max_unpool(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:  
         return _MAX_UNPOOL[rank](x, indices.long() % plane, kernel, strides, 0, [x.shape[0], x.shape[1], *spatial])
 
     return function_result(node, max_unpool)
+
+
+@converter("DeformConv", 19, "2-D, symmetric pads (torchvision's deform_conv2d)")
+def _deform_conv(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:  # noqa: ARG001
+    strides = attribute(node, "strides", None) or [1, 1]
+    dilations = attribute(node, "dilations", None) or [1, 1]
+    pads = attribute(node, "pads", None) or [0, 0, 0, 0]
+    if len(pads) != 4 or pads[:2] != pads[2:]:
+        raise Unsupported("DeformConv with asymmetric pads or a spatial rank other than 2 is not supported")
+
+    def deform_conv(x, w, offset, b=None, mask=None):
+        from torchvision.ops import deform_conv2d
+
+        # torchvision reads the groups and offset groups from the weight and offset shapes, as ONNX defines them.
+        return deform_conv2d(x, offset, w, b, stride=strides, padding=pads[:2], dilation=dilations, mask=mask)
+
+    return function_result(node, deform_conv)
