@@ -513,7 +513,8 @@ def own_converters(state: Legalised) -> None:
 
     moved = route_own_converters(state.model)
     if moved:
-        state.notes.append(f"{moved} node(s) use cimguard's converters (onnx2torch's differ from the standard)")
+        summary = ", ".join(f"{count} {op}" for op, count in sorted(moved.items()))
+        state.notes.append(f"converted by cimguard's own converters (not onnx2torch's): {summary}")
 
 
 #: The passes, in order.

@@ -130,10 +130,10 @@ def _dispatch(op: str) -> Converter:
     return convert
 
 
-def route_own_converters(model: onnx.ModelProto) -> int:
-    """Move the nodes whose onnx2torch converter is wrong into cimguard's domain; the count moved."""
+def route_own_converters(model: onnx.ModelProto) -> dict[str, int]:
+    """Move the nodes whose onnx2torch converter is wrong into cimguard's domain; the count per operator."""
     opset = next((op.version for op in model.opset_import if op.domain in ("", "ai.onnx")), 1)
-    moved = 0
+    moved: dict[str, int] = {}
     for node in model.graph.node:
         if node.domain not in ("", "ai.onnx") or node.op_type not in _OWN:
             continue
@@ -147,7 +147,7 @@ def route_own_converters(model: onnx.ModelProto) -> int:
             continue
         node.domain = CIMGUARD_DOMAIN
         node.attribute.append(helper.make_attribute(OPSET_ATTRIBUTE, version))
-        moved += 1
+        moved[node.op_type] = moved.get(node.op_type, 0) + 1
     if moved and not any(op.domain == CIMGUARD_DOMAIN for op in model.opset_import):
         model.opset_import.append(helper.make_opsetid(CIMGUARD_DOMAIN, CIMGUARD_DOMAIN_VERSION))
     return moved

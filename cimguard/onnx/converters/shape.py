@@ -178,7 +178,12 @@ def _size(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:  # noqa
     return function_result(node, lambda x: torch.tensor(x.numel(), dtype=torch.int64, device=x.device))
 
 
-@converter("Flatten", 1, "every axis", replace=True)
+def _flatten_needs_own(node: onnx.NodeProto) -> bool:
+    """onnx2torch's Flatten fails for axis 0 and negative axes."""
+    return any(a.name == "axis" and a.i <= 0 for a in node.attribute)
+
+
+@converter("Flatten", 1, "every axis", replace=True, when=_flatten_needs_own)
 def _flatten(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:  # noqa: ARG001
     axis = int(node.attributes.get("axis", 1))
 
