@@ -93,6 +93,10 @@ def summarise(rows: dict[str, dict[str, dict]]) -> dict:
             summary.setdefault(engine, {})[form] = {
                 s: statuses.count(s) for s in ("match", "refused", "wrong", "crash")} | {"cases": len(statuses)}
     for form in ("written", "constants"):
+        if "onnxruntime" not in rows:
+            for engine in rows:
+                summary[engine][form]["of_onnxruntime"] = 0  # not measured in this run
+            continue
         ort_ok = {k for k, r in rows["onnxruntime"].items() if k.startswith(form + ":") and r["status"] == "match"}
         for engine in [e for e in ("plain", "cimguard") if e in rows]:
             ours = {k for k, r in rows[engine].items() if r["status"] == "match"}
