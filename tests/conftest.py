@@ -74,5 +74,5 @@ def pytest_terminal_summary(terminalreporter):
         values = [v for k, v in outcomes.items() if k.startswith(form + ":")]
         total = sum(1 for k in suite.CASES if k.startswith(form + ":"))
         parts.append(f"{label} {values.count('match')} match + {values.count('refused')} refused in one line "
-                     f"+ {total - len(values)} failed of {total}")
+                     f"+ {values.count('failed')} failed of {len(values)} run ({total} cases)")
     terminalreporter.write_line("ONNX node suite: " + "; ".join(parts))

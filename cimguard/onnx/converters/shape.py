@@ -205,36 +205,28 @@ def _trilu(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:  # noq
     return function_result(node, trilu)
 
 
-def _depth_to_space(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:  # noqa: ARG001
+def _block_rearrange(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:  # noqa: ARG001
+    """``DepthToSpace`` and its inverse ``SpaceToDepth``; ``DCR`` (depth-column-row) or ``CRD`` order."""
     block = int(node.attributes["blocksize"])
-    mode = node.attributes.get("mode", "DCR")
+    crd = node.attributes.get("mode", "DCR") == "CRD"
+    to_space = node.operation_type == "DepthToSpace"
 
-    def depth_to_space(x: torch.Tensor) -> torch.Tensor:
+    def rearrange(x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
-        if mode == "DCR":
-            y = x.reshape(n, block, block, c // block**2, h, w).permute(0, 3, 4, 1, 5, 2)
-        else:
-            y = x.reshape(n, c // block**2, block, block, h, w).permute(0, 1, 4, 2, 5, 3)
-        return y.reshape(n, c // block**2, h * block, w * block)
-
-    return function_result(node, depth_to_space)
-
-
-def _space_to_depth(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:  # noqa: ARG001
-    block = int(node.attributes["blocksize"])
-    mode = node.attributes.get("mode", "DCR")
-
-    def space_to_depth(x: torch.Tensor) -> torch.Tensor:
-        n, c, h, w = x.shape
+        if to_space:
+            depth = c // block**2
+            split = (n, depth, block, block, h, w) if crd else (n, block, block, depth, h, w)
+            order = (0, 1, 4, 2, 5, 3) if crd else (0, 3, 4, 1, 5, 2)
+            return x.reshape(split).permute(order).reshape(n, depth, h * block, w * block)
         y = x.reshape(n, c, h // block, block, w // block, block)
-        y = y.permute(0, 3, 5, 1, 2, 4) if mode == "DCR" else y.permute(0, 1, 3, 5, 2, 4)
+        y = y.permute(0, 1, 3, 5, 2, 4) if crd else y.permute(0, 3, 5, 1, 2, 4)
         return y.reshape(n, c * block * block, h // block, w // block)
 
-    return function_result(node, space_to_depth)
+    return function_result(node, rearrange)
 
 
-converter("DepthToSpace", 1, "DCR and CRD modes", replace=True)(_depth_to_space)
-converter("SpaceToDepth", 1, "DCR and CRD modes", replace=True)(_space_to_depth)
+converter("DepthToSpace", 1, "DCR and CRD modes", replace=True)(_block_rearrange)
+converter("SpaceToDepth", 1, "DCR and CRD modes", replace=True)(_block_rearrange)
 
 
 @converter("Compress", 9, "new")
