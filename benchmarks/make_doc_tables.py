@@ -15,6 +15,8 @@ not re-run: delete the file to re-measure, nothing is ever overwritten):
 * ``solver_budget.json``: :func:`bench_solver_budget.measure`: every solver and a plain projected PGD at
   budgets of 10, 20, 40, 80 passes, on the shipped LeNet at thg 0.01 and 0.03 and on the harder MNIST
   LeNet the benchmark trains (when ``../shared/data/mnist-t10k`` exists).
+* ``node_suite.json``: ``bench_node_suite.py``: the ONNX node conformance suite run by
+  onnxruntime, plain onnx2torch and cimguard, both forms (``docs/import.md``).
 
 Then ``doc_tables.json`` (every table as rows of strings) and ``doc_tables.md`` (the same as
 markdown) are written from the raw files, and ``docs/solver_budget.png`` (the any-time curves) is drawn
@@ -29,6 +31,7 @@ import argparse
 import json
 import re
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -42,7 +45,7 @@ TABLES_MD = RESULTS / "doc_tables.md"
 HARDENING_MODELS = ("original", "vanilla", "noise", "trice", "atrice")
 ROOT = HERE.parent
 #: The files whose tables come from this script; each table follows a ``<!-- doc-table: NAME -->`` line.
-DOC_FILES = ("README.md", "docs/hardening.md", "docs/solvers.md", "docs/devices.md")
+DOC_FILES = ("README.md", "docs/hardening.md", "docs/solvers.md", "docs/devices.md", "docs/import.md")
 MARKER = re.compile(r"^<!-- doc-table: (\w+) -->$")
 
 
@@ -251,6 +254,35 @@ def draw_solver_budget_plot() -> None:
     print(f"wrote {target}")
 
 
+def run_node_suite() -> None:
+    path = RESULTS / "node_suite.json"
+    if path.exists():
+        print(f"{path.name} exists: not re-run")
+        return
+    subprocess.run([sys.executable, str(HERE / "bench_node_suite.py"), "--save"], check=True)
+
+
+#: The engines of the node-suite table, as the table names them.
+NODE_SUITE_ENGINES = (("onnxruntime", "onnxruntime"), ("plain", "plain onnx2torch"), ("cimguard", "cimguard"))
+
+
+def node_suite_table() -> tuple[list[str], list[list[str]], dict]:
+    record = json.loads((RESULTS / "node_suite.json").read_text())
+    summary = record["summary"]
+    header = ["engine", "form", "cases matching", "of onnxruntime's matching cases", "refused", "silently wrong",
+              "fails at run time"]
+    rows = []
+    for form, label in (("constants", "weights as constants"), ("written", "as written")):
+        reference = summary["onnxruntime"][form]["match"]
+        for key, name in NODE_SUITE_ENGINES:
+            counts = summary[key][form]
+            share = f"{counts['of_onnxruntime']:,} ({counts['of_onnxruntime'] / reference:.1%})"
+            rows.append([name, label, f"{counts['match']:,} of {counts['cases']:,}",
+                         share if key != "onnxruntime" else "—", f"{counts['refused']:,}", f"{counts['wrong']:,}",
+                         f"{counts['crash']:,}"])
+    return header, rows, record["versions"]
+
+
 def markdown(header: list[str], rows: list[list[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -262,7 +294,8 @@ def write_tables(seeds: list[int]) -> None:
 
     tables = {}
     for name, build in (("hardening", lambda: hardening_table(seeds)), ("solvers", solver_table),
-                        ("device_box", device_box_table), ("solver_budget", solver_budget_table)):
+                        ("device_box", device_box_table), ("solver_budget", solver_budget_table),
+                        ("node_suite", node_suite_table)):
         try:
             header, rows, settings = build()
         except FileNotFoundError as exc:
@@ -281,8 +314,8 @@ def write_tables(seeds: list[int]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--stages", default="hardening,solvers,device_box,solver_budget,tables,docs",
-                        help="comma-separated: hardening, solvers, device_box, solver_budget (measure), tables "
+    parser.add_argument("--stages", default="hardening,solvers,device_box,solver_budget,node_suite,tables,docs",
+                        help="comma-separated: hardening, solvers, device_box, solver_budget, node_suite (measure), tables "
                              "(aggregate, and draw docs/solver_budget.png), "
                              "docs (write the tables into README.md and docs/)")
     parser.add_argument("--seeds", default=",".join(map(str, DEFAULT_SEEDS)), help="training seeds of the hardening table")
@@ -299,6 +332,8 @@ def main() -> None:
         run_device_box(args.samples)
     if "solver_budget" in stages:
         run_solver_budget()
+    if "node_suite" in stages:
+        run_node_suite()
     seeds = [int(s) for s in args.seeds.split(",")]
     if "hardening" in stages:
         run_hardening(seeds, args.epochs, args.samples)

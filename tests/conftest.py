@@ -59,3 +59,20 @@ def invoke(runner):
         return runner.invoke(cli, [str(a) for a in args], catch_exceptions=False, **kwargs)
 
     return run
+
+
+def pytest_terminal_summary(terminalreporter):
+    """One line of ONNX node-suite coverage when it ran (``tests/test_node_suite.py``)."""
+    import sys
+
+    suite = sys.modules.get("tests.test_node_suite") or sys.modules.get("test_node_suite")
+    outcomes = getattr(suite, "OUTCOMES", None)
+    if not outcomes:
+        return
+    parts = []
+    for form, label in (("constants", "weights as constants"), ("written", "as written")):
+        values = [v for k, v in outcomes.items() if k.startswith(form + ":")]
+        total = sum(1 for k in suite.CASES if k.startswith(form + ":"))
+        parts.append(f"{label} {values.count('match')} match + {values.count('refused')} refused in one line "
+                     f"+ {values.count('failed')} failed of {len(values)} run ({total} cases)")
+    terminalreporter.write_line("ONNX node suite: " + "; ".join(parts))

@@ -425,8 +425,101 @@ def asymmetric_average_pool(state: Legalised) -> None:
         state.notes.append(f"{changed} AveragePool node(s) with asymmetric pads use cimguard's exact converter")
 
 
+def inline_local_functions(state: Legalised) -> None:
+    """Model-local functions (written by some exporters) are inlined with ``onnx.inliner``."""
+    if not len(state.model.functions):
+        return
+    import onnx.inliner
+
+    count = len(state.model.functions)
+    try:
+        state.model = onnx.inliner.inline_local_functions(state.model)
+    except Exception as exc:  # noqa: BLE001 - the inliner raises many types; the user needs one line
+        raise CimguardError(f"the model's local functions cannot be inlined: {type(exc).__name__}: {exc}") from None
+    state.notes.append(f"inlined {count} model-local function(s)")
+
+
+def fold_constant_if(state: Legalised) -> None:
+    """An ``If`` whose condition is a constant is replaced by the nodes of the branch it takes."""
+    graph = state.model.graph
+    initializers = {init.name: init for init in graph.initializer}
+    constants = {node.output[0]: node for node in graph.node if node.op_type == "Constant" and node.output}
+    changed = 0
+    nodes: list[onnx.NodeProto] = []
+    for node in graph.node:
+        condition = _constant_condition(node, initializers, constants) if node.op_type == "If" else None
+        if condition is None:
+            nodes.append(node)
+            continue
+        branch = next(a.g for a in node.attribute if a.name == ("then_branch" if condition else "else_branch"))
+        if branch.input or any(attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+                               for n in branch.node for attr in n.attribute):
+            nodes.append(node)
+            continue
+        graph.initializer.extend(branch.initializer)
+        nodes.extend(branch.node)
+        for out, inner in zip(node.output, branch.output):
+            nodes.append(helper.make_node("Identity", [inner.name], [out]))
+        changed += 1
+    if changed:
+        del graph.node[:]
+        graph.node.extend(nodes)
+        state.notes.append(f"replaced {changed} If node(s) with a constant condition by the branch taken")
+
+
+def _constant_condition(node: onnx.NodeProto, initializers: dict, constants: dict) -> bool | None:
+    name = node.input[0]
+    if name in initializers:
+        value = numpy_helper.to_array(initializers[name])
+    elif name in constants:
+        values = _constant_value(constants[name])
+        if not values:
+            return None
+        value = values[0]
+    else:
+        return None
+    return bool(np.asarray(value).reshape(-1)[0]) if np.asarray(value).size == 1 else None
+
+
+def single_output_graph_outputs(state: Legalised) -> None:
+    """A graph output produced by a node with several outputs goes through an ``Identity``.
+
+    onnx2torch returns a node's whole output tuple for a graph output it produces, which is
+    wrong when the graph lists only some of that node's outputs (e.g. only ``Mean`` of a
+    ``LayerNormalization``) or lists them in another order.
+    """
+    graph = state.model.graph
+    outputs = {value.name for value in graph.output}
+    extra: list[onnx.NodeProto] = []
+    for node in graph.node:
+        if len(node.output) < 2:
+            continue
+        for index, name in enumerate(node.output):
+            if name in outputs:
+                inner = f"{name}__cimguard_output"
+                node.output[index] = inner
+                for other in graph.node:  # other consumers read the renamed value
+                    for position, used in enumerate(other.input):
+                        if used == name:
+                            other.input[position] = inner
+                extra.append(helper.make_node("Identity", [inner], [name]))
+    if extra:
+        graph.node.extend(extra)
+
+
+def own_converters(state: Legalised) -> None:
+    """Nodes that onnx2torch converts wrongly go to cimguard's converters (see ``converters.registry``)."""
+    from cimguard.onnx.converters import route_own_converters
+
+    moved = route_own_converters(state.model)
+    if moved:
+        summary = ", ".join(f"{count} {op}" for op, count in sorted(moved.items()))
+        state.notes.append(f"converted by cimguard's own converters (not onnx2torch's): {summary}")
+
+
 #: The passes, in order.
 PASSES: tuple[Pass, ...] = (
+    inline_local_functions,
     drop_initializer_inputs,
     remove_training_nodes,
     normalise_opset,
@@ -435,6 +528,9 @@ PASSES: tuple[Pass, ...] = (
     explicit_padding,
     reshape_allowzero,
     asymmetric_average_pool,
+    fold_constant_if,
+    single_output_graph_outputs,
+    own_converters,
 )
 
 

@@ -248,6 +248,17 @@ def import_model(original: onnx.ModelProto, *, path: Path | None = None, require
                          dict(state.origins), batch_mode)
 
 
+def convert_model(original: onnx.ModelProto, where: str = "the model") -> fx.GraphModule:
+    """Legalise and convert only: the torch module of ``original`` as the file's batch size gives it.
+
+    No crossbar mapping and no batch rewriting; the node conformance suite
+    (``tests/test_node_suite.py``) checks the converters through it.
+    """
+    legal = legalise_model(original).model
+    _check_operators(legal, where)
+    return _convert(legal, where)
+
+
 def _convert(legal: onnx.ModelProto, where: str, notes: list[str] | None = None) -> fx.GraphModule:
     """onnx2torch on a legalised model: an eval-mode float32 module with frozen parameters, or a one-line error.
 
@@ -265,9 +276,10 @@ def _convert(legal: onnx.ModelProto, where: str, notes: list[str] | None = None)
             warnings.simplefilter("ignore")
             module = convert(legal)
     except NotImplementedError as exc:
-        raise CimguardError(f"{where}: unsupported ONNX construct: {first_line(exc)}") from None
+        raise CimguardError(f"{where}: unsupported ONNX construct{_failing_node(exc)}: {first_line(exc)}") from None
     except Exception as exc:  # noqa: BLE001 - onnx2torch raises many types; the user needs one line
-        raise CimguardError(f"{where}: conversion to torch failed: {type(exc).__name__}: {first_line(exc)}") from None
+        raise CimguardError(f"{where}: conversion to torch failed{_failing_node(exc)}: "
+                            f"{type(exc).__name__}: {first_line(exc)}") from None
     module.eval()
     if any(t.is_floating_point() and t.dtype != torch.float32 for t in (*module.parameters(), *module.buffers())):
         # Crossbars, devices and solvers compute in float32; the export writes the file's own dtype back.
@@ -277,6 +289,20 @@ def _convert(legal: onnx.ModelProto, where: str, notes: list[str] | None = None)
     for p in module.parameters():
         p.requires_grad_(False)
     return module
+
+
+def _failing_node(exc: BaseException) -> str:
+    """`` at node 'NAME' (OP)`` for the node onnx2torch was converting when ``exc`` was raised."""
+    tb = exc.__traceback__
+    node = None
+    while tb is not None:  # the innermost frame of onnx2torch's conversion loop holds the node
+        candidate = tb.tb_frame.f_locals.get("onnx_node")
+        if candidate is not None and hasattr(candidate, "operation_type"):
+            node = candidate
+        tb = tb.tb_next
+    if node is None:
+        return ""
+    return f" at node {node.name or '<unnamed>'!r} ({node.operation_type})"
 
 
 def _any_batch_size(legal: onnx.ModelProto, module: fx.GraphModule, where: str,
@@ -323,7 +349,25 @@ def _any_batch_size(legal: onnx.ModelProto, module: fx.GraphModule, where: str,
     return legal, module, mode
 
 
+#: Element types torch stores but has no arithmetic kernels for (add, compare, max... fail at run time).
+_NO_ARITHMETIC = {onnx.TensorProto.UINT16: "uint16", onnx.TensorProto.UINT32: "uint32",
+                  onnx.TensorProto.UINT64: "uint64"}
+
+
+def _check_element_types(model: onnx.ModelProto, where: str) -> None:
+    values = [*model.graph.input, *model.graph.output, *model.graph.value_info]
+    types = [(v.name, v.type.tensor_type.elem_type) for v in values]
+    types += [(t.name, t.data_type) for t in model.graph.initializer]
+    for name, elem_type in types:
+        if elem_type in _NO_ARITHMETIC:
+            user = next((n for n in model.graph.node if name in n.input or name in n.output), None)
+            label = f"{user.op_type} node {user.name or '<unnamed>'!r}" if user is not None else "the graph"
+            raise CimguardError(f"{where}: unsupported element type {_NO_ARITHMETIC[elem_type]} at {label} "
+                                f"(tensor {name!r}): torch has no arithmetic for it")
+
+
 def _check_operators(model: onnx.ModelProto, where: str) -> None:
+    _check_element_types(model, where)
     opsets = {op.domain or "": op.version for op in model.opset_import}
     for node in model.graph.node:
         domain = node.domain if node.domain != "ai.onnx" else ""
