@@ -1,0 +1,150 @@
+"""Torch converters for the activation quantizers: ``QuantizeLinear``, ``DequantizeLinear``, ``DynamicQuantizeLinear``.
+
+The forward pass is exact ONNX arithmetic: ``QuantizeLinear`` is
+``saturate(round_half_even(x / scale) + zero_point)`` (``torch.round`` rounds half to even) and
+``DequantizeLinear`` is ``(x - zero_point) · scale``.  Integer tensors travel between them as float32
+tensors holding whole numbers (exact below 2**24, far beyond any 8- or 16-bit code), so every torch
+operator between a quantizer and a dequantizer (``MaxPool``, ``Reshape``, ``Flatten`` on codes) computes
+what onnxruntime computes on the integers.
+
+The gradient is a straight-through estimator: rounding passes gradients through unchanged,
+saturation stops them outside the integer range (the usual clipped estimator).  Solvers and
+trainers search with the quantizers in place; the accuracy the core reports is recomputed with the
+exact forward pass, which the estimator does not change.
+
+Weights never reach these modules: :mod:`cimguard.onnx.quantized` folds every dequantized constant
+into a float initializer before conversion.  Importing this module registers the converters through
+onnx2torch's own registry (``cimguard.onnx.model`` imports it before any conversion).
+"""
+
+from __future__ import annotations
+
+import torch
+from onnx import TensorProto, defs
+from onnx2torch.node_converters.registry import _CONVERTER_REGISTRY, OperationDescription, add_converter
+from onnx2torch.onnx_graph import OnnxGraph
+from onnx2torch.onnx_node import OnnxNode
+from onnx2torch.utils.common import OnnxToTorchModule, OperationConverterResult, onnx_mapping_from_node
+from torch import nn
+
+from cimguard.onnx.quantized import DEFAULT_QUANTIZED_TYPE, INTEGER_TYPES
+
+#: ONNX versions of the quantizers (opset 21 added int4/uint4 and blocks, later ones more types).
+QUANTIZER_VERSIONS = (10, 13, 19, 21, 23, 24, 25)
+
+
+def round_straight_through(x: torch.Tensor) -> torch.Tensor:
+    """``torch.round(x)`` (half to even) in value, the identity in gradient.
+
+    ``x - x.detach()`` is exactly zero, so the value is the rounded one bit for bit.
+    """
+    return torch.round(x.detach()) + (x - x.detach())
+
+
+def _broadcast(param: torch.Tensor, x: torch.Tensor, axis: int, block_size: int) -> torch.Tensor:
+    """A scale or zero point shaped to broadcast against ``x`` (per tensor, per axis or per block)."""
+    if param.numel() == 1:
+        return param.reshape(())
+    axis %= x.dim()
+    if block_size:
+        return param.repeat_interleave(block_size, dim=axis).narrow(axis, 0, x.shape[axis])
+    shape = [1] * x.dim()
+    shape[axis] = -1
+    return param.reshape(shape)
+
+
+class OnnxQuantizeLinear(nn.Module, OnnxToTorchModule):
+    """``y = saturate(round(x / scale) + zero_point)``; codes as float32, straight-through gradient."""
+
+    def __init__(self, low: int, high: int, axis: int, block_size: int):
+        super().__init__()
+        self.low, self.high, self.axis, self.block_size = low, high, axis, block_size
+
+    def forward(self, x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None = None) -> torch.Tensor:
+        scale = _broadcast(scale.to(x.dtype), x, self.axis, self.block_size)
+        codes = round_straight_through(x / scale)
+        if zero_point is not None:
+            codes = codes + _broadcast(zero_point.to(x.dtype), x, self.axis, self.block_size)
+        return codes.clamp(self.low, self.high)
+
+
+class OnnxDequantizeLinear(nn.Module, OnnxToTorchModule):
+    """``y = (x - zero_point) · scale`` on float32 codes."""
+
+    def __init__(self, axis: int, block_size: int):
+        super().__init__()
+        self.axis, self.block_size = axis, block_size
+
+    def forward(self, x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None = None) -> torch.Tensor:
+        x = x.to(scale.dtype) if not x.is_floating_point() else x
+        if zero_point is not None:
+            x = x - _broadcast(zero_point.to(x.dtype), x, self.axis, self.block_size)
+        return x * _broadcast(scale.to(x.dtype), x, self.axis, self.block_size)
+
+
+class OnnxDynamicQuantizeLinear(nn.Module, OnnxToTorchModule):
+    """ONNX ``DynamicQuantizeLinear``: uint8 codes with a scale and zero point computed from ``x`` itself.
+
+    ``scale = (max(0, max x) - min(0, min x)) / 255``, ``zero_point = saturate(round(-min(0, min x) / scale))``,
+    over the whole tensor (the batch included, as in onnxruntime).
+    """
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        low = torch.clamp(x.min(), max=0.0)
+        high = torch.clamp(x.max(), min=0.0)
+        scale = (high - low) / 255.0
+        # An all-zero input has no range: any scale quantizes it to the zero point exactly.
+        safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+        zero_point = torch.round(-low.detach() / safe.detach()).clamp(0, 255)
+        codes = (round_straight_through(x / safe) + zero_point).clamp(0, 255)
+        return codes, scale, zero_point
+
+
+def _zero_point_type(node: OnnxNode, graph: OnnxGraph) -> int:
+    values = node.input_values
+    if len(values) > 2 and values[2]:
+        tensor = graph.initializers.get(values[2])
+        if tensor is not None:
+            return tensor.proto.data_type
+        raise NotImplementedError("QuantizeLinear with a zero point computed at run time is not supported")
+    return int(node.attributes.get("output_dtype", 0)) or DEFAULT_QUANTIZED_TYPE
+
+
+def _quantize(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+    elem_type = _zero_point_type(node, graph)
+    if elem_type not in INTEGER_TYPES or elem_type == TensorProto.INT32:
+        raise NotImplementedError(f"QuantizeLinear to {TensorProto.DataType.Name(elem_type)} is not supported")
+    if node.attributes.get("precision", 0):
+        raise NotImplementedError("QuantizeLinear with a 'precision' attribute is not supported")
+    low, high, _ = INTEGER_TYPES[elem_type]
+    module = OnnxQuantizeLinear(low, high, int(node.attributes.get("axis", 1)), int(node.attributes.get("block_size", 0)))
+    return OperationConverterResult(module, onnx_mapping_from_node(node))
+
+
+def _dequantize(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:  # noqa: ARG001
+    module = OnnxDequantizeLinear(int(node.attributes.get("axis", 1)), int(node.attributes.get("block_size", 0)))
+    return OperationConverterResult(module, onnx_mapping_from_node(node))
+
+
+def _dynamic_quantize(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:  # noqa: ARG001
+    return OperationConverterResult(OnnxDynamicQuantizeLinear(), onnx_mapping_from_node(node))
+
+
+def _register(op: str, version: int, converter) -> None:
+    description = OperationDescription(domain=defs.ONNX_DOMAIN, operation_type=op, version=version)
+    # The quantization path needs codes as float32 with a straight-through gradient; a converter
+    # registered elsewhere for the same operator (integer tensors, no gradient) would break it.
+    _CONVERTER_REGISTRY.pop(description, None)
+    add_converter(operation_type=op, version=version)(converter)
+
+
+def _register_all() -> None:
+    newest = defs.onnx_opset_version()
+    for version in QUANTIZER_VERSIONS:
+        if version <= newest:
+            _register("QuantizeLinear", version, _quantize)
+            _register("DequantizeLinear", version, _dequantize)
+    _register("DynamicQuantizeLinear", 11, _dynamic_quantize)
+
+
+_register_all()
