@@ -128,6 +128,8 @@ def inspect_model(path: str | Path, *, seed: int = 0) -> ModelInspection:
 def _stored_as(location) -> str:
     if location.kind == "initializer":
         return "initializer"
+    if location.kind == "codes":
+        return f"integer initializer {location.tensor!r} ({location.op_type}, dequantized by {location.node!r})"
     if location.kind == "constant":
         return f"Constant node {location.node!r}"
     return f"{location.op_type} node {location.node!r} (export writes a Constant)"

@@ -563,3 +563,65 @@ def _refuse_bare_codes(graph: _Graph, nodes: list[onnx.NodeProto]) -> None:
                                     f"({type_name(elem_type)}) without a DequantizeLinear cimguard can follow")
         if node.domain == _MS and node.op_type == "MatMulNBits":
             raise CimguardError(f"node {_label(node)!r}: weight-only com.microsoft::MatMulNBits is not supported yet")
+
+
+# --- export: new codes into the file's integer initializers ------------------------------------------
+
+#: Relative output difference (of the output scale) export accepts between onnxruntime and torch on a
+#: quantized file: a value on a rounding boundary in float32 may land one code apart in onnxruntime's
+#: integer kernels (on the shipped LeNet the two agree bit for bit).
+QUANTIZED_TOLERANCE = 1e-2
+
+
+def _records(imported) -> dict[str, tuple]:
+    """``{torch_name: (MappedWeight, QuantizedTensor)}`` for the quantized crossbar weights of an ImportedModel."""
+    quantization = imported.quantization
+    if quantization is None:
+        return {}
+    return {m.torch_name: (m, quantization.weights[m.initializer]) for m in imported.mapped
+            if m.initializer in quantization.weights}
+
+
+def recoded_weights(imported, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``weights`` with every quantized layer re-coded with the file's scale and zero point and dequantized:
+    what the exported file computes with (float layers unchanged)."""
+    records = _records(imported)
+    result = dict(weights)
+    for name, (mapped, record) in records.items():
+        if name in weights:
+            layout = code_layout(record, mapped.transposed, mapped.scale, weights[name].device)
+            result[name] = layout.dequantize(layout.codes(weights[name].detach().float()))
+    return result
+
+
+def codes_for(imported, weights: dict[str, torch.Tensor]) -> dict[str, tuple[QuantizedTensor, np.ndarray]]:
+    """``{codes initializer: (record, new codes in the file's layout)}`` for the quantized layers in ``weights``."""
+    written: dict[str, tuple[QuantizedTensor, np.ndarray]] = {}
+    for name, (mapped, record) in _records(imported).items():
+        if name not in weights:
+            continue
+        layout = code_layout(record, mapped.transposed, mapped.scale, weights[name].device)
+        codes = layout.codes(weights[name].detach().float()).cpu().numpy().astype(np.int64)
+        if mapped.transposed:
+            codes = codes.T
+        previous = written.get(record.codes)
+        if previous is not None and not np.array_equal(previous[1], codes):
+            raise CimguardError(f"integer weights {record.codes} feed several layers that now hold different codes; "
+                                "they cannot be exported as one tensor")
+        written[record.codes] = (record, np.ascontiguousarray(codes))
+    return written
+
+
+def write_codes(model: onnx.ModelProto, codes: dict[str, tuple[QuantizedTensor, np.ndarray]]) -> None:
+    """Replace the integer initializers of ``model`` (a copy of the file) by new codes of the same type and shape."""
+    for init in model.graph.initializer:
+        if init.name not in codes:
+            continue
+        record, values = codes[init.name]
+        if tuple(init.dims) != values.shape or init.data_type != record.elem_type:
+            raise CimguardError(f"integer weights {init.name} changed shape or type; nothing was written")
+        if record.elem_type in (TensorProto.INT4, TensorProto.UINT4):
+            new = helper.make_tensor(init.name, record.elem_type, values.shape, values.reshape(-1).tolist())
+        else:
+            new = numpy_helper.from_array(values.astype(helper.tensor_dtype_to_np_dtype(record.elem_type)), name=init.name)
+        init.CopyFrom(new)

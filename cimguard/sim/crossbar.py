@@ -236,8 +236,8 @@ class Crossbar:
             if not widest <= torch.finfo(dtype).max:
                 raise CimguardError(f"thg {thg:g} gives layer {name} a box of ±{widest:.3g}, wider than {dtype} can "
                                     "hold; choose a smaller write-verify threshold")
-        return {name: width.expand_as(layer.nominal).clone() if isinstance(width, torch.Tensor)
-                else torch.full_like(layer.nominal, width) for name, layer in self.layers.items()}
+        return {name: widths[name].expand_as(layer.nominal).clone() if isinstance(widths[name], torch.Tensor)
+                else torch.full_like(layer.nominal, widths[name]) for name, layer in self.layers.items()}
 
     # -- chips ----------------------------------------------------------------------------------
     def sample(self, generator: torch.Generator | None = None) -> Perturbation:
