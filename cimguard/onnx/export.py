@@ -27,7 +27,7 @@ from onnx import helper, numpy_helper
 
 from cimguard.errors import CimguardError
 from cimguard.onnx.model import ImportedModel, MappedWeight
-from cimguard.onnx.quantized import QUANTIZED_TOLERANCE, codes_for, recoded_weights, write_codes
+from cimguard.onnx.quantized import codes_for, recoded_weights, write_codes
 from cimguard.onnx.runtime import comparison_tolerance, onnx_feed, onnxruntime_mismatch, random_inputs
 from cimguard.report import check_new_output, write_new_file
 
@@ -196,9 +196,7 @@ def export_onnx(
     """
     path = check_new_output(path, inputs=(imported.path,) if imported.path else ())
     if imported.quantization is not None:
-        # The file computes with the re-coded weights, and integer kernels may round a boundary value apart.
-        weights = recoded_weights(imported, weights)
-        tolerance = max(tolerance, QUANTIZED_TOLERANCE)
+        weights = recoded_weights(imported, weights)  # what the file computes with: the re-coded weights
     model = with_weights(imported, weights)
     if check_inputs is not None:
         feeds = {imported.input.name: onnx_feed(imported.input, check_inputs)}

@@ -267,6 +267,8 @@ class _Graph:
         self.taken = set(self.initializers) | {out for node in model.graph.node for out in node.output} | {
             value.name for value in model.graph.input}
         self.added: list[onnx.TensorProto] = []
+        self.dropped: set[int] = set()
+        """``id`` of nodes a rewrite made unnecessary."""
 
     def array(self, name: str) -> np.ndarray | None:
         if not name:
@@ -303,7 +305,8 @@ def _label(node: onnx.NodeProto) -> str:
 
 
 def _dq(graph: _Graph, node: onnx.NodeProto, tag: str, x: str, scale: str, zero: str, axis: int | None = None) -> tuple[onnx.NodeProto, str]:
-    out = graph.fresh(f"{x}_{tag}_dequantized")
+    # A weight's float copy is named after its codes: the crossbar layer's name in reports.
+    out = graph.fresh(f"{x}_dequantized" if tag in ("w", "b") and x in graph.initializers else f"{x}_{tag}_dequantized")
     inputs = [x, scale] + ([zero] if zero else [])
     kwargs = {} if axis is None else {"axis": axis}
     return helper.make_node("DequantizeLinear", inputs, [out], name=graph.fresh(f"{_label(node)}_{tag}_dq"), **kwargs), out
@@ -409,29 +412,76 @@ def _rewrite_qoperator(graph: _Graph, node: onnx.NodeProto) -> list[onnx.NodePro
     return None
 
 
-def _rewrite_integer(graph: _Graph, node: onnx.NodeProto) -> list[onnx.NodeProto] | None:
-    """``MatMulInteger``/``ConvInteger`` as float ``MatMul``/``Conv`` of zero-point-shifted inputs."""
+def _scale_plan(model: onnx.ModelProto, graph: _Graph) -> dict[str, tuple[str, str, onnx.NodeProto, onnx.NodeProto]]:
+    """onnxruntime's dynamic pattern ``Mul(Cast(MatMulInteger(A, B)), Mul(a_scale, b_scale))``, per node.
+
+    When it matches, the integer node is rewritten with the real scales (``DequantizeLinear(B, b_scale,
+    b_zero_point)``: the crossbar's step is the file's weight scale) and the later ``Mul`` by the scale
+    product becomes a ``Mul`` by one.  ``{node: (a_scale, b_scale, scale Mul node, product Mul node)}``.
+    """
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    producers = {out: node for node in model.graph.node for out in node.output}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    plan = {}
+    for node in model.graph.node:
+        if node.domain not in _DEFAULT or node.op_type not in ("MatMulInteger", "ConvInteger"):
+            continue
+        source = producers.get(node.input[0])
+        casts = consumers.get(node.output[0], [])
+        if source is None or source.op_type != "DynamicQuantizeLinear" or len(casts) != 1 or casts[0].op_type != "Cast":
+            continue
+        muls = consumers.get(casts[0].output[0], [])
+        if len(muls) != 1 or muls[0].op_type != "Mul":
+            continue
+        product_name = next((name for name in muls[0].input if name != casts[0].output[0]), "")
+        product = producers.get(product_name)
+        if product is None or product.op_type != "Mul" or len(consumers.get(product_name, [])) != 1:
+            continue
+        a_scale = source.output[1]
+        b_scale = next((name for name in product.input if name != a_scale), "")
+        if a_scale not in product.input or graph.array(b_scale) is None:
+            continue
+        plan[node.name or node.output[0]] = (a_scale, b_scale, muls[0], product)
+    return plan
+
+
+def _rewrite_integer(graph: _Graph, node: onnx.NodeProto, plan: dict) -> list[onnx.NodeProto] | None:
+    """``MatMulInteger``/``ConvInteger`` as float ``MatMul``/``Conv`` of dequantized inputs (see :func:`_scale_plan`;
+    without the pattern, the scales stay where the file applies them and the inputs are shifted by their zero points)."""
     if node.domain not in _DEFAULT or node.op_type not in ("MatMulInteger", "ConvInteger"):
         return None
     i = list(node.input) + ["", ""]
+    scales = plan.get(node.name or node.output[0])
     nodes = []
     floats = []
+    codes = graph.array(i[1])
     for index, tag in ((0, "a"), (1, "b")):
         zero = i[index + 2]
         zero_array = graph.array(zero)
-        per_axis = zero_array is not None and zero_array.size > 1
-        one = graph.constant(f"{_label(node)}_{tag}_unit_scale",
-                             np.ones(zero_array.shape if per_axis else (), np.float32))
+        scale = scales[index] if scales else ""
+        scale_array = graph.array(scale)
+        per_axis = (zero_array is not None and zero_array.size > 1) or (scale_array is not None and scale_array.size > 1)
+        if not scale:
+            scale = graph.constant(f"{_label(node)}_{tag}_unit_scale",
+                                   np.ones(zero_array.shape if per_axis else (), np.float32))
         if index == 1 and per_axis:
-            codes = graph.array(i[1])
             axis = 0 if node.op_type == "ConvInteger" else (codes.ndim - 1 if codes is not None else 1)
         elif index == 0 and per_axis:
             axis = 0  # MatMulInteger's per-row zero point of A
         else:
             axis = None
-        dq, value = _dq(graph, node, tag, i[index], one, zero, axis)
+        dq, value = _dq(graph, node, tag, i[index], scale, zero, axis)
         nodes.append(dq)
         floats.append(value)
+    if scales:
+        _, _, scale_mul, product = scales
+        one = graph.constant(f"{_label(node)}_scales_applied", np.ones((), np.float32))
+        for k, name in enumerate(scale_mul.input):
+            if name == product.output[0]:
+                scale_mul.input[k] = one
+        graph.dropped.add(id(product))
     op = "MatMul" if node.op_type == "MatMulInteger" else "Conv"
     nodes.append(helper.make_node(op, floats, [node.output[0]], name=graph.fresh(_label(node)), **_attrs(node)))
     return nodes
@@ -447,11 +497,12 @@ def legalise_quantized(model: onnx.ModelProto) -> tuple[Quantization | None, lis
     nodes: list[onnx.NodeProto] = []
     counts: dict[str, int] = {}
     created: dict[str, tuple[str, str]] = {}  # rewritten node -> (form, the file's node it came from)
+    plan = _scale_plan(model, graph)
     for node in model.graph.node:
         replacement = _rewrite_qoperator(graph, node)
         form = QOPERATOR
         if replacement is None:
-            replacement = _rewrite_integer(graph, node)
+            replacement = _rewrite_integer(graph, node, plan)
             form = DYNAMIC
         if replacement is None:
             nodes.append(node)
@@ -466,6 +517,8 @@ def legalise_quantized(model: onnx.ModelProto) -> tuple[Quantization | None, lis
     kept: list[onnx.NodeProto] = []
     folded = 0
     for node in nodes:
+        if id(node) in graph.dropped:
+            continue
         if node.domain in _DEFAULT and node.op_type == "DynamicQuantizeLinear":
             found.add_form(DYNAMIC)
             found.activations.append(QuantizedActivation(node.input[0], _label(node), TensorProto.UINT8, "dynamic"))
@@ -476,7 +529,7 @@ def legalise_quantized(model: onnx.ModelProto) -> tuple[Quantization | None, lis
             _fold_dequantize(graph, node, found, *created.get(node.name, (QDQ, _label(node))))
             folded += 1
             continue
-        _check_activation(graph, node, found)
+        _check_activation(graph, node, found, node.name in created)
         kept.append(node)
     _refuse_bare_codes(graph, kept)
     if not found.forms and not found.weights and not found.activations:
@@ -492,7 +545,7 @@ def legalise_quantized(model: onnx.ModelProto) -> tuple[Quantization | None, lis
     notes = []
     if counts:
         rewritten = ", ".join(f"{count} {op}" for op, count in sorted(counts.items()))
-        notes.append(f"quantized operators rewritten as DequantizeLinear → float operator → QuantizeLinear ({rewritten})")
+        notes.append(f"quantized operators rewritten as DequantizeLinear → float operator (→ QuantizeLinear) ({rewritten})")
     if folded:
         notes.append(f"{folded} integer constant(s) dequantized into float initializers; the crossbar maps their codes")
     return found, notes
@@ -530,7 +583,7 @@ def _fold_dequantize(graph: _Graph, node: onnx.NodeProto, found: Quantization, f
     found.weights[name] = record
 
 
-def _check_activation(graph: _Graph, node: onnx.NodeProto, found: Quantization) -> None:
+def _check_activation(graph: _Graph, node: onnx.NodeProto, found: Quantization, rewritten: bool) -> None:
     """Check an activation quantizer's constants; record a ``QuantizeLinear``."""
     where = f"node {_label(node)!r} ({node.op_type})"
     attrs = _attrs(node)
@@ -550,7 +603,9 @@ def _check_activation(graph: _Graph, node: onnx.NodeProto, found: Quantization) 
         raise CimguardError(f"{where}: blocked scales on activations are not supported")
     if node.op_type == "QuantizeLinear":
         granularity = "per tensor" if scale.size == 1 else f"per channel (axis {int(attrs.get('axis', 1))})"
-        found.activations.append(QuantizedActivation(node.input[0], _label(node), elem_type, granularity))
+        # A rewritten QOperator node's quantizer writes the file's own quantized tensor: name that one.
+        tensor = node.output[0] if rewritten else node.input[0]
+        found.activations.append(QuantizedActivation(tensor, _label(node), elem_type, granularity))
 
 
 def _refuse_bare_codes(graph: _Graph, nodes: list[onnx.NodeProto]) -> None:
@@ -580,6 +635,16 @@ def _records(imported) -> dict[str, tuple]:
         return {}
     return {m.torch_name: (m, quantization.weights[m.initializer]) for m in imported.mapped
             if m.initializer in quantization.weights}
+
+
+#: Operators that make a file quantized (their presence widens the onnxruntime comparison tolerance).
+QUANTIZED_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger",
+                           "QLinearConv", "QLinearMatMul", "QGemm", "QLinearAdd", "QLinearMul", "QLinearConcat",
+                           "QLinearGlobalAveragePool", "QLinearAveragePool", "QLinearSigmoid", "QLinearLeakyRelu"})
+
+
+def is_quantized(model: onnx.ModelProto) -> bool:
+    return any(node.op_type in QUANTIZED_OPS for node in model.graph.node)
 
 
 def recoded_weights(imported, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
