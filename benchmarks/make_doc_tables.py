@@ -11,7 +11,10 @@ not re-run: delete the file to re-measure, nothing is ever overwritten):
 * ``solvers.json``: ``cimguard attack`` on the shipped LeNet, thg 0.01 and 0.03, solvers
   ``flwc``, ``pgd``, ``lwc``, 100 Monte Carlo chips, seed 0;
 * ``device_box.json``: ``cimguard attack`` with each built-in device's own box (``--thg device``),
-  PCM at t = 0 and one day.
+  PCM at t = 0 and one day;
+* ``quantized.json``: :func:`quantized_lenet.measure`, the shipped LeNet quantized by onnxruntime's tools
+  (QDQ, QOperator, dynamic) next to the float file: onnxruntime accuracy, clean chip, Monte Carlo, worst
+  cases in the device box and at thg 0.03, hardened worst case over the seeds.
 
 Then ``doc_tables.json`` (every table as rows of strings) and ``doc_tables.md`` (the same as
 markdown) are written from the raw files.  ``tests/test_doc_tables.py`` checks that README.md
@@ -38,7 +41,7 @@ TABLES_MD = RESULTS / "doc_tables.md"
 HARDENING_MODELS = ("original", "vanilla", "noise", "trice", "atrice")
 ROOT = HERE.parent
 #: The files whose tables come from this script; each table follows a ``<!-- doc-table: NAME -->`` line.
-DOC_FILES = ("README.md", "docs/hardening.md", "docs/solvers.md", "docs/devices.md")
+DOC_FILES = ("README.md", "docs/hardening.md", "docs/solvers.md", "docs/devices.md", "docs/quantized.md")
 MARKER = re.compile(r"^<!-- doc-table: (\w+) -->$")
 
 
@@ -140,6 +143,35 @@ def run_device_box(samples: int) -> None:
     _save(path, {"settings": {"model": "lenet_digits", "samples": samples, "seed": 0}, "rows": rows})
 
 
+def run_quantized(seeds: list[int], samples: int) -> None:
+    sys.path.insert(0, str(HERE))
+    from quantized_lenet import measure
+
+    path = RESULTS / "quantized.json"
+    if path.exists():
+        print(f"{path} exists, kept (delete it to re-measure)")
+        return
+    start = time.time()
+    result = measure(seeds, QUANTIZED_EPOCHS, samples, log=lambda line: print(line, flush=True))
+    result["wall_seconds"] = time.time() - start
+    _save(path, result)
+
+
+#: atrice epochs per seed in the quantized table.
+QUANTIZED_EPOCHS = 5
+
+
+def quantized_table() -> tuple[list[str], list[list[str]], dict]:
+    record = json.loads((RESULTS / "quantized.json").read_text())
+    header = ["file", "onnxruntime", "clean chip", "MC mean", "worst flwc / pgd (device box)",
+              "worst flwc / pgd (thg 0.03)", "hardened worst pgd (thg 0.03)"]
+    rows = [[r["format"], f"{r['onnxruntime']:.3f}", f"{r['clean']:.3f}", f"{r['mc_mean']:.3f}",
+             f"{r['device_box']['flwc']:.3f} / {r['device_box']['pgd']:.3f}",
+             f"{r['thg_0.03']['flwc']:.3f} / {r['thg_0.03']['pgd']:.3f}", _mean_range(r["hardened_pgd_0.03"])]
+            for r in record["rows"]]
+    return header, rows, record["settings"]
+
+
 def _mean_range(values: list[float]) -> str:
     mean = statistics.fmean(values)
     low, high = min(values), max(values)
@@ -210,7 +242,7 @@ def write_tables(seeds: list[int]) -> None:
 
     tables = {}
     for name, build in (("hardening", lambda: hardening_table(seeds)), ("solvers", solver_table),
-                        ("device_box", device_box_table)):
+                        ("device_box", device_box_table), ("quantized", quantized_table)):
         try:
             header, rows, settings = build()
         except FileNotFoundError as exc:
@@ -229,8 +261,8 @@ def write_tables(seeds: list[int]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--stages", default="hardening,solvers,device_box,tables,docs",
-                        help="comma-separated: hardening, solvers, device_box (measure), tables (aggregate), "
+    parser.add_argument("--stages", default="hardening,solvers,device_box,quantized,tables,docs",
+                        help="comma-separated: hardening, solvers, device_box, quantized (measure), tables (aggregate), "
                              "docs (write the tables into README.md and docs/)")
     parser.add_argument("--seeds", default=",".join(map(str, DEFAULT_SEEDS)), help="training seeds of the hardening table")
     parser.add_argument("--epochs", type=int, default=None, help="hardening epochs (default: atrice's)")
@@ -247,6 +279,8 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     if "hardening" in stages:
         run_hardening(seeds, args.epochs, args.samples)
+    if "quantized" in stages:
+        run_quantized(seeds, args.samples)
     if "tables" in stages:
         write_tables(seeds)
     if "docs" in stages:

@@ -279,3 +279,88 @@ def test_legalisation_rounds_half_to_even_and_saturates():
         from cimguard.onnx.quantized import check_parameters
 
         check_parameters(np.array([1.0, 0.0], np.float32), None, TensorProto.INT8, (2, 3), 0, 0, "here")
+
+
+# --- the real-model networks (torchvision ResNet-18, the small transformer), quantized ---------------------
+
+
+@pytest.fixture(scope="module")
+def quantized_real_models(tmp_path_factory):
+    """``{(network, form): (file, data.npz)}``: ResNet-18 (QDQ per-channel, QOperator) and the transformer
+    classifier of the real-model tests (QOperator, dynamic), random weights, 8 calibration samples."""
+    import warnings
+
+    import torchvision
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_dynamic, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from tests.test_real_models import TransformerClassifier
+
+    folder = tmp_path_factory.mktemp("quantized_real")
+    torch.manual_seed(0)
+    networks = {"resnet18": (torchvision.models.resnet18(weights=None, num_classes=10).eval(), (3, 32, 32)),
+                "transformer": (TransformerClassifier().eval(), (16, 8))}
+    forms = {"resnet18": ("qdq_channel", "qoperator"), "transformer": ("qoperator", "dynamic")}
+    rng = np.random.default_rng(0)
+    files = {}
+    for name, (network, sample) in networks.items():
+        x = rng.standard_normal((8, *sample)).astype(np.float32)
+        source, pre, data = folder / f"{name}.onnx", folder / f"{name}_pre.onnx", folder / f"{name}.npz"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(network, (torch.from_numpy(x[:2]),), str(source), dynamo=False, opset_version=17,
+                              input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
+        # onnxruntime's symbolic shape inference cannot follow the transformer's Reshape shapes.
+        quant_pre_process(str(source), str(pre), skip_symbolic_shape=name == "transformer")
+        np.savez(data, x=x, y=rng.integers(0, 10, 8), x_train=x, y_train=rng.integers(0, 10, 8))
+
+        class Reader(CalibrationDataReader):
+            def __init__(self):
+                self.batches = iter([{"x": x[i:i + 4]} for i in range(0, 8, 4)])
+
+            def get_next(self):
+                return next(self.batches, None)
+
+        for form in forms[name]:
+            path = folder / f"{name}_{form}.onnx"
+            if form == "dynamic":
+                quantize_dynamic(str(pre), str(path))
+            else:
+                quantize_static(str(pre), str(path), Reader(), per_channel=form == "qdq_channel",
+                                quant_format=QuantFormat.QDQ if form.startswith("qdq") else QuantFormat.QOperator)
+            files[(name, form)] = (path, data)
+    return files
+
+
+REAL = [("resnet18", "qdq_channel"), ("resnet18", "qoperator"), ("transformer", "qoperator"), ("transformer", "dynamic")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("network, form", REAL)
+def test_real_networks_quantized(quantized_real_models, invoke, tmp_path, network, form):
+    from cimguard.api import setup
+
+    path, data = quantized_real_models[(network, form)]
+    chip = setup(path, data=str(data), torch_device="cpu")
+    assert chip.imported.quantization is not None and chip.crossbar.config.weight_bits == 8
+    reference = _onnxruntime(path, chip.data.x.numpy())
+    with torch.no_grad():
+        ours = chip.crossbar.logits(chip.data.x).numpy()
+    assert (ours.argmax(1) == reference.argmax(1)).all()  # the same prediction on every sample
+    labels = chip.data.labels.numpy()
+    assert chip.clean_accuracy() == pytest.approx(float((reference.argmax(1) == labels).mean()))
+    # Monte Carlo runs; flwc and pgd break the clean chip's predictions at thg 0.03 (label-free: agreement).
+    agreement = setup(path, data=str(data), torch_device="cpu", label_free=True)
+    sweep = agreement.sweep(0.03, ["flwc", "pgd"], samples=2)
+    point = sweep.points[0]
+    assert point.clean == 1.0 and point.monte_carlo.mean > 0
+    assert max(run.accuracy for run in point.runs.values()) <= 0.5
+    if (network, form) in (("resnet18", "qoperator"), ("transformer", "dynamic")):
+        output = tmp_path / "hardened.onnx"
+        result = invoke("harden", path, "-o", output, "--data", data, "--trainer", "noise", "--epochs", "1",
+                        "--torch-device", "cpu")
+        assert result.exit_code == 0, result.output
+        assert _ops(output) == _ops(path)
+        after = float(re.search(r"clean chip accuracy\s+[0-9.]+ -> ([0-9.]+)", result.output).group(1))
+        exported = _onnxruntime(output, chip.data.x.numpy())
+        assert float((exported.argmax(1) == labels).mean()) == pytest.approx(after, abs=5e-5)
