@@ -364,3 +364,52 @@ def test_real_networks_quantized(quantized_real_models, invoke, tmp_path, networ
         after = float(re.search(r"clean chip accuracy\s+[0-9.]+ -> ([0-9.]+)", result.output).group(1))
         exported = _onnxruntime(output, chip.data.x.numpy())
         assert float((exported.argmax(1) == labels).mean()) == pytest.approx(after, abs=5e-5)
+
+
+@pytest.mark.slow
+def test_torchrun_reports_what_one_process_reports(quantized_lenets, invoke, tmp_path):
+    """A static QDQ file under torchrun (2 gloo processes): the same Monte Carlo and worst case as one process."""
+    from tests.test_distributed import WORST_CASE_TOLERANCE, torchrun
+
+    args = ("attack", "--model", quantized_lenets["qdq_channel"], "--thg", "0.03", "--samples", "4",
+            "--max-samples", "100", "--solver", "flwc")
+    one = invoke(*args, "--json", tmp_path / "one.json")
+    assert one.exit_code == 0, one.output
+    two = torchrun(tmp_path, *args, "--json", "two.json")
+    assert two.returncode == 0, two.stderr
+    single, double = (json.loads((tmp_path / name).read_text())["points"][0] for name in ("one.json", "two.json"))
+    assert double["clean"] == single["clean"]
+    assert double["monte_carlo"]["accuracies"] == single["monte_carlo"]["accuracies"]
+    assert double["worst_case"]["flwc"]["accuracy"] == pytest.approx(single["worst_case"]["flwc"]["accuracy"],
+                                                                     abs=WORST_CASE_TOLERANCE)
+
+
+def test_fake_quantized_float_weights_keep_their_codes(tmp_path, invoke):
+    """PyTorch-style exports quantize a float weight in the graph (QuantizeLinear → DequantizeLinear): the codes
+    it computes are the levels, and export writes the re-coded weight back as float."""
+    rng = np.random.default_rng(1)
+    weight = rng.normal(0, 0.1, size=(64, 10)).astype(np.float32)
+    scale = (np.abs(weight).max(axis=0) / 127).astype(np.float32)
+    inits = [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(scale, "s"),
+             numpy_helper.from_array(np.zeros(10, np.int8), "z")]
+    nodes = [helper.make_node("QuantizeLinear", ["w", "s", "z"], ["wq"], name="q", axis=1),
+             helper.make_node("DequantizeLinear", ["wq", "s", "z"], ["wd"], name="dq", axis=1),
+             helper.make_node("MatMul", ["x", "wd"], ["y"], name="mm")]
+    graph = helper.make_graph(nodes, "fake", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 10])], inits)
+    path = tmp_path / "fake.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), str(path))
+    from cimguard.api import setup
+
+    chip = setup(path, torch_device="cpu")
+    layer = next(iter(chip.crossbar.layers.values()))
+    codes = np.clip(np.rint(weight / scale), -128, 127)
+    assert torch.equal(layer.nominal, torch.from_numpy((codes * scale).astype(np.float32)))
+    assert chip.imported.quantization.weights[layer.weight.initializer].float_weight
+    output = tmp_path / "hardened.onnx"
+    result = invoke("harden", path, "-o", output, "--trainer", "noise", "--epochs", "1", "--torch-device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert _ops(output) == _ops(path)
+    new = numpy_helper.to_array(next(i for i in onnx.load(str(output)).graph.initializer if i.name == "w"))
+    assert new.dtype == np.float32 and not np.array_equal(new, weight)
+    np.testing.assert_array_equal(new, np.clip(np.rint(new / scale), -128, 127) * scale)  # on the file's grid

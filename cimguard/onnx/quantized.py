@@ -85,6 +85,10 @@ class QuantizedTensor:
     """Elements per block along :attr:`axis` (0: not blocked)."""
     shape: tuple[int, ...] = ()
     """Shape of the codes."""
+    float_weight: bool = False
+    """True when the file stores a float weight that a ``QuantizeLinear`` turns into codes at run time (a
+    fake-quantized export): :attr:`codes` then names that float initializer, and export writes the
+    dequantized new codes there (the file's ``QuantizeLinear`` gives them back exactly)."""
 
     @property
     def bits(self) -> int:
@@ -267,6 +271,8 @@ class _Graph:
         self.taken = set(self.initializers) | {out for node in model.graph.node for out in node.output} | {
             value.name for value in model.graph.input}
         self.added: list[onnx.TensorProto] = []
+        self.fake_quantized: dict[str, str] = {}
+        """``{codes computed from a constant: the float initializer}`` (see :func:`_quantize_constant`)."""
         self.dropped: set[int] = set()
         """``id`` of nodes a rewrite made unnecessary."""
 
@@ -534,6 +540,10 @@ def legalise_quantized(model: onnx.ModelProto) -> tuple[Quantization | None, lis
         if node.domain not in _DEFAULT or node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
             kept.append(node)
             continue
+        if (node.op_type == "QuantizeLinear" and node.input[0] in graph.initializers
+                and graph.elem_type(node.input[0]) in _FLOAT_TYPES):
+            _quantize_constant(graph, node)
+            continue
         if node.op_type == "DequantizeLinear" and (node.input[0] in graph.initializers or node.input[0] in graph.constants):
             _fold_dequantize(graph, node, found, *created.get(node.name, (QDQ, _label(node))))
             folded += 1
@@ -580,9 +590,10 @@ def _fold_dequantize(graph: _Graph, node: onnx.NodeProto, found: Quantization, f
     if zero is not None and graph.elem_type(node.input[2]) not in (elem_type, None):
         raise CimguardError(f"{where}: the zero point's type {type_name(graph.elem_type(node.input[2]))} differs "
                             f"from the codes' {type_name(elem_type)}")
-    record = QuantizedTensor(node.input[0], origin, form, elem_type, scale.astype(np.float32),
+    source = graph.fake_quantized.get(node.input[0])
+    record = QuantizedTensor(source or node.input[0], origin, form, elem_type, scale.astype(np.float32),
                              (zero if zero is not None else np.zeros_like(scale, np.int64)).astype(np.int64).reshape(scale.shape),
-                             axis, block, tuple(codes.shape))
+                             axis, block, tuple(codes.shape), float_weight=source is not None)
     found.add_form(form)
     name = node.output[0]
     graph.taken.add(name)
@@ -590,6 +601,34 @@ def _fold_dequantize(graph: _Graph, node: onnx.NodeProto, found: Quantization, f
     graph.initializers[name] = tensor
     graph.added.append(tensor)
     found.weights[name] = record
+
+
+_FLOAT_TYPES = frozenset({TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16})
+
+
+def _quantize_constant(graph: _Graph, node: onnx.NodeProto) -> None:
+    """A ``QuantizeLinear`` of a float initializer (fake-quantized weights): its codes, computed as the
+    operator does (round half to even, saturation), become an integer initializer for the
+    ``DequantizeLinear`` that follows; the float initializer is where export writes."""
+    where = f"node {_label(node)!r} (QuantizeLinear of the constant {node.input[0]!r})"
+    attrs = _attrs(node)
+    scale = graph.array(node.input[1])
+    zero_name = node.input[2] if len(node.input) > 2 else ""
+    zero = graph.array(zero_name)
+    if scale is None or (zero_name and zero is None):
+        raise CimguardError(f"{where}: the scale and zero point of a constant weight must be constants")
+    elem_type = graph.elem_type(zero_name) or int(attrs.get("output_dtype", 0)) or DEFAULT_QUANTIZED_TYPE
+    weight = graph.array(node.input[0])
+    block = int(attrs.get("block_size", 0))
+    axis = check_parameters(scale, zero, elem_type, weight.shape, int(attrs.get("axis", 1)), block, where)
+    record = QuantizedTensor(node.input[0], _label(node), QDQ, elem_type, scale.astype(np.float32),
+                             (zero if zero is not None else np.zeros_like(scale, np.int64)).astype(np.int64).reshape(scale.shape),
+                             axis, block, tuple(weight.shape))
+    name = node.output[0]
+    tensor = _code_tensor(name, record, record.quantize(weight))
+    graph.initializers[name] = tensor
+    graph.added.append(tensor)
+    graph.fake_quantized[name] = node.input[0]
 
 
 def _check_activation(graph: _Graph, node: onnx.NodeProto, found: Quantization, rewritten: bool) -> None:
@@ -697,6 +736,10 @@ def write_codes(model: onnx.ModelProto, entries: list[tuple[QuantizedTensor, str
     for init in model.graph.initializer:
         if init.name in first:
             record, values = first[init.name]
+            if record.float_weight:  # a fake-quantized float weight: the new codes, dequantized
+                dtype = helper.tensor_dtype_to_np_dtype(init.data_type)
+                init.CopyFrom(numpy_helper.from_array(record.dequantize(values).astype(dtype), name=init.name))
+                continue
             if tuple(init.dims) != values.shape or init.data_type != record.elem_type:
                 raise CimguardError(f"integer weights {init.name} changed shape or type; nothing was written")
             init.CopyFrom(_code_tensor(init.name, record, values))
