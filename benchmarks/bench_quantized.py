@@ -8,6 +8,8 @@ random images).  Both are evaluated label-free on the same random images, in the
 1. seconds per Monte Carlo chip (draw every device, ``W_q + ΔW``, forward over the data);
 2. seconds per F-LWC iteration (margin gradient + accuracy over the data, the solvers' step).
 
+The four measurements take turns (median of ``--repeats`` rounds), so a busy machine slows both files alike.
+
 The ratio quantized / float is the price of simulating the file's activation quantizers exactly
 (``QuantizeLinear``/``DequantizeLinear`` after every layer); the target is at most 1.3.
 
@@ -31,19 +33,6 @@ import torch
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
-
-
-def _timed(function, device: torch.device, repeats: int) -> float:
-    """Median seconds of ``repeats`` calls (after one warm-up call)."""
-    function()
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        function()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def make_resnet18(folder: Path, size: int, calibration: np.ndarray) -> tuple[Path, Path]:
@@ -72,20 +61,35 @@ def make_resnet18(folder: Path, size: int, calibration: np.ndarray) -> tuple[Pat
     return float_path, quantized_path
 
 
-def measure(model_path: Path, data_path: Path, args) -> tuple[float, float, object]:
-    """Seconds per Monte Carlo chip and per F-LWC iteration of one file."""
+def prepare(model_path: Path, data_path: Path, args):
+    """The setup of one file and its two measurements as callables."""
     from cimguard.api import build_setup
     from cimguard.sim.evaluate import monte_carlo
     from cimguard.sim.gradients import margin_gradient_with_accuracy
 
     setup = build_setup(model_path, str(data_path), "gaussian", {"thg": 0.03}, label_free=True,
                         torch_device=args.torch_device)
-    crossbar, data, device = setup.crossbar, setup.data, setup.crossbar.torch_device
+    crossbar, data = setup.crossbar, setup.data
     zeros = crossbar.zeros()
-    chip = _timed(lambda: monte_carlo(crossbar, data, args.chips, 0, progress=False, prefetch=False), device,
-                  args.repeats) / args.chips
-    iteration = _timed(lambda: margin_gradient_with_accuracy(crossbar, data, zeros), device, args.repeats)
-    return chip, iteration, setup
+    return setup, {
+        "chip": lambda: monte_carlo(crossbar, data, args.chips, 0, progress=False, prefetch=False),
+        "iteration": lambda: margin_gradient_with_accuracy(crossbar, data, zeros),
+    }
+
+
+def interleaved(functions: dict[str, object], device: torch.device, repeats: int) -> dict[str, float]:
+    """Median seconds of each function, the functions taking turns (so a busy machine slows them alike)."""
+    for function in functions.values():
+        function()  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in functions}
+    for _ in range(repeats):
+        for name, function in functions.items():
+            _sync(device)
+            start = time.perf_counter()
+            function()
+            _sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def main() -> None:
@@ -93,7 +97,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=16)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--chips", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--torch-device", default="cpu")
     args = parser.parse_args()
@@ -106,8 +110,13 @@ def main() -> None:
         data_path = folder / "images.npz"
         np.savez(data_path, x=images)
         float_path, quantized_path = make_resnet18(folder, args.size, images[:4])
-        float_chip, float_iteration, float_setup = measure(float_path, data_path, args)
-        quant_chip, quant_iteration, quant_setup = measure(quantized_path, data_path, args)
+        float_setup, float_runs = prepare(float_path, data_path, args)
+        quant_setup, quant_runs = prepare(quantized_path, data_path, args)
+        device = float_setup.crossbar.torch_device
+        times = interleaved({f"{kind} {name}": run for kind, runs in (("float", float_runs), ("quantized", quant_runs))
+                             for name, run in runs.items()}, device, args.repeats)
+    float_chip, quant_chip = times["float chip"] / args.chips, times["quantized chip"] / args.chips
+    float_iteration, quant_iteration = times["float iteration"], times["quantized iteration"]
     crossbar = quant_setup.crossbar
     print(f"ResNet-18 (torchvision, random weights), {args.size}x{args.size}, {args.samples} images; float: "
           f"{float_setup.crossbar.num_weights} weights, {float_setup.crossbar.config.weight_bits}-bit mapping; "

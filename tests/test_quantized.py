@@ -300,7 +300,7 @@ def quantized_real_models(tmp_path_factory):
     torch.manual_seed(0)
     networks = {"resnet18": (torchvision.models.resnet18(weights=None, num_classes=10).eval(), (3, 32, 32)),
                 "transformer": (TransformerClassifier().eval(), (16, 8))}
-    forms = {"resnet18": ("qdq_channel", "qoperator"), "transformer": ("qoperator", "dynamic")}
+    forms = {"resnet18": ("qdq_channel", "qoperator"), "transformer": ("qoperator", "dynamic", "nbits")}
     rng = np.random.default_rng(0)
     files = {}
     for name, (network, sample) in networks.items():
@@ -325,6 +325,12 @@ def quantized_real_models(tmp_path_factory):
             path = folder / f"{name}_{form}.onnx"
             if form == "dynamic":
                 quantize_dynamic(str(pre), str(path))
+            elif form == "nbits":  # weight-only int4: com.microsoft::MatMulNBits
+                from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+                quantizer = MatMulNBitsQuantizer(onnx.load(str(pre)), block_size=32, is_symmetric=False)
+                quantizer.process()
+                onnx.save(quantizer.model.model, str(path))
             else:
                 quantize_static(str(pre), str(path), Reader(), per_channel=form == "qdq_channel",
                                 quant_format=QuantFormat.QDQ if form.startswith("qdq") else QuantFormat.QOperator)
@@ -332,7 +338,8 @@ def quantized_real_models(tmp_path_factory):
     return files
 
 
-REAL = [("resnet18", "qdq_channel"), ("resnet18", "qoperator"), ("transformer", "qoperator"), ("transformer", "dynamic")]
+REAL = [("resnet18", "qdq_channel"), ("resnet18", "qoperator"), ("transformer", "qoperator"), ("transformer", "dynamic"),
+        ("transformer", "nbits")]
 
 
 @pytest.mark.slow
@@ -342,7 +349,8 @@ def test_real_networks_quantized(quantized_real_models, invoke, tmp_path, networ
 
     path, data = quantized_real_models[(network, form)]
     chip = setup(path, data=str(data), torch_device="cpu")
-    assert chip.imported.quantization is not None and chip.crossbar.config.weight_bits == 8
+    assert chip.imported.quantization is not None
+    assert chip.crossbar.config.weight_bits == (4 if form == "nbits" else 8)
     reference = _onnxruntime(path, chip.data.x.numpy())
     with torch.no_grad():
         ours = chip.crossbar.logits(chip.data.x).numpy()
@@ -355,7 +363,7 @@ def test_real_networks_quantized(quantized_real_models, invoke, tmp_path, networ
     point = sweep.points[0]
     assert point.clean == 1.0 and point.monte_carlo.mean > 0
     assert max(run.accuracy for run in point.runs.values()) <= 0.5
-    if (network, form) in (("resnet18", "qoperator"), ("transformer", "dynamic")):
+    if (network, form) in (("resnet18", "qoperator"), ("transformer", "dynamic"), ("transformer", "nbits")):
         output = tmp_path / "hardened.onnx"
         result = invoke("harden", path, "-o", output, "--data", data, "--trainer", "noise", "--epochs", "1",
                         "--torch-device", "cpu")
@@ -405,7 +413,7 @@ def test_fake_quantized_float_weights_keep_their_codes(tmp_path, invoke):
     layer = next(iter(chip.crossbar.layers.values()))
     codes = np.clip(np.rint(weight / scale), -128, 127)
     assert torch.equal(layer.nominal, torch.from_numpy((codes * scale).astype(np.float32)))
-    assert chip.imported.quantization.weights[layer.weight.initializer].float_weight
+    assert chip.imported.quantization.weights[layer.weight.initializer].storage == "float"
     output = tmp_path / "hardened.onnx"
     result = invoke("harden", path, "-o", output, "--trainer", "noise", "--epochs", "1", "--torch-device", "cpu")
     assert result.exit_code == 0, result.output

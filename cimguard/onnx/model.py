@@ -273,6 +273,7 @@ def _convert(legal: onnx.ModelProto, where: str, notes: list[str] | None = None)
     except Exception as exc:  # noqa: BLE001 - onnx2torch raises many types; the user needs one line
         raise CimguardError(f"{where}: conversion to torch failed: {type(exc).__name__}: {first_line(exc)}") from None
     module.eval()
+    cimguard.onnx.quantized_converters.fuse_quantize_dequantize(module)  # a quantized file's activation pairs
     if any(t.is_floating_point() and t.dtype != torch.float32 for t in (*module.parameters(), *module.buffers())):
         # Crossbars, devices and solvers compute in float32; the export writes the file's own dtype back.
         module.float()

@@ -85,10 +85,11 @@ class QuantizedTensor:
     """Elements per block along :attr:`axis` (0: not blocked)."""
     shape: tuple[int, ...] = ()
     """Shape of the codes."""
-    float_weight: bool = False
-    """True when the file stores a float weight that a ``QuantizeLinear`` turns into codes at run time (a
-    fake-quantized export): :attr:`codes` then names that float initializer, and export writes the
-    dequantized new codes there (the file's ``QuantizeLinear`` gives them back exactly)."""
+    storage: str = "codes"
+    """How :attr:`codes` stores them: ``codes`` (an integer initializer, this layout), ``float`` (a float
+    weight that a ``QuantizeLinear`` turns into codes at run time, a fake-quantized export: export writes
+    the dequantized new codes there and the file's ``QuantizeLinear`` gives them back exactly) or
+    ``nbits`` (``MatMulNBits``'s packed ``[N, blocks, bytes]`` uint8 of the transposed weight)."""
 
     @property
     def bits(self) -> int:
@@ -271,6 +272,8 @@ class _Graph:
         self.taken = set(self.initializers) | {out for node in model.graph.node for out in node.output} | {
             value.name for value in model.graph.input}
         self.added: list[onnx.TensorProto] = []
+        self.pending: list[onnx.TensorProto] = []
+        """Float weights made by rewrites, added to the graph with the folded ones."""
         self.fake_quantized: dict[str, str] = {}
         """``{codes computed from a constant: the float initializer}`` (see :func:`_quantize_constant`)."""
         self.dropped: set[int] = set()
@@ -427,6 +430,62 @@ def _rewrite_qoperator(graph: _Graph, node: onnx.NodeProto) -> list[onnx.NodePro
     return None
 
 
+def _unpack_nbits(packed: np.ndarray) -> np.ndarray:
+    """``[N, blocks, bytes]`` uint8 of two 4-bit codes each (low nibble first) as ``[N, blocks · 2 · bytes]``."""
+    low, high = packed & 0x0F, packed >> 4
+    return np.stack([low, high], axis=-1).reshape(packed.shape[0], -1).astype(np.int64)
+
+
+def _pack_nbits(original: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """New ``[K, N]`` codes into ``MatMulNBits``'s packed layout, the padding beyond K kept as the file has it."""
+    full = _unpack_nbits(original)
+    full[:, :codes.shape[0]] = codes.T
+    pairs = full.reshape(*original.shape[:2], -1, 2)
+    return (pairs[..., 0] | (pairs[..., 1] << 4)).astype(np.uint8)
+
+
+def _rewrite_nbits(graph: _Graph, node: onnx.NodeProto, found: Quantization) -> list[onnx.NodeProto]:
+    """onnxruntime's weight-only ``MatMulNBits`` (4 bits, blocked scales along K, optional packed zero points)
+    as ``MatMul`` with the dequantized weight; its codes are recorded like a blocked ``DequantizeLinear``'s."""
+    where = f"node {_label(node)!r} (com.microsoft::MatMulNBits)"
+    attrs = _attrs(node)
+    i = list(node.input) + [""] * 6
+    k, n, bits, block = (int(attrs.get(name, 0)) for name in ("K", "N", "bits", "block_size"))
+    if bits != 4:
+        raise CimguardError(f"{where}: {bits}-bit MatMulNBits is not supported (4 bits are)")
+    if i[4]:
+        raise CimguardError(f"{where}: the g_idx input (act-order) is not supported")
+    packed, scales = graph.array(i[1]), graph.array(i[2])
+    if packed is None or scales is None or packed.dtype != np.uint8 or block < 16 or block & (block - 1):
+        raise CimguardError(f"{where}: needs constant packed uint8 weights, constant scales and a power-of-two "
+                            "block_size >= 16")
+    blocks = -(-k // block)
+    if packed.shape != (n, blocks, block // 2) or scales.size != n * blocks:
+        raise CimguardError(f"{where}: weights {packed.shape} and scales {scales.shape} do not fit K={k}, N={n}, "
+                            f"block_size={block}")
+    codes = _unpack_nbits(packed)[:, :k].T  # [K, N], the MatMul weight's layout
+    zero = np.full((n, blocks), 8, np.int64)  # the operator's default for 4 bits
+    if i[3]:
+        zeros = graph.array(i[3])
+        if zeros is None or zeros.dtype != np.uint8:
+            raise CimguardError(f"{where}: only constant packed uint8 zero points are supported")
+        zero = _unpack_nbits(zeros.reshape(n, 1, -1))[:, :blocks]
+    record = QuantizedTensor(i[1], _label(node), WEIGHT_ONLY, TensorProto.UINT4,
+                             scales.reshape(n, blocks).T.astype(np.float32), zero.T.copy(), 0, block, (k, n),
+                             storage="nbits")
+    check_parameters(record.scale, record.zero_point, TensorProto.UINT4, (k, n), 0, block, where)
+    found.add_form(WEIGHT_ONLY)
+    weight = graph.constant(f"{i[1]}_dequantized", record.dequantize(codes))
+    graph.added.remove(graph.initializers[weight])  # appended with the folded weights below
+    graph.pending.append(graph.initializers[weight])
+    found.weights[weight] = record
+    out = graph.fresh(f"{node.output[0]}_matmul") if i[5] else node.output[0]
+    nodes = [helper.make_node("MatMul", [i[0], weight], [out], name=graph.fresh(_label(node)))]
+    if i[5]:
+        nodes.append(helper.make_node("Add", [out, i[5]], [node.output[0]], name=graph.fresh(f"{_label(node)}_bias")))
+    return nodes
+
+
 def _scale_plan(model: onnx.ModelProto, graph: _Graph) -> dict[str, tuple[str, str, onnx.NodeProto, onnx.NodeProto]]:
     """onnxruntime's dynamic pattern ``Mul(Cast(MatMulInteger(A, B)), Mul(a_scale, b_scale))``, per node.
 
@@ -514,6 +573,10 @@ def legalise_quantized(model: onnx.ModelProto) -> tuple[Quantization | None, lis
     created: dict[str, tuple[str, str]] = {}  # rewritten node -> (form, the file's node it came from)
     plan = _scale_plan(model, graph)
     for node in model.graph.node:
+        if node.domain == _MS and node.op_type == "MatMulNBits":
+            nodes += _rewrite_nbits(graph, node, found)
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+            continue
         replacement = _rewrite_qoperator(graph, node)
         form = QOPERATOR
         if replacement is None:
@@ -528,7 +591,7 @@ def legalise_quantized(model: onnx.ModelProto) -> tuple[Quantization | None, lis
         for new in replacement:
             created[new.name] = (form, _label(node))
     model.graph.initializer.extend(graph.added)
-    graph.added = []
+    graph.added = list(graph.pending)
     kept: list[onnx.NodeProto] = []
     folded = 0
     for node in nodes:
@@ -593,7 +656,7 @@ def _fold_dequantize(graph: _Graph, node: onnx.NodeProto, found: Quantization, f
     source = graph.fake_quantized.get(node.input[0])
     record = QuantizedTensor(source or node.input[0], origin, form, elem_type, scale.astype(np.float32),
                              (zero if zero is not None else np.zeros_like(scale, np.int64)).astype(np.int64).reshape(scale.shape),
-                             axis, block, tuple(codes.shape), float_weight=source is not None)
+                             axis, block, tuple(codes.shape), storage="codes" if source is None else "float")
     found.add_form(form)
     name = node.output[0]
     graph.taken.add(name)
@@ -664,8 +727,6 @@ def _refuse_bare_codes(graph: _Graph, nodes: list[onnx.NodeProto]) -> None:
             if elem_type in CODE_TYPES:
                 raise CimguardError(f"node {_label(node)!r} ({node.op_type}) uses integer weights {node.input[1]!r} "
                                     f"({type_name(elem_type)}) without a DequantizeLinear cimguard can follow")
-        if node.domain == _MS and node.op_type == "MatMulNBits":
-            raise CimguardError(f"node {_label(node)!r}: weight-only com.microsoft::MatMulNBits is not supported yet")
 
 
 # --- export: new codes into the file's integer initializers ------------------------------------------
@@ -733,18 +794,25 @@ def write_codes(model: onnx.ModelProto, entries: list[tuple[QuantizedTensor, str
         previous = first.setdefault(record.codes, (record, codes))
         if previous[1] is not codes and not np.array_equal(previous[1], codes):
             untied.append((record, layer, codes))
-    for init in model.graph.initializer:
+    originals = {init.name: init for init in model.graph.initializer}
+    for record, layer, codes in untied:
+        _untie_codes(model, record, layer, _stored_tensor("", record, codes, originals[record.codes]))
+    for init in list(originals.values()):
         if init.name in first:
             record, values = first[init.name]
-            if record.float_weight:  # a fake-quantized float weight: the new codes, dequantized
-                dtype = helper.tensor_dtype_to_np_dtype(init.data_type)
-                init.CopyFrom(numpy_helper.from_array(record.dequantize(values).astype(dtype), name=init.name))
-                continue
-            if tuple(init.dims) != values.shape or init.data_type != record.elem_type:
-                raise CimguardError(f"integer weights {init.name} changed shape or type; nothing was written")
-            init.CopyFrom(_code_tensor(init.name, record, values))
-    for record, layer, codes in untied:
-        _untie_codes(model, record, layer, codes)
+            init.CopyFrom(_stored_tensor(init.name, record, values, init))
+
+
+def _stored_tensor(name: str, record: QuantizedTensor, values: np.ndarray, original: onnx.TensorProto) -> onnx.TensorProto:
+    """New codes as the file stores them (:attr:`QuantizedTensor.storage`), in place of ``original``."""
+    if record.storage == "float":  # a fake-quantized float weight: the new codes, dequantized
+        dtype = helper.tensor_dtype_to_np_dtype(original.data_type)
+        return numpy_helper.from_array(record.dequantize(values).astype(dtype), name=name)
+    if record.storage == "nbits":
+        return numpy_helper.from_array(_pack_nbits(numpy_helper.to_array(original), values), name=name)
+    if tuple(original.dims) != values.shape or original.data_type != record.elem_type:
+        raise CimguardError(f"integer weights {original.name} changed shape or type; nothing was written")
+    return _code_tensor(name, record, values)
 
 
 def _code_tensor(name: str, record: QuantizedTensor, values: np.ndarray) -> onnx.TensorProto:
@@ -753,7 +821,7 @@ def _code_tensor(name: str, record: QuantizedTensor, values: np.ndarray) -> onnx
     return numpy_helper.from_array(values.astype(helper.tensor_dtype_to_np_dtype(record.elem_type)), name=name)
 
 
-def _untie_codes(model: onnx.ModelProto, record: QuantizedTensor, layer: str, codes: np.ndarray) -> None:
+def _untie_codes(model: onnx.ModelProto, record: QuantizedTensor, layer: str, tensor: onnx.TensorProto) -> None:
     """Give ``layer`` its own copy of a shared integer tensor: the node reading the codes points at the copy
     (a shared ``DequantizeLinear`` is duplicated for ``layer`` first)."""
     taken = {init.name for init in model.graph.initializer} | {out for n in model.graph.node for out in n.output}
@@ -766,7 +834,8 @@ def _untie_codes(model: onnx.ModelProto, record: QuantizedTensor, layer: str, co
         return name
 
     copy = fresh(f"{record.codes}.{layer}")
-    model.graph.initializer.append(_code_tensor(copy, record, codes))
+    tensor.name = copy
+    model.graph.initializer.append(tensor)
     nodes = list(model.graph.node)
     reader = next((n for n in nodes if _label(n) == record.node and record.codes in n.input), None)
     consumer = next((n for n in nodes if _label(n) == layer), None)

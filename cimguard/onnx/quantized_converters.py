@@ -25,7 +25,7 @@ from onnx2torch.node_converters.registry import _CONVERTER_REGISTRY, OperationDe
 from onnx2torch.onnx_graph import OnnxGraph
 from onnx2torch.onnx_node import OnnxNode
 from onnx2torch.utils.common import OnnxToTorchModule, OperationConverterResult, onnx_mapping_from_node
-from torch import nn
+from torch import fx, nn
 
 from cimguard.onnx.quantized import DEFAULT_QUANTIZED_TYPE, INTEGER_TYPES
 
@@ -98,6 +98,98 @@ class OnnxDynamicQuantizeLinear(nn.Module, OnnxToTorchModule):
         zero_point = torch.round(-low.detach() / safe.detach()).clamp(0, 255)
         codes = (round_straight_through(x / safe) + zero_point).clamp(0, 255)
         return codes, scale, zero_point
+
+
+class _QuantizeDequantize(torch.autograd.Function):
+    """``(saturate(round(x / scale) + zero) - zero) · scale`` in one pass of in-place arithmetic (exactly the
+    two modules' values), with the clipped straight-through gradient: one inside the integer range, zero
+    where the code saturates."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, scale, zero, low, high):  # noqa: D102 - see the class
+        codes = torch.div(x, scale).round_().add_(zero)
+        return codes.clamp_(low, high).sub_(zero).mul_(scale)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):  # noqa: ARG004, D102
+        x, scale, zero, low, high = inputs
+        ctx.save_for_backward(x, scale, zero)
+        ctx.limits = (low, high)
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: D102
+        x, scale, zero = ctx.saved_tensors
+        low, high = ctx.limits
+        codes = torch.div(x, scale).round_().add_(zero)
+        return grad * ((codes >= low) & (codes <= high)), None, None, None, None
+
+
+class OnnxQuantizeDequantize(nn.Module, OnnxToTorchModule):
+    """A ``QuantizeLinear`` whose only consumer is a ``DequantizeLinear`` with the same scale and zero point
+    (the QDQ pattern on every activation), fused: the same values bit for bit, a fraction of the passes
+    over memory (:func:`fuse_quantize_dequantize`)."""
+
+    def __init__(self, low: int, high: int, axis: int, block_size: int):
+        super().__init__()
+        self.low, self.high, self.axis, self.block_size = low, high, axis, block_size
+
+    def forward(self, x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None = None) -> torch.Tensor:
+        scale = _broadcast(scale.to(x.dtype), x, self.axis, self.block_size)
+        zero = (torch.zeros((), dtype=x.dtype, device=x.device) if zero_point is None
+                else _broadcast(zero_point.to(x.dtype), x, self.axis, self.block_size))
+        return _QuantizeDequantize.apply(x, scale, zero, float(self.low), float(self.high))
+
+
+def fuse_quantize_dequantize(module: fx.GraphModule) -> int:
+    """Replace every ``QuantizeLinear`` → ``DequantizeLinear`` pair with the same parameters by one
+    :class:`OnnxQuantizeDequantize`; returns how many pairs were fused."""
+    fused = 0
+    for node in list(module.graph.nodes):
+        if node.op != "call_module" or not isinstance(module.get_submodule(node.target), OnnxDequantizeLinear):
+            continue
+        source = node.args[0] if node.args else None
+        if getattr(source, "op", None) != "call_module" or len(source.users) != 1:
+            continue
+        quantize, dequantize = module.get_submodule(source.target), module.get_submodule(node.target)
+        if (not isinstance(quantize, OnnxQuantizeLinear) or (quantize.axis, quantize.block_size) !=
+                (dequantize.axis, dequantize.block_size) or not _same_parameters(module, source.args[1:], node.args[1:])):
+            continue
+        name = f"{source.target}_dequantized"
+        module.add_submodule(name, OnnxQuantizeDequantize(quantize.low, quantize.high, quantize.axis,
+                                                          quantize.block_size))
+        with module.graph.inserting_before(node):
+            replacement = module.graph.call_module(name, source.args)
+        node.replace_all_uses_with(replacement)
+        module.graph.erase_node(node)
+        module.graph.erase_node(source)
+        fused += 1
+    if fused:
+        module.graph.lint()
+        module.delete_all_unused_submodules()
+        module.recompile()
+    return fused
+
+
+def _same_parameters(module: fx.GraphModule, first: tuple, second: tuple) -> bool:
+    """Scale and zero point given by the same nodes, or by constants with equal values."""
+    if len(first) != len(second):
+        return False
+    for a, b in zip(first, second):
+        if a is b:
+            continue
+        if getattr(a, "op", None) != "get_attr" or getattr(b, "op", None) != "get_attr":
+            return False
+        left, right = _attribute(module, a.target), _attribute(module, b.target)
+        if left.dtype != right.dtype or not torch.equal(left, right):
+            return False
+    return True
+
+
+def _attribute(module: fx.GraphModule, target: str) -> torch.Tensor:
+    owner, _, name = target.rpartition(".")
+    return getattr(module.get_submodule(owner) if owner else module, name)
 
 
 def _zero_point_type(node: OnnxNode, graph: OnnxGraph) -> int:
