@@ -14,8 +14,12 @@ brings every form to the same arithmetic, the QDQ form:
   input, the float operator, and ``QuantizeLinear`` of the output (an integer bias ``B`` dequantised
   with ``x_scale · w_scale``, as the operators define it);
 * dynamic quantization's ``MatMulInteger``/``ConvInteger`` become the float ``MatMul``/``Conv`` of
-  ``DequantizeLinear(·, 1, zero_point)`` inputs (the scales are applied by the file's own ``Mul``
-  nodes afterwards, exactly as in the file); ``DynamicQuantizeLinear`` stays and is converted;
+  dequantized inputs (with the file's scales where onnxruntime's ``Mul`` pattern gives them, see
+  :func:`_scale_plan`; else with unit scales, the file's ``Mul`` applying them afterwards);
+  ``DynamicQuantizeLinear`` stays and is converted;
+* onnxruntime's weight-only ``MatMulNBits`` becomes a ``MatMul`` of its dequantized weight (codes
+  unpacked, recorded as uint4 with blocked scales);
+* a ``QuantizeLinear`` of a float initializer (fake-quantized exports) becomes the codes it computes;
 * every ``DequantizeLinear`` of a constant integer tensor becomes a float initializer holding the
   dequantised value ``(c - z) · s`` (float32, as onnxruntime computes it) and is recorded as a
   :class:`QuantizedTensor`: the crossbar maps its codes, export writes new codes back into the
