@@ -421,3 +421,26 @@ def test_fake_quantized_float_weights_keep_their_codes(tmp_path, invoke):
     new = numpy_helper.to_array(next(i for i in onnx.load(str(output)).graph.initializer if i.name == "w"))
     assert new.dtype == np.float32 and not np.array_equal(new, weight)
     np.testing.assert_array_equal(new, np.clip(np.rint(new / scale), -128, 127) * scale)  # on the file's grid
+
+
+def test_integer_graph_outputs_keep_their_type():
+    """Codes that leave the graph (node tests, feature extractors) have the file's integer type, as in onnxruntime."""
+    from cimguard.onnx.model import import_model
+
+    graph = helper.make_graph(
+        [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]), helper.make_node("MatMulInteger", ["a", "b"], ["m"])],
+        "outputs",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3]),
+         helper.make_tensor_value_info("a", TensorProto.UINT8, [2, 3]),
+         helper.make_tensor_value_info("b", TensorProto.UINT8, [3, 2])],
+        [helper.make_tensor_value_info("q", TensorProto.UINT8, [2, 3]),
+         helper.make_tensor_value_info("m", TensorProto.INT32, [2, 2])],
+        [numpy_helper.from_array(np.array(0.1, np.float32), "s"), numpy_helper.from_array(np.array(5, np.uint8), "z")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    x = np.array([[0.05, 0.15, -1.0], [30.0, 0.25, 0.35]], np.float32)  # 0.5 and 2.5 round to even
+    a, b = np.arange(1, 7, dtype=np.uint8).reshape(2, 3), np.arange(1, 7, dtype=np.uint8).reshape(3, 2)
+    ours = import_model(model, require_mapped=False).module(*(torch.from_numpy(v) for v in (x, a, b)))
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for mine, reference in zip(ours, session.run(None, {"x": x, "a": a, "b": b})):
+        assert mine.numpy().dtype == reference.dtype
+        np.testing.assert_array_equal(mine.numpy(), reference)

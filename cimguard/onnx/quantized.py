@@ -276,6 +276,7 @@ class _Graph:
         self.taken = set(self.initializers) | {out for node in model.graph.node for out in node.output} | {
             value.name for value in model.graph.input}
         self.added: list[onnx.TensorProto] = []
+        self.outputs = {value.name for value in model.graph.output}
         self.pending: list[onnx.TensorProto] = []
         """Float weights made by rewrites, added to the graph with the folded ones."""
         self.fake_quantized: dict[str, str] = {}
@@ -561,6 +562,12 @@ def _rewrite_integer(graph: _Graph, node: onnx.NodeProto, plan: dict) -> list[on
                 scale_mul.input[k] = one
         graph.dropped.add(id(product))
     op = "MatMul" if node.op_type == "MatMulInteger" else "Conv"
+    if node.output[0] in graph.outputs:  # the file's int32 result leaves the graph: give it that type
+        product = graph.fresh(f"{node.output[0]}_float")
+        nodes.append(helper.make_node(op, floats, [product], name=graph.fresh(_label(node)), **_attrs(node)))
+        nodes.append(helper.make_node("Cast", [product], [node.output[0]], name=graph.fresh(f"{_label(node)}_int32"),
+                                      to=TensorProto.INT32))
+        return nodes
     nodes.append(helper.make_node(op, floats, [node.output[0]], name=graph.fresh(_label(node)), **_attrs(node)))
     return nodes
 
@@ -659,7 +666,7 @@ def _fold_dequantize(graph: _Graph, node: onnx.NodeProto, found: Quantization, f
                             f"from the codes' {type_name(elem_type)}")
     source = graph.fake_quantized.get(node.input[0])
     record = QuantizedTensor(source or node.input[0], origin, form, elem_type, scale.astype(np.float32),
-                             (zero if zero is not None else np.zeros_like(scale, np.int64)).astype(np.int64).reshape(scale.shape),
+                             _zero_points(zero, scale),
                              axis, block, tuple(codes.shape), storage="codes" if source is None else "float")
     found.add_form(form)
     name = node.output[0]
@@ -668,6 +675,11 @@ def _fold_dequantize(graph: _Graph, node: onnx.NodeProto, found: Quantization, f
     graph.initializers[name] = tensor
     graph.added.append(tensor)
     found.weights[name] = record
+
+
+def _zero_points(zero: np.ndarray | None, scale: np.ndarray) -> np.ndarray:
+    """The zero points as int64 in the scale's shape (zeros when the file gives none)."""
+    return (zero if zero is not None else np.zeros_like(scale, np.int64)).astype(np.int64).reshape(scale.shape)
 
 
 _FLOAT_TYPES = frozenset({TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16})
@@ -689,7 +701,7 @@ def _quantize_constant(graph: _Graph, node: onnx.NodeProto) -> None:
     block = int(attrs.get("block_size", 0))
     axis = check_parameters(scale, zero, elem_type, weight.shape, int(attrs.get("axis", 1)), block, where)
     record = QuantizedTensor(node.input[0], _label(node), QDQ, elem_type, scale.astype(np.float32),
-                             (zero if zero is not None else np.zeros_like(scale, np.int64)).astype(np.int64).reshape(scale.shape),
+                             _zero_points(zero, scale),
                              axis, block, tuple(weight.shape))
     name = node.output[0]
     tensor = _code_tensor(name, record, record.quantize(weight))

@@ -53,19 +53,28 @@ def _broadcast(param: torch.Tensor, x: torch.Tensor, axis: int, block_size: int)
     return param.reshape(shape)
 
 
-class OnnxQuantizeLinear(nn.Module, OnnxToTorchModule):
-    """``y = saturate(round(x / scale) + zero_point)``; codes as float32, straight-through gradient."""
+#: Torch integer types of the codes a graph output holds (int4/uint4 have none: they stay float32).
+_TORCH_INTEGER = {TensorProto.INT8: torch.int8, TensorProto.UINT8: torch.uint8, TensorProto.INT16: torch.int16,
+                  TensorProto.INT32: torch.int32}
 
-    def __init__(self, low: int, high: int, axis: int, block_size: int):
+
+class OnnxQuantizeLinear(nn.Module, OnnxToTorchModule):
+    """``y = saturate(round(x / scale) + zero_point)``; codes as float32, straight-through gradient.
+
+    ``output_dtype``: the integer type to return when the codes are a graph output (the file's own type)."""
+
+    def __init__(self, low: int, high: int, axis: int, block_size: int, output_dtype: torch.dtype | None = None):
         super().__init__()
         self.low, self.high, self.axis, self.block_size = low, high, axis, block_size
+        self.output_dtype = output_dtype
 
     def forward(self, x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None = None) -> torch.Tensor:
         scale = _broadcast(scale.to(x.dtype), x, self.axis, self.block_size)
         codes = round_straight_through(x / scale)
         if zero_point is not None:
             codes = codes + _broadcast(zero_point.to(x.dtype), x, self.axis, self.block_size)
-        return codes.clamp(self.low, self.high)
+        codes = codes.clamp(self.low, self.high)
+        return codes if self.output_dtype is None else codes.to(self.output_dtype)
 
 
 class OnnxDequantizeLinear(nn.Module, OnnxToTorchModule):
@@ -89,7 +98,20 @@ class OnnxDynamicQuantizeLinear(nn.Module, OnnxToTorchModule):
     over the whole tensor (the batch included, as in onnxruntime).
     """
 
+    def __init__(self, integer_outputs: tuple[bool, bool] = (False, False)):
+        super().__init__()
+        self.integer_outputs = integer_outputs
+        """Whether ``y`` and ``y_zero_point`` are graph outputs (returned as uint8, the file's type)."""
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        codes, scale, zero_point = self._quantize(x)
+        if self.integer_outputs[0]:
+            codes = codes.to(torch.uint8)
+        if self.integer_outputs[1]:
+            zero_point = zero_point.to(torch.uint8)
+        return codes, scale, zero_point
+
+    def _quantize(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         low = torch.clamp(x.min(), max=0.0)
         high = torch.clamp(x.max(), min=0.0)
         scale = (high - low) / 255.0
@@ -209,7 +231,9 @@ def _quantize(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
     if node.attributes.get("precision", 0):
         raise NotImplementedError("QuantizeLinear with a 'precision' attribute is not supported")
     low, high, _ = INTEGER_TYPES[elem_type]
-    module = OnnxQuantizeLinear(low, high, int(node.attributes.get("axis", 1)), int(node.attributes.get("block_size", 0)))
+    output = _TORCH_INTEGER.get(elem_type) if node.output_values[0] in graph.output_values else None
+    module = OnnxQuantizeLinear(low, high, int(node.attributes.get("axis", 1)), int(node.attributes.get("block_size", 0)),
+                                output)
     return OperationConverterResult(module, onnx_mapping_from_node(node))
 
 
@@ -218,8 +242,10 @@ def _dequantize(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:  
     return OperationConverterResult(module, onnx_mapping_from_node(node))
 
 
-def _dynamic_quantize(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:  # noqa: ARG001
-    return OperationConverterResult(OnnxDynamicQuantizeLinear(), onnx_mapping_from_node(node))
+def _dynamic_quantize(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+    outputs = list(node.output_values) + ["", "", ""]
+    integer = (outputs[0] in graph.output_values, outputs[2] in graph.output_values)
+    return OperationConverterResult(OnnxDynamicQuantizeLinear(integer), onnx_mapping_from_node(node))
 
 
 def _register(op: str, version: int, converter) -> None:

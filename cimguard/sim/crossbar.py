@@ -170,14 +170,17 @@ class Crossbar:
         q = torch.round(weight.abs() / scale * top).clamp(0, top) if scale > 0 else torch.zeros_like(weight)
         sign = torch.where(weight < 0, -1.0, 1.0)
         nominal = sign * q * (scale / top if scale > 0 else 0.0)
-        base = 2**b
+        return MappedLayer(mapped, scale, nominal, sign, self._levels(q), scale * self.full_scale_factor)
+
+    def _levels(self, q: torch.Tensor) -> torch.Tensor:
+        """The K-bit magnitudes ``q`` as base-``2**B`` digits, one device each, most significant first."""
+        base = 2**self.device.config.bits_per_device
         digits = []
         remaining = q.to(torch.int64)
-        for _ in range(k // b):
+        for _ in range(self.slices):
             digits.append(remaining % base)
             remaining = remaining // base
-        levels = torch.stack(digits[::-1]).float()  # most significant first
-        return MappedLayer(mapped, scale, nominal, sign, levels, scale * self.full_scale_factor)
+        return torch.stack(digits[::-1]).float()
 
     def _map_codes(self, mapped: MappedWeight, weight: torch.Tensor, layout: CodeLayout) -> MappedLayer:
         """A quantized file's weight: the devices hold ``|c - z|`` in K bits, the sign of ``c - z`` sits on
@@ -186,17 +189,10 @@ class Crossbar:
         produced are re-coded with the file's scale and zero point (rounded half to even, saturated)."""
         offset = layout.codes(weight) - layout.zero_point  # c - z, whole numbers
         sign = torch.where(offset < 0, -1.0, 1.0)
-        q = offset.abs()
         nominal = offset * layout.step
-        base = 2**self.device.config.bits_per_device
-        digits = []
-        remaining = q.to(torch.int64)
-        for _ in range(self.slices):
-            digits.append(remaining % base)
-            remaining = remaining // base
-        levels = torch.stack(digits[::-1]).float()
         scale = float(nominal.abs().max()) if nominal.numel() else 0.0
-        return MappedLayer(mapped, scale, nominal, sign, levels, layout.step * 2.0**self.config.weight_bits, layout)
+        return MappedLayer(mapped, scale, nominal, sign, self._levels(offset.abs()),
+                           layout.step * 2.0**self.config.weight_bits, layout)
 
     # -- the one formula ----------------------------------------------------------------------
     def weight_delta(self, name: str, deviation: torch.Tensor) -> torch.Tensor:
