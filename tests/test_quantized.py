@@ -444,3 +444,17 @@ def test_integer_graph_outputs_keep_their_type():
     for mine, reference in zip(ours, session.run(None, {"x": x, "a": a, "b": b})):
         assert mine.numpy().dtype == reference.dtype
         np.testing.assert_array_equal(mine.numpy(), reference)
+
+
+def test_compare_quantized_forms(quantized_lenets, invoke, tmp_path):
+    """``compare`` runs the same sweep on several quantized files (and the float one) side by side."""
+    report = tmp_path / "compare.json"
+    result = invoke("compare", "models/lenet_digits.onnx", quantized_lenets["qdq_channel"], quantized_lenets["qoperator"],
+                    "--thg", "0.03", "--samples", "2", "--max-samples", "120", "--torch-device", "cpu",
+                    "--json", report)
+    assert result.exit_code == 0, result.output
+    sweeps = json.loads(report.read_text())["sweeps"]
+    assert [len(sweep["points"]) for sweep in sweeps] == [1, 1, 1]
+    for sweep in sweeps:
+        point = sweep["points"][0]
+        assert point["clean"] > 0.95 and point["worst_case"]["flwc"]["accuracy"] < point["clean"] - 0.3
