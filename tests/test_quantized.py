@@ -458,3 +458,55 @@ def test_compare_quantized_forms(quantized_lenets, invoke, tmp_path):
     for sweep in sweeps:
         point = sweep["points"][0]
         assert point["clean"] > 0.95 and point["worst_case"]["flwc"]["accuracy"] < point["clean"] - 0.3
+
+
+def test_pytorch_quantization_aware_export(tmp_path, invoke):
+    """PyTorch's own flow (eager QAT with per-channel int8 weights, ``torch.onnx.export``) writes
+    QuantizeLinear → DequantizeLinear on float weights: cimguard maps the codes they become."""
+    import warnings
+
+    import torch.ao.quantization as tq
+    from torch import nn
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.quant, self.conv, self.relu = tq.QuantStub(), nn.Conv2d(1, 8, 3), nn.ReLU()
+            self.flatten, self.linear, self.dequant = nn.Flatten(), nn.Linear(8 * 6 * 6, 10), tq.DeQuantStub()
+
+        def forward(self, x):
+            return self.dequant(self.linear(self.flatten(self.relu(self.conv(self.quant(x))))))
+
+    torch.manual_seed(0)
+    network = Net().train()
+    network.qconfig = tq.QConfig(
+        activation=tq.FakeQuantize.with_args(observer=tq.MovingAverageMinMaxObserver, quant_min=0, quant_max=255),
+        weight=tq.FakeQuantize.with_args(observer=tq.MovingAveragePerChannelMinMaxObserver, quant_min=-128,
+                                         quant_max=127, dtype=torch.qint8, qscheme=torch.per_channel_symmetric))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tq.prepare_qat(network, inplace=True)
+        x = torch.randn(32, 1, 8, 8)
+        for _ in range(3):
+            network(x)
+        network.eval().apply(tq.disable_observer)
+        path = tmp_path / "qat.onnx"
+        torch.onnx.export(network, (x[:2],), str(path), dynamo=False, opset_version=13, input_names=["image"],
+                          dynamic_axes={"image": {0: "n"}})
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data.npz"
+    images = rng.standard_normal((40, 1, 8, 8)).astype(np.float32)
+    np.savez(data, x=images, y=np.arange(40) % 10, x_train=images, y_train=np.arange(40) % 10)
+    from cimguard.api import setup
+
+    chip = setup(path, data=str(data), torch_device="cpu")
+    records = list(chip.imported.quantization.weights.values())
+    assert {(r.storage, r.granularity) for r in records} == {("float", "per channel (axis 0)")}
+    with torch.no_grad():
+        ours = chip.crossbar.logits(chip.data.x).numpy()
+    assert (ours.argmax(1) == _onnxruntime(path, images).argmax(1)).all()
+    output = tmp_path / "hardened.onnx"
+    result = invoke("harden", path, "-o", output, "--data", data, "--trainer", "noise", "--epochs", "1",
+                    "--torch-device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert _ops(output) == _ops(path)
