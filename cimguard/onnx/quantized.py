@@ -750,7 +750,7 @@ def _refuse_bare_codes(graph: _Graph, nodes: list[onnx.NodeProto]) -> None:
 #: Relative output difference (of the output scale) accepted between onnxruntime and torch on a quantized
 #: file.  Integer kernels accumulate exactly, float32 does not: a value within float32 rounding of a rounding
 #: boundary lands one code apart, and the difference travels through the later layers (a deep network such
-#: as ResNet-18 with random weights ends a few output codes apart; the shipped LeNet agrees bit for bit).
+#: as ResNet-18 with random weights ends a few output codes apart).
 QUANTIZED_TOLERANCE = 5e-2
 
 
