@@ -510,3 +510,29 @@ def test_pytorch_quantization_aware_export(tmp_path, invoke):
                     "--torch-device", "cpu")
     assert result.exit_code == 0, result.output
     assert _ops(output) == _ops(path)
+
+
+def test_fused_pair_equals_the_two_operators():
+    """The fused QuantizeLinear → DequantizeLinear computes the two modules' values bit for bit, and their gradient."""
+    from cimguard.onnx.quantized_converters import OnnxDequantizeLinear, OnnxQuantizeDequantize, OnnxQuantizeLinear
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.randn(4, 6, 5, 5, generator=generator) * 6,
+                   (torch.arange(-6, 6, dtype=torch.float32) * 0.05).expand(4, 6, 5, 12)[..., :5]], dim=2)
+    scale, zero = torch.rand(6, generator=generator) * 0.1 + 0.02, torch.arange(-3, 3, dtype=torch.int8)
+    for axis_scale, axis_zero in ((scale, zero), (scale[:1].reshape(()), zero[:1].reshape(()))):
+        inputs = [x.clone().requires_grad_(True) for _ in range(2)]
+        pair = OnnxDequantizeLinear(1, 0)(OnnxQuantizeLinear(-128, 127, 1, 0)(inputs[0], axis_scale, axis_zero),
+                                          axis_scale, axis_zero)
+        fused = OnnxQuantizeDequantize(-128, 127, 1, 0)(inputs[1], axis_scale, axis_zero)
+        assert torch.equal(pair, fused)
+        pair.sum().backward()
+        fused.sum().backward()
+        # The same straight-through gradient (the pair's is s · (1/s), one up to a rounding), except for a code
+        # exactly on a limit, where the fused op counts it inside the range and torch's clamp does not.
+        view = [1, -1, 1, 1] if axis_scale.dim() else []
+        codes = torch.round(x / axis_scale.reshape(view)) + axis_zero.float().reshape(view)
+        strict = (codes > -128) & (codes < 127)
+        assert bool((codes > 127).any()) and bool((codes < -128).any())  # both sides saturate somewhere
+        torch.testing.assert_close(inputs[0].grad[strict], inputs[1].grad[strict], rtol=1e-6, atol=0)
+        assert bool((inputs[1].grad[~strict & ((codes > 127) | (codes < -128))] == 0).all())
