@@ -17,6 +17,9 @@ not re-run: delete the file to re-measure, nothing is ever overwritten):
   LeNet the benchmark trains (when ``../shared/data/mnist-t10k`` exists).
 * ``node_suite.json``: ``bench_node_suite.py``: the ONNX node conformance suite run by
   onnxruntime, plain onnx2torch and cimguard, both forms (``docs/import.md``).
+* ``quantized.json``: :func:`quantized_lenet.measure`, the shipped LeNet quantized by onnxruntime's tools
+  (QDQ, QOperator, dynamic) next to the float file: onnxruntime accuracy, clean chip, Monte Carlo, worst
+  cases in the device box and at thg 0.03, hardened worst case over the seeds.
 
 Then ``doc_tables.json`` (every table as rows of strings) and ``doc_tables.md`` (the same as
 markdown) are written from the raw files, and ``docs/solver_budget.png`` (the any-time curves) is drawn
@@ -45,7 +48,8 @@ TABLES_MD = RESULTS / "doc_tables.md"
 HARDENING_MODELS = ("original", "vanilla", "noise", "trice", "atrice")
 ROOT = HERE.parent
 #: The files whose tables come from this script; each table follows a ``<!-- doc-table: NAME -->`` line.
-DOC_FILES = ("README.md", "docs/hardening.md", "docs/solvers.md", "docs/devices.md", "docs/import.md")
+DOC_FILES = ("README.md", "docs/hardening.md", "docs/solvers.md", "docs/devices.md", "docs/import.md",
+             "docs/quantized.md")
 MARKER = re.compile(r"^<!-- doc-table: (\w+) -->$")
 
 
@@ -156,6 +160,35 @@ def run_solver_budget() -> None:
     import bench_solver_budget
 
     _save(path, bench_solver_budget.measure([10, 20, 40, 80], [0.01, 0.03], bench_solver_budget.DEFAULT_MNIST))
+
+
+def run_quantized(seeds: list[int], samples: int) -> None:
+    sys.path.insert(0, str(HERE))
+    from quantized_lenet import measure
+
+    path = RESULTS / "quantized.json"
+    if path.exists():
+        print(f"{path} exists, kept (delete it to re-measure)")
+        return
+    start = time.time()
+    result = measure(seeds, QUANTIZED_EPOCHS, samples, log=lambda line: print(line, flush=True))
+    result["wall_seconds"] = time.time() - start
+    _save(path, result)
+
+
+#: atrice epochs per seed in the quantized table.
+QUANTIZED_EPOCHS = 5
+
+
+def quantized_table() -> tuple[list[str], list[list[str]], dict]:
+    record = json.loads((RESULTS / "quantized.json").read_text())
+    header = ["file", "onnxruntime", "clean chip", "MC mean", "worst flwc / pgd (device box)",
+              "worst flwc / pgd (thg 0.03)", "hardened worst pgd (thg 0.03)"]
+    rows = [[r["format"], f"{r['onnxruntime']:.3f}", f"{r['clean']:.3f}", f"{r['mc_mean']:.3f}",
+             f"{r['device_box']['flwc']:.3f} / {r['device_box']['pgd']:.3f}",
+             f"{r['thg_0.03']['flwc']:.3f} / {r['thg_0.03']['pgd']:.3f}", _mean_range(r["hardened_pgd_0.03"])]
+            for r in record["rows"]]
+    return header, rows, record["settings"]
 
 
 def _mean_range(values: list[float]) -> str:
@@ -295,7 +328,7 @@ def write_tables(seeds: list[int]) -> None:
     tables = {}
     for name, build in (("hardening", lambda: hardening_table(seeds)), ("solvers", solver_table),
                         ("device_box", device_box_table), ("solver_budget", solver_budget_table),
-                        ("node_suite", node_suite_table)):
+                        ("node_suite", node_suite_table), ("quantized", quantized_table)):
         try:
             header, rows, settings = build()
         except FileNotFoundError as exc:
@@ -314,8 +347,8 @@ def write_tables(seeds: list[int]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--stages", default="hardening,solvers,device_box,solver_budget,node_suite,tables,docs",
-                        help="comma-separated: hardening, solvers, device_box, solver_budget, node_suite (measure), tables "
+    parser.add_argument("--stages", default="hardening,solvers,device_box,solver_budget,node_suite,quantized,tables,docs",
+                        help="comma-separated: hardening, solvers, device_box, solver_budget, node_suite, quantized (measure), tables "
                              "(aggregate, and draw docs/solver_budget.png), "
                              "docs (write the tables into README.md and docs/)")
     parser.add_argument("--seeds", default=",".join(map(str, DEFAULT_SEEDS)), help="training seeds of the hardening table")
@@ -337,6 +370,8 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     if "hardening" in stages:
         run_hardening(seeds, args.epochs, args.samples)
+    if "quantized" in stages:
+        run_quantized(seeds, args.samples)
     if "tables" in stages:
         write_tables(seeds)
         draw_solver_budget_plot()

@@ -352,7 +352,7 @@ def setup(
     data: DataSource = "digits",
     *,
     example_input: torch.Tensor | None = None,
-    weight_bits: int = 8,
+    weight_bits: int | None = None,
     label_free: bool = False,
     verify: bool = False,
     torch_device: str = "auto",

@@ -84,7 +84,7 @@ def compare_sweeps(
     device: str | Device = "gaussian",
     device_params: Mapping[str, Any] | None = None,
     device_file: str | None = None,
-    weight_bits: int = 8,
+    weight_bits: int | None = None,
     label_free: bool = False,
     samples: int = 100,
     seed: int = 0,

@@ -37,7 +37,7 @@ def test_every_accuracy_table_of_readme_is_generated():
 def test_saved_tables_are_what_the_script_builds_from_its_raw_results():
     for name, build in (("hardening", tables.hardening_table), ("solvers", tables.solver_table),
                         ("device_box", tables.device_box_table), ("solver_budget", tables.solver_budget_table),
-                        ("node_suite", tables.node_suite_table)):
+                        ("node_suite", tables.node_suite_table), ("quantized", tables.quantized_table)):
         header, rows, settings = build()
         assert SAVED[name]["markdown"] == tables.markdown(header, rows)
         assert SAVED[name]["settings"] == json.loads(json.dumps(settings))

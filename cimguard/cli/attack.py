@@ -100,7 +100,7 @@ def attack(ctx, model, data, device_name, device_params, device_file, weight_bit
             "model": str(setup.model_path), "model_sha256": file_sha256(setup.model_path), "data": data,
             "device": device_name, "device_params": list(device_params), "device_file": device_file,
             "box": "device" if worst.thg is None else "thg", "device_parameters": setup.describe()["device_params"],
-            "weight_bits": weight_bits, "label_free": setup.data.label_free, "max_samples": max_samples,
+            "weight_bits": setup.crossbar.config.weight_bits, "label_free": setup.data.label_free, "max_samples": max_samples,
             "thg": worst.thg, "solver": worst.solver, "seed": seed, "metric": sweep.metric,
             "accuracy": worst.accuracy, "interrupted": worst.worst.interrupted, "options": worst.options,
         })

@@ -40,6 +40,8 @@ def _print(report: ModelInspection) -> None:
             shape = "x".join(str(d) for d in layer.shape)
             click.echo(f"  {layer.weight:<{width}}  {layer.op_type:<6} {shape:<16} {layer.weights:>10} weights  "
                        f"[{layer.node}] ({layer.stored_as})")
+    if report.quantization is not None:
+        _print_quantization(report.quantization)
     for name, nodes in report.shared_weights.items():
         click.echo(f"shared      {name} is used by {len(nodes)} nodes ({', '.join(nodes)}): each use is its own "
                    f"crossbar, so crossbars count it {len(nodes)} times while parameters counts it once")
@@ -48,6 +50,20 @@ def _print(report: ModelInspection) -> None:
     verdict = "exact" if check.exact else "NOT exact"
     click.echo(f"conversion  {verdict}: max relative error {check.relative_error:.2e} vs onnxruntime "
                f"(tolerance {check.tolerance:g}) on a random input {shapes}")
+
+
+def _print_quantization(quantization: dict) -> None:
+    weights, activations = quantization["weights"], quantization["activations"]
+    mapped = [w for w in weights if w["crossbar_layer"]]
+    click.echo(f"quantized   {quantization['format']}: {len(mapped)} crossbar weights as integer codes (their levels), "
+               f"{len(weights) - len(mapped)} other constants (biases), {len(activations)} quantized activations")
+    for weight in weights:
+        layer = f"crossbar [{weight['crossbar_layer']}]" if weight["crossbar_layer"] else "digital"
+        click.echo(f"  {weight['codes']}  {weight['type']} ({weight['bits']} bits) {weight['granularity']}, "
+                   f"zero points {weight['zero_points']}, {weight['form']}, {layer}")
+    for activation in activations:
+        click.echo(f"  activation {activation['tensor']}  {activation['type']} ({activation['bits']} bits) "
+                   f"{activation['granularity']} [{activation['node']}]")
 
 
 @click.command(name="inspect")

@@ -27,6 +27,7 @@ from onnx import helper, numpy_helper
 
 from cimguard.errors import CimguardError
 from cimguard.onnx.model import ImportedModel, MappedWeight
+from cimguard.onnx.quantized import codes_for, recoded_weights, write_codes
 from cimguard.onnx.runtime import comparison_tolerance, onnx_feed, onnxruntime_mismatch, random_inputs
 from cimguard.report import check_new_output, write_new_file
 
@@ -39,11 +40,12 @@ class WeightLocation:
     tensor: str
     """The weight's value name in the graph."""
     kind: str
-    """``initializer``, ``constant`` (a Constant node's value) or ``rewritten`` (a node becomes a Constant)."""
+    """``initializer``, ``constant`` (a Constant node's value), ``rewritten`` (a node becomes a Constant) or
+    ``codes`` (a quantized file's integer initializer, re-coded with the file's scale and zero point)."""
     node: str | None = None
     """The node written to (``constant`` and ``rewritten``)."""
     op_type: str | None = None
-    """That node's original operator."""
+    """That node's original operator (``codes``: the quantized form, QDQ, QOperator …)."""
 
 
 def weight_locations(imported: ImportedModel) -> list[WeightLocation]:
@@ -52,8 +54,14 @@ def weight_locations(imported: ImportedModel) -> list[WeightLocation]:
     initializers = {init.name for init in graph.initializer}
     producers = {out: node for node in graph.node for out in node.output if out}
     locations = []
+    quantized = imported.quantization.weights if imported.quantization is not None else {}
     for mapped in imported.mapped:
         name = mapped.initializer
+        if name in quantized:
+            # A quantized weight is written as new codes into the file's integer initializer.
+            record = quantized[name]
+            locations.append(WeightLocation(mapped.torch_name, record.codes, "codes", record.node, record.form))
+            continue
         if name in initializers:
             locations.append(WeightLocation(mapped.torch_name, name, "initializer"))
             continue
@@ -76,8 +84,10 @@ def with_weights(imported: ImportedModel, weights: Mapping[str, torch.Tensor]) -
     """A copy of the original model whose mapped weights hold ``weights`` (by torch name)."""
     by_tensor: dict[str, np.ndarray] = {}
     untied: list[tuple[MappedWeight, np.ndarray]] = []
+    # A quantized file's layers keep their format: new integer codes go into its integer initializers.
+    codes = codes_for(imported, weights)
     for mapped in imported.mapped:
-        if mapped.torch_name not in weights:
+        if mapped.torch_name not in weights or (imported.quantization and mapped.initializer in imported.quantization.weights):
             continue
         value = mapped.to_onnx(weights[mapped.torch_name])
         previous = by_tensor.get(mapped.initializer)
@@ -102,6 +112,7 @@ def with_weights(imported: ImportedModel, weights: Mapping[str, torch.Tensor]) -
             _rewrite_as_constant(node, by_tensor[name], imported.legalised, name)
     for mapped, value in untied:
         _untie(model, mapped, value)
+    write_codes(model, codes)
     return model
 
 
@@ -184,6 +195,8 @@ def export_onnx(
     file is never overwritten and an existing file is never replaced.
     """
     path = check_new_output(path, inputs=(imported.path,) if imported.path else ())
+    if imported.quantization is not None:
+        weights = recoded_weights(imported, weights)  # what the file computes with: the re-coded weights
     model = with_weights(imported, weights)
     if check_inputs is not None:
         feeds = {imported.input.name: onnx_feed(imported.input, check_inputs)}

@@ -73,6 +73,9 @@ class ModelInspection:
     """How batches of any size run (:mod:`cimguard.onnx.batch`): ``dynamic``, ``symbolic``, ``vmap`` or ``loop``."""
     batch_text: str | None = None
     """The same in words."""
+    quantization: dict | None = None
+    """A quantized file's format, weights (type, bits, granularity, zero points, crossbar layer) and quantized
+    activations (:meth:`cimguard.onnx.quantized.Quantization.summary`); ``None`` for a float file."""
     check: ConversionCheck | None = None
     provenance: dict | None = None
     """Versions, the model's SHA-256 and absolute path, command line and times (:mod:`cimguard.provenance`)."""
@@ -117,6 +120,8 @@ def inspect_model(path: str | Path, *, seed: int = 0) -> ModelInspection:
         report.crossbar_layers.append(CrossbarLayer(mapped.node, mapped.op_type, mapped.initializer, mapped.shape,
                                                     mapped.numel, stored.get(mapped.torch_name, "unknown")))
     report.crossbar_weights = sum(layer.weights for layer in report.crossbar_layers)
+    if imported.quantization is not None:
+        report.quantization = imported.quantization.summary({m.initializer: m.node for m in imported.mapped})
     users: dict[str, list[str]] = {}
     for layer in report.crossbar_layers:
         users.setdefault(layer.weight, []).append(layer.node)
@@ -128,6 +133,8 @@ def inspect_model(path: str | Path, *, seed: int = 0) -> ModelInspection:
 def _stored_as(location) -> str:
     if location.kind == "initializer":
         return "initializer"
+    if location.kind == "codes":
+        return f"integer initializer {location.tensor!r} ({location.op_type}, dequantized by {location.node!r})"
     if location.kind == "constant":
         return f"Constant node {location.node!r}"
     return f"{location.op_type} node {location.node!r} (export writes a Constant)"

@@ -5,6 +5,8 @@ export writes weights back into it.  The passes, in order:
 
 1. ``drop_initializer_inputs``: IR < 4 files list every weight as a graph input too.
 2. ``remove_training_nodes``: ``Dropout`` is the identity in inference.
+2b. ``quantized_forms``: quantized files (QOperator, dynamic, QDQ) in QDQ arithmetic, their integer
+   weights dequantized into float initializers with the codes recorded (:mod:`cimguard.onnx.quantized`).
 3. ``normalise_opset``: a default-domain opset whose operators onnx2torch lacks
    (opset 6 files, for instance) is upgraded with ONNX's version converter to the
    first of :data:`OPSET_TARGETS` at which every operator converts.  Opsets are only
@@ -30,7 +32,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import onnx
@@ -76,6 +78,8 @@ class Legalised:
     """One line per change, for ``cimguard inspect``."""
     origins: dict[str, WeightOrigin] = field(default_factory=dict)
     """For each initializer that a node of the original graph produced, that node."""
+    quantization: Any = None
+    """A quantized file's :class:`cimguard.onnx.quantized.Quantization` (``None``: a float file)."""
 
 
 Pass = Callable[[Legalised], None]
@@ -517,11 +521,21 @@ def own_converters(state: Legalised) -> None:
         state.notes.append(f"converted by cimguard's own converters (not onnx2torch's): {summary}")
 
 
+def quantized_forms(state: Legalised) -> None:
+    """QOperator and dynamic quantization become QDQ arithmetic; dequantized constant weights become
+    float initializers whose codes are recorded (:mod:`cimguard.onnx.quantized`)."""
+    from cimguard.onnx.quantized import legalise_quantized
+
+    state.quantization, notes = legalise_quantized(state.model)
+    state.notes.extend(notes)
+
+
 #: The passes, in order.
 PASSES: tuple[Pass, ...] = (
     inline_local_functions,
     drop_initializer_inputs,
     remove_training_nodes,
+    quantized_forms,
     normalise_opset,
     infer_shapes,
     fold_constants,

@@ -17,9 +17,11 @@ from onnx2torch.onnx_graph import OnnxGraph
 from torch import fx, nn
 
 import cimguard.onnx.converters  # noqa: F401 - registers the extra onnx2torch converters before any conversion
+import cimguard.onnx.quantized_converters  # noqa: F401 - QuantizeLinear/DequantizeLinear/DynamicQuantizeLinear
 from cimguard.checks import AllocationError, allocation_guard, check_input_file, check_model_tensors, check_opsets
 from cimguard.errors import CimguardError, first_line
 from cimguard.onnx.legalise import MAX_TENSOR_ELEMENTS, WeightOrigin, legalise_model
+from cimguard.onnx.quantized import Quantization
 
 #: ONNX operators whose constant weight input is programmed into a crossbar.
 MAPPABLE_OPS: tuple[str, ...] = ("Conv", "Gemm", "MatMul")
@@ -95,6 +97,8 @@ class ImportedModel:
     """How batches of any size run (:mod:`cimguard.onnx.batch`): ``dynamic`` (the file's own batch axis),
     ``symbolic`` (a fixed batch made symbolic), ``vmap`` or ``loop`` (a batch-1 file, one sample at a time),
     ``fixed`` (runs only on the file's own batch size; any other is a one-line error)."""
+    quantization: Quantization | None = None
+    """A quantized file's codes, scales and quantizers (:mod:`cimguard.onnx.quantized`); ``None`` for a float file."""
 
     @property
     def input(self) -> TensorSpec:
@@ -245,7 +249,7 @@ def import_model(original: onnx.ModelProto, *, path: Path | None = None, require
         inputs = tuple(TensorSpec(spec.name, (None, *spec.shape[1:]), spec.dtype) for spec in inputs)
         outputs = tuple(TensorSpec(spec.name, (None, *spec.shape[1:]), spec.dtype) for spec in outputs)
     return ImportedModel(path, original, legal, module, inputs, outputs, mapped, notes,
-                         dict(state.origins), batch_mode)
+                         dict(state.origins), batch_mode, state.quantization)
 
 
 def convert_model(original: onnx.ModelProto, where: str = "the model") -> fx.GraphModule:
@@ -281,6 +285,7 @@ def _convert(legal: onnx.ModelProto, where: str, notes: list[str] | None = None)
         raise CimguardError(f"{where}: conversion to torch failed{_failing_node(exc)}: "
                             f"{type(exc).__name__}: {first_line(exc)}") from None
     module.eval()
+    cimguard.onnx.quantized_converters.fuse_quantize_dequantize(module)  # a quantized file's activation pairs
     if any(t.is_floating_point() and t.dtype != torch.float32 for t in (*module.parameters(), *module.buffers())):
         # Crossbars, devices and solvers compute in float32; the export writes the file's own dtype back.
         module.float()

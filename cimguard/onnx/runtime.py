@@ -209,7 +209,12 @@ def verify_against_onnxruntime(imported: ImportedModel, x: torch.Tensor, toleran
 
 
 def comparison_tolerance(model: onnx.ModelProto, tolerance: float) -> float:
-    """``tolerance``, widened to :data:`FLOAT16_TOLERANCE` for a model that computes in float16."""
+    """``tolerance``, widened to :data:`FLOAT16_TOLERANCE` for a model that computes in float16 and to
+    :data:`cimguard.onnx.quantized.QUANTIZED_TOLERANCE` for a quantized one."""
+    from cimguard.onnx.quantized import QUANTIZED_TOLERANCE, is_quantized
+
+    if is_quantized(model):
+        tolerance = max(tolerance, QUANTIZED_TOLERANCE)
     half = onnx.TensorProto.FLOAT16
     uses_half = any(init.data_type == half for init in model.graph.initializer) or any(
         value.type.tensor_type.elem_type == half for value in model.graph.input)

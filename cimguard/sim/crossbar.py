@@ -31,7 +31,7 @@ drawn in blocks of about :data:`CPU_SAMPLE_BLOCK` devices, each block turned int
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Mapping
 
 import torch
@@ -39,6 +39,7 @@ from torch.func import functional_call
 
 from cimguard.errors import CimguardError
 from cimguard.onnx.model import MAPPABLE_OPS, ImportedModel, MappedWeight
+from cimguard.onnx.quantized import CodeLayout, code_layout
 from cimguard.seeds import torch_generator
 from cimguard.sim.device import DeviationSampler, Device
 
@@ -50,6 +51,9 @@ Perturbation = dict[str, torch.Tensor]
 #: beside the forward pass (see :func:`cimguard.sim.evaluate.monte_carlo`) keeps to one core.
 CPU_SAMPLE_BLOCK = 1 << 15
 
+#: Weight bits (K) of a float model when none are given.
+DEFAULT_WEIGHT_BITS = 8
+
 #: Devices drawn per block on accelerators: large, to launch few kernels, but bounded in memory.
 ACCELERATOR_SAMPLE_BLOCK = 1 << 24
 
@@ -58,12 +62,15 @@ ACCELERATOR_SAMPLE_BLOCK = 1 << 24
 class CrossbarConfig:
     """How weights are laid out on crossbars."""
 
-    weight_bits: int = 8
-    """Bits per weight magnitude (K); must be a multiple of the device's bits per device."""
+    weight_bits: int | None = None
+    """Bits per weight magnitude (K); must be a multiple of the device's bits per device.  ``None``: the
+    file's own width for a quantized file (8 for int8, 4 for int4), else :data:`DEFAULT_WEIGHT_BITS`."""
     layers: tuple[str, ...] = MAPPABLE_OPS
     """Which ONNX layer kinds are mapped to crossbars (others stay digital and exact)."""
 
     def validate(self, bits_per_device: int) -> None:
+        if self.weight_bits is None:
+            raise CimguardError("weight bits are not resolved (Crossbar resolves None from the model)")
         if self.weight_bits < 1 or self.weight_bits > 16:
             raise CimguardError(f"weight bits must be between 1 and 16, got {self.weight_bits}")
         if self.weight_bits % bits_per_device:
@@ -88,6 +95,12 @@ class MappedLayer:
     """``sign(W)`` with zeros counted as positive."""
     levels: torch.Tensor
     """Target level of every device, shape ``(M, *W.shape)``, most significant slice first."""
+    full_scale: float | torch.Tensor = 0.0
+    """``s_fs``: the weight one unit of ``Σ_i g_i 2**(-iB)`` stands for.  A float layer's
+    ``max|W| · 2**K / (2**K - 1)``; a quantized file's layer ``2**K`` times its scale per weight
+    (a tensor shaped like ``W``: one least significant level is one step of the file's scale)."""
+    codes: CodeLayout | None = None
+    """A quantized file's scale and zero point per weight (``None``: a float layer)."""
 
 
 @dataclass
@@ -104,6 +117,7 @@ class Crossbar:
 
     def __post_init__(self) -> None:
         bits = self.device.config.bits_per_device
+        self.config = _resolved_config(self.config, self.imported)
         self.config.validate(bits)
         chosen = [m for m in self.imported.mapped if m.op_type in self.config.layers]
         if not chosen:
@@ -144,6 +158,9 @@ class Crossbar:
     def _map(self, mapped: MappedWeight, weight: torch.Tensor) -> MappedLayer:
         weight = weight.float()
         scale = float(weight.abs().max()) if weight.numel() else 0.0
+        record = self.imported.quantization.weights.get(mapped.initializer) if self.imported.quantization else None
+        if record is not None and math.isfinite(scale):
+            return self._map_codes(mapped, weight, code_layout(record, mapped.transposed, mapped.scale, weight.device))
         if not math.isfinite(scale):
             # Models are checked at load time, so here it is weights a trainer produced.
             raise CimguardError(f"the weights of layer {mapped.node} are not finite (NaN or ±Inf): the training "
@@ -153,27 +170,41 @@ class Crossbar:
         q = torch.round(weight.abs() / scale * top).clamp(0, top) if scale > 0 else torch.zeros_like(weight)
         sign = torch.where(weight < 0, -1.0, 1.0)
         nominal = sign * q * (scale / top if scale > 0 else 0.0)
-        base = 2**b
+        return MappedLayer(mapped, scale, nominal, sign, self._levels(q), scale * self.full_scale_factor)
+
+    def _levels(self, q: torch.Tensor) -> torch.Tensor:
+        """The K-bit magnitudes ``q`` as base-``2**B`` digits, one device each, most significant first."""
+        base = 2**self.device.config.bits_per_device
         digits = []
         remaining = q.to(torch.int64)
-        for _ in range(k // b):
+        for _ in range(self.slices):
             digits.append(remaining % base)
             remaining = remaining // base
-        levels = torch.stack(digits[::-1]).float()  # most significant first
-        return MappedLayer(mapped, scale, nominal, sign, levels)
+        return torch.stack(digits[::-1]).float()
+
+    def _map_codes(self, mapped: MappedWeight, weight: torch.Tensor, layout: CodeLayout) -> MappedLayer:
+        """A quantized file's weight: the devices hold ``|c - z|`` in K bits, the sign of ``c - z`` sits on
+        the differential pair, and one least significant level is one step of the file's scale, so the
+        nominal chip is the file's dequantized weight ``(c - z) · s`` exactly.  Weights a trainer
+        produced are re-coded with the file's scale and zero point (rounded half to even, saturated)."""
+        offset = layout.codes(weight) - layout.zero_point  # c - z, whole numbers
+        sign = torch.where(offset < 0, -1.0, 1.0)
+        nominal = offset * layout.step
+        scale = float(nominal.abs().max()) if nominal.numel() else 0.0
+        return MappedLayer(mapped, scale, nominal, sign, self._levels(offset.abs()),
+                           layout.step * 2.0**self.config.weight_bits, layout)
 
     # -- the one formula ----------------------------------------------------------------------
     def weight_delta(self, name: str, deviation: torch.Tensor) -> torch.Tensor:
         """``ΔW = sign(W) · s_fs · Σ_i Δg_i 2**(-iB)`` for deviations ``(M, *W.shape)`` in level units."""
         layer = self.layers[name]
-        full_scale = layer.scale * self.full_scale_factor
         summed = torch.tensordot(self._significance.to(deviation.dtype), deviation, dims=1)
-        return layer.sign * (full_scale * summed)
+        return layer.sign * (layer.full_scale * summed)
 
-    def weight_bound(self, name: str, thg: float) -> float:
-        """Largest ``|ΔW|`` of layer ``name`` when every device is within ``thg`` levels."""
-        full_scale = self.layers[name].scale * self.full_scale_factor
-        return full_scale * thg * float(self._significance.sum())
+    def weight_bound(self, name: str, thg: float) -> float | torch.Tensor:
+        """Largest ``|ΔW|`` of layer ``name`` when every device is within ``thg`` levels (per weight for a
+        quantized file's per-channel or per-block scales)."""
+        return self.layers[name].full_scale * thg * float(self._significance.sum())
 
     def bounds(self, thg: float | None = None) -> Perturbation:
         """The per-weight box ``|ΔW| <= bound`` the worst-case solvers must stay in.
@@ -197,11 +228,12 @@ class Crossbar:
         widths = {name: self.weight_bound(name, thg) for name in self.layers}
         for name, width in widths.items():
             dtype = self.layers[name].nominal.dtype
-            if not width <= torch.finfo(dtype).max:
-                raise CimguardError(f"thg {thg:g} gives layer {name} a box of ±{width:.3g}, wider than {dtype} can "
+            widest = float(width.max()) if isinstance(width, torch.Tensor) else width
+            if not widest <= torch.finfo(dtype).max:
+                raise CimguardError(f"thg {thg:g} gives layer {name} a box of ±{widest:.3g}, wider than {dtype} can "
                                     "hold; choose a smaller write-verify threshold")
-        bounds = {name: torch.full_like(layer.nominal, widths[name]) for name, layer in self.layers.items()}
-        return bounds
+        return {name: widths[name].expand_as(layer.nominal).clone() if isinstance(widths[name], torch.Tensor)
+                else torch.full_like(layer.nominal, widths[name]) for name, layer in self.layers.items()}
 
     # -- chips ----------------------------------------------------------------------------------
     def sample(self, generator: torch.Generator | None = None) -> Perturbation:
@@ -250,9 +282,7 @@ class Crossbar:
                 spans[name] = (start, start + layer.nominal.numel(), layer.nominal.shape)
                 start += layer.nominal.numel()
             levels = torch.cat([layer.levels.reshape(m, -1) for layer in self.layers.values()], dim=1)
-            factor = torch.cat(
-                [(layer.sign * (layer.scale * self.full_scale_factor)).reshape(-1) for layer in self.layers.values()]
-            )
+            factor = torch.cat([(layer.sign * layer.full_scale).reshape(-1) for layer in self.layers.values()])
             nominal = torch.cat([layer.nominal.reshape(-1) for layer in self.layers.values()])
             block_devices = CPU_SAMPLE_BLOCK if self.torch_device.type == "cpu" else ACCELERATOR_SAMPLE_BLOCK
             per_block = max(1, block_devices // m)
@@ -312,6 +342,24 @@ class _FlatLayout:
     def deviations(self, generator: torch.Generator | None = None) -> torch.Tensor:
         """One chip's device deviations, shape ``(M, total weights)``, level units (the same stream as a chip)."""
         return torch.cat([draw(generator) for _, _, draw in self.blocks], dim=1)
+
+
+def _resolved_config(config: CrossbarConfig, imported: ImportedModel) -> CrossbarConfig:
+    """``weight_bits=None`` becomes the file's width; a quantized file refuses any other width."""
+    quantization = imported.quantization
+    widths = sorted({record.bits for name, record in quantization.weights.items()
+                     if any(m.initializer == name for m in imported.mapped)}) if quantization else []
+    if len(widths) > 1:
+        raise CimguardError(f"the file quantizes its crossbar weights with different widths ({', '.join(map(str, widths))} "
+                            "bits); cimguard maps one width per chip")
+    if not widths:
+        return config if config.weight_bits is not None else replace(config, weight_bits=DEFAULT_WEIGHT_BITS)
+    if config.weight_bits is None:
+        return replace(config, weight_bits=widths[0])
+    if config.weight_bits != widths[0]:
+        raise CimguardError(f"--weight-bits {config.weight_bits} differs from the file's {widths[0]}-bit weights: a "
+                            "quantized file's codes are the device levels (leave --weight-bits out)")
+    return config
 
 
 def check_within_bounds(perturbation: Mapping[str, torch.Tensor], bounds: Mapping[str, torch.Tensor], *, slack: float = 1e-6) -> None:

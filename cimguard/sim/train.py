@@ -122,7 +122,9 @@ class Run:
         result = {}
         for name, w in self.weights.items():
             value = w - w.detach()
-            if perturbation is not None:
+            if perturbation is not None and chip.layers[name].codes is not None:
+                value = value + perturbation[name].detach()  # a quantized file's scale is fixed: ΔW does not follow W
+            elif perturbation is not None:
                 scale = w.abs().max()
                 value = value + perturbation[name].detach() * (scale / scale.detach().clamp_min(1e-12))
             result[name] = value
