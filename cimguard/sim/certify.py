@@ -540,7 +540,11 @@ class _Run:
                         total = total - _dot(lam.abs(), spread)
                     continue
                 back = self._adjoint(rule, lam, weight, self.lower[a].shape)
-                if radius is not None:
+                if radius is not None and _shares_weights(rule, lam):
+                    extra, constant = _shared_penalty(rule.module, lam, radius, self.lower[a], self.upper[a])
+                    back = back + extra
+                    total = total + constant
+                elif radius is not None:
                     # min over the box of Λ·ΔW·a is -(|Λ|·R)·|a|; -|a| >= its chord over [l, u].
                     penalty = self._adjoint(rule, lam.abs(), radius, self.lower[a].shape)
                     slope, intercept = _neg_abs_chord(self.lower[a], self.upper[a])
@@ -621,6 +625,52 @@ def _dot(coefficient: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
 
 def _accumulate(coefficients: dict[fx.Node, torch.Tensor], node: fx.Node, value: torch.Tensor) -> None:
     coefficients[node] = value if node not in coefficients else coefficients[node] + value
+
+
+def _shares_weights(rule: _Rule, lam: torch.Tensor) -> bool:
+    """A 2-d convolution whose backward coefficient changes sign across positions of one output channel.
+
+    There ``-(|Λ|·R)·|a|`` treats every position's copy of a weight as free, while a chip has one
+    ``ΔW`` per weight: :func:`_shared_penalty` keeps the sharing.  Where every channel's coefficient has
+    one sign (and ``a >= 0``) the two agree, and the cheaper one is used.
+    """
+    module = rule.module
+    if not isinstance(module, nn.Conv2d) or module.groups != 1 or module.padding == "same":
+        return False
+    flat = lam.flatten(3)
+    return bool(((flat > 0).any(dim=3) & (flat < 0).any(dim=3)).any())
+
+
+def _shared_penalty(conv: nn.Conv2d, lam: torch.Tensor, radius: torch.Tensor, lower: torch.Tensor,
+                    upper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A linear lower bound of ``min_{|ΔW| <= R} Λ·conv(a, ΔW)`` over ``a`` in ``[lower, upper]``, one ``ΔW``
+    shared by every position.
+
+    With ``G_w(a) = ∂(Λ·conv(a, W))/∂W_w`` (linear in ``a``) the minimum is ``-Σ_w R_w |G_w(a)|``;
+    ``|G_w| <=`` its chord over the interval range of ``G_w`` (exact when that range has one sign).
+    Returns the coefficient on ``a`` ``(N, S, *a.shape[1:])`` and the constant ``(N, S)``.
+    """
+    n, s, out_channels = lam.shape[:3]
+    channels, height, width = lower.shape[1:]
+    kernel, padding = conv.kernel_size, (0, 0) if conv.padding == "valid" else conv.padding
+    low = F.unfold(lower, kernel, dilation=conv.dilation, padding=padding, stride=conv.stride)  # (N, C·k·k, L)
+    high = F.unfold(upper, kernel, dilation=conv.dilation, padding=padding, stride=conv.stride)
+    flat = lam.reshape(n, s, out_channels, -1)  # (N, S, Co, L)
+    positive, negative = flat.clamp(min=0), flat.clamp(max=0)
+    low_t, high_t = low.transpose(1, 2).unsqueeze(1), high.transpose(1, 2).unsqueeze(1)  # (N, 1, L, C·k·k)
+    g_low = positive @ low_t + negative @ high_t  # (N, S, Co, C·k·k)
+    g_high = positive @ high_t + negative @ low_t
+    # |t| <= slope·t + intercept on [g_low, g_high]: the chord of a convex function.
+    span = (g_high - g_low).clamp(min=1e-300)
+    slope = torch.where(g_low >= 0, 1.0, torch.where(g_high <= 0, -1.0, (g_high + g_low) / span)).to(lam.dtype)
+    intercept = torch.where((g_low >= 0) | (g_high <= 0), 0.0, -2 * g_high * g_low / span).to(lam.dtype)
+    weight = radius.reshape(out_channels, -1)  # (Co, C·k·k)
+    scaled = weight * slope  # (N, S, Co, C·k·k)
+    columns = -(scaled.transpose(2, 3) @ flat)  # (N, S, C·k·k, L): -Σ_o R·slope·Λ
+    back = F.fold(columns.reshape(n * s, *columns.shape[2:]), (height, width), kernel, dilation=conv.dilation,
+                  padding=padding, stride=conv.stride)
+    constant = -(weight * intercept).flatten(2).sum(dim=2)
+    return back.view(n, s, channels, height, width), constant
 
 
 def _neg_abs_chord(lower: torch.Tensor, upper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
