@@ -195,3 +195,16 @@ def test_attack_and_compare_certify_in_the_table_the_json_and_the_plot(invoke, t
     assert record["rows"][0]["certified"] == record["sweeps"][0]["points"][0]["certified"]["accuracy"]
     bad = invoke("attack", "--max-samples", "10", "--certify", "exact")
     assert bad.exit_code == 2 and "exact" in bad.output
+
+
+def test_certified_hardening_raises_what_can_be_proved(default_model_path, one_thread):
+    from cimguard_plugins.trainers.certified import CertifiedConfig, CertifiedTrainer
+
+    chip = _setup(default_model_path, label_free=False, max_samples=None, thg="0.01")
+    before = chip.certify(0.01, "interval").accuracy
+    hardened = chip.harden(CertifiedTrainer(CertifiedConfig(epochs=10, thg=0.012)))
+    after = hardened.after.certify(0.01, "interval").accuracy
+    assert before == 0.0 and after > 0.4
+    assert hardened.clean_accuracy_after > 0.9
+    with pytest.raises(CimguardError, match="kappa must be between 0 and 1"):
+        CertifiedConfig(kappa=2.0).validate()

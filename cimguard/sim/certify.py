@@ -346,6 +346,15 @@ class BoundGraph:
         ``weights`` are the mapped layers' nominal values (the crossbar's ``W_q``; a trainer's float
         weights, in which case the bound is differentiable with respect to them).
         """
+        gaps = self.margin_bounds(weights, radii, x, labels, method, dtype)
+        return gaps.masked_fill(F.one_hot(labels.to(gaps.device), gaps.shape[1]).bool(), float("inf")).amin(dim=1)
+
+    def margin_bounds(self, weights: Mapping[str, torch.Tensor], radii: Mapping[str, torch.Tensor],
+                      x: torch.Tensor, labels: torch.Tensor, method: str = "crown",
+                      dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        """Per sample and class ``j``, a lower bound of ``z_y - z_j`` over the box (0 at ``j = y``), shape
+        ``(N, classes)``.  ``-margin_bounds`` are the worst-case logits certified training descends
+        (CROWN-IBP's ``CE(-m)``)."""
         check_method(method)
         run = _Run(self, weights, radii, x.to(dtype), dtype, method)
         return run.margin(labels)
@@ -612,7 +621,7 @@ class _Run:
         if self.method == "crown":
             spec = true.unsqueeze(1) - torch.eye(classes, dtype=self.dtype, device=lower.device).unsqueeze(0)
             interval = torch.maximum(interval, self.backward(out, spec))
-        return interval.masked_fill(true.bool(), float("inf")).amin(dim=1)
+        return interval.masked_fill(true.bool(), 0.0)
 
 
 def _dot(coefficient: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
