@@ -38,7 +38,7 @@ TABLES_MD = RESULTS / "doc_tables.md"
 HARDENING_MODELS = ("original", "vanilla", "noise", "trice", "atrice")
 ROOT = HERE.parent
 #: The files whose tables come from this script; each table follows a ``<!-- doc-table: NAME -->`` line.
-DOC_FILES = ("README.md", "docs/hardening.md", "docs/solvers.md", "docs/devices.md")
+DOC_FILES = ("README.md", "docs/hardening.md", "docs/solvers.md", "docs/devices.md", "docs/certify.md")
 MARKER = re.compile(r"^<!-- doc-table: (\w+) -->$")
 
 
@@ -199,6 +199,31 @@ def device_box_table() -> tuple[list[str], list[list[str]], dict]:
     return header, rows, record["settings"]
 
 
+def certify_table() -> tuple[list[str], list[list[str]], dict]:
+    """The shipped LeNet's bracket per thg: ``pgd``'s worst case above, the certificates below
+    (``benchmarks/bench_certify.py``, stage lenet)."""
+    record = json.loads((RESULTS / "certify_lenet.json").read_text())
+    header = ["thg", "found worst case (`pgd`)", "certified (`crown`)", "certified (`interval`)"]
+    rows = [[f"{r['thg']:g}", f"{r['pgd']:.3f}", f"{r['crown']:.3f}" if "crown" in r else "-", f"{r['interval']:.3f}"]
+            for r in record["rows"]]
+    return header, rows, record["settings"] | {"timing": record["timing"]}
+
+
+def certify_hardening_table(seeds: tuple[int, ...] | list[int] = DEFAULT_SEEDS) -> tuple[list[str], list[list[str]], dict]:
+    """Certified hardening next to A-TRICE over ``seeds`` (``benchmarks/bench_certify.py``, stage hardening)."""
+    files = [RESULTS / f"certify_hardening_seed{seed}.json" for seed in seeds]
+    runs = [json.loads(path.read_text()) for path in files]
+    header = ["model", "clean", "worst `pgd` 0.005", "certified 0.005", "worst `pgd` 0.01", "certified 0.01"]
+    rows = []
+    for model in ("original", "atrice", "certified"):
+        group = [row for run in runs for row in run["rows"] if row["model"] == model]
+        rows.append([model] + [_mean_range([r[key] for r in group]) for key in
+                               ("clean", "pgd_0.005", "certified_0.005", "pgd_0.01", "certified_0.01")])
+    settings = dict(runs[0]["settings"])
+    settings.pop("seed", None)
+    return header, rows, {"seeds": [run["settings"]["seed"] for run in runs], **settings}
+
+
 def markdown(header: list[str], rows: list[list[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -210,7 +235,8 @@ def write_tables(seeds: list[int]) -> None:
 
     tables = {}
     for name, build in (("hardening", lambda: hardening_table(seeds)), ("solvers", solver_table),
-                        ("device_box", device_box_table)):
+                        ("device_box", device_box_table), ("certify", certify_table),
+                        ("certify_hardening", lambda: certify_hardening_table(seeds))):
         try:
             header, rows, settings = build()
         except FileNotFoundError as exc:

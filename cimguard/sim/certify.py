@@ -72,6 +72,8 @@ _CURVATURE = {"sigmoid": 1 / (6 * math.sqrt(3)) + 1e-6, "tanh": 4 / (3 * math.sq
 _GELU_MIN_AT = -0.7517915246935645  # GELU's one minimum (f' = 0), for its interval rule
 _GRID = 65
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+#: A convolution whose (outputs × inputs) matrix has at most this many entries goes backward as a matrix.
+_DENSE_LIMIT = 1 << 22
 _LAYERS = (nn.Linear, *_CONVS)
 
 
@@ -395,6 +397,7 @@ class _Run:
         self.upper: dict[fx.Node, torch.Tensor] = {}
         self.offsets: dict[fx.Node, torch.Tensor] = {}
         self.images: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self.dense: dict[tuple[str, int], torch.Tensor] = {}
         for node in graph.rules:
             self._interval(node)
             if method == "crown" and node in graph.refined and not self._exact(node):
@@ -424,6 +427,10 @@ class _Run:
         module = rule.module
         if isinstance(module, nn.Linear):
             return coefficient @ weight
+        if isinstance(module, _CONVS) and math.prod(shape[1:]) * math.prod(coefficient.shape[2:]) <= _DENSE_LIMIT:
+            # A small convolution as its dense matrix: one matrix product instead of a transposed convolution.
+            matrix = self._dense(rule, weight, shape)
+            return (coefficient.flatten(2) @ matrix).view(*coefficient.shape[:2], *shape[1:])
         if isinstance(module, _CONVS):
             n, s = coefficient.shape[:2]
             dims = len(shape) - 2
@@ -438,6 +445,15 @@ class _Run:
             back = transpose(flat, weight, None, module.stride, padding, tuple(out_pad), module.groups, module.dilation)
             return back.reshape(n, s, *shape[1:])
         return coefficient @ weight.t()
+
+    def _dense(self, rule: _Rule, weight: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        """The layer's map as a matrix ``(outputs, inputs)`` (columns: the images of the unit inputs)."""
+        key = (rule.weight, id(weight))
+        if key not in self.dense:
+            count = math.prod(shape[1:])
+            basis = torch.eye(count, dtype=weight.dtype, device=weight.device).view(count, *shape[1:])
+            self.dense[key] = self._forward(rule, basis, weight).reshape(count, -1).t().contiguous()
+        return self.dense[key]
 
     # --- intervals -------------------------------------------------------------------------------
     def _interval(self, node: fx.Node) -> None:
