@@ -45,16 +45,41 @@ def _predictions(crossbar, x, chips):
     return vmap(lambda weights: functional_call(module, weights, (x,), strict=False).argmax(dim=1))(chips)
 
 
-def test_a_single_linear_layer_certificate_is_the_closed_form(tmp_path):
+def _matmul_model(path, weight: np.ndarray, bias: np.ndarray):
+    """``y = x @ W + b`` as ONNX MatMul and Add (a MatMul weight, the bias through an Add)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["h"], name="mm"), helper.make_node("Add", ["h", "b"], ["y"])],
+        "matmul", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", weight.shape[0]])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", weight.shape[1]])],
+        [numpy_helper.from_array(weight, "W"), numpy_helper.from_array(bias, "b")])
+    path.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString())
+    return path
+
+
+@pytest.mark.parametrize("kind", ["gemm", "gemm-transposed-alpha", "matmul"])
+def test_a_single_linear_layer_certificate_is_the_closed_form(tmp_path, kind):
     rng = np.random.default_rng(0)
-    path = gemm_model(tmp_path / "fc.onnx", rng.normal(size=(10, 64)).astype(np.float32))
+    if kind == "matmul":
+        bias_values = np.linspace(-0.1, 0.1, 10).astype(np.float32)
+        path = _matmul_model(tmp_path / "mm.onnx", rng.normal(size=(64, 10)).astype(np.float32), bias_values)
+    elif kind == "gemm":
+        path = gemm_model(tmp_path / "fc.onnx", rng.normal(size=(10, 64)).astype(np.float32))
+    else:
+        path = gemm_model(tmp_path / "fc.onnx", rng.normal(size=(64, 10)).astype(np.float32), trans_b=0, alpha=0.5)
     chip = _setup(str(path))
     layer_name, layer = next(iter(chip.crossbar.layers.items()))
-    bias = chip.imported.module.get_submodule(layer_name.rsplit(".", 1)[0]).bias.double()
+    if kind == "matmul":  # torch holds W as (in, out): the closed form below wants (out, in)
+        bias = torch.from_numpy(bias_values).double()
+        layer = type("Layer", (), {"nominal": layer.nominal.t()})
+    else:
+        bias = chip.imported.module.get_submodule(layer_name.rsplit(".", 1)[0]).bias.double()
     for thg in (0.001, 0.01, None):
         bounds = make_problem(chip.crossbar, chip.data, thg).bounds
         x, y = chip.data.x.double(), chip.data.labels
         w, r = layer.nominal.double(), bounds[layer_name].double()
+        r = r.t() if kind == "matmul" else r
         # min over |ΔW| <= R of (w_y + Δw_y - w_j - Δw_j)·x + b_y - b_j, for every j != y.
         margins = (w[y][:, None, :] - w[None]) @ x[:, :, None]
         spread = ((r[y][:, None, :] + r[None]) @ x.abs()[:, :, None]).squeeze(2)
@@ -62,7 +87,8 @@ def test_a_single_linear_layer_certificate_is_the_closed_form(tmp_path):
         closed = closed.masked_fill(torch.nn.functional.one_hot(y, 10).bool(), float("inf")).amin(dim=1)
         graph = BoundGraph(chip.imported.module, set(chip.crossbar.layers))
         for method in ("interval", "crown"):
-            bound = graph.margin_lower_bound({layer_name: layer.nominal}, bounds, chip.data.x, y, method)
+            nominal = chip.crossbar.layers[layer_name].nominal
+            bound = graph.margin_lower_bound({layer_name: nominal}, bounds, chip.data.x, y, method)
             torch.testing.assert_close(bound, closed, rtol=0, atol=1e-9)
 
 
@@ -78,7 +104,8 @@ class _Small(nn.Module):
 
 
 class _Operators(nn.Module):
-    """Conv, BatchNorm, max and average pooling, a residual Add, Concat and the smooth activations."""
+    """Conv, BatchNorm (signed scales), Sub, max and average pooling, a residual Add, Concat, LeakyReLU and the
+    smooth activations."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -95,11 +122,11 @@ class _Operators(nn.Module):
         self.out = nn.Linear(12, 10)
 
     def forward(self, x):
-        h = torch.relu(self.norm(self.conv(x)))
+        h = self.norm(torch.relu(self.conv(x))) - 0.1  # a BatchNorm after the ReLU is not folded into the Conv
         h = h + torch.tanh(self.conv2(h))  # residual
         h = torch.cat([self.pool(h), self.avg(nn.functional.leaky_relu(h, 0.1))], dim=1)
         h = nn.functional.gelu(self.fc(h.flatten(1)))
-        return self.out(torch.sigmoid(h))
+        return self.out(torch.sigmoid(h) * 6.0)  # Mul by a constant
 
 
 @pytest.mark.parametrize("net", [_Small, _Operators])

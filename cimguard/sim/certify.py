@@ -59,7 +59,7 @@ _POSITIVE_AFFINE = {
     "AdaptiveAvgPool1d", "AdaptiveAvgPool2d", "AdaptiveAvgPool3d", "OnnxGlobalAveragePool",
     "OnnxGlobalAveragePoolWithKnownInputShape", "OnnxAveragePool", "OnnxConcat", "OnnxTranspose",
     "OnnxSqueezeStaticAxes", "OnnxSqueezeDynamicAxes", "OnnxUnsqueezeStaticAxes", "OnnxUnsqueezeDynamicAxes",
-    "OnnxSlice", "OnnxSliceV9", "Identity", "OnnxCopyIdentity", "Dropout", "OnnxDropoutDynamic", "OnnxPadStatic",
+    "OnnxSlice", "OnnxSliceV9", "Identity", "OnnxCopyIdentity", "Dropout", "OnnxPadStatic",
     "OnnxSum", "OnnxMean",
 }
 _ACTIVATIONS = {"ReLU": "relu", "LeakyReLU": "leaky_relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "GELU": "gelu"}
@@ -136,17 +136,17 @@ def certify(crossbar: Crossbar, data: EvalData, thg: float | None = None, method
     part = local_part(data)
     offset = distributed.local_slice(len(data.labels)).start if distributed.active() else 0
     size = batch_size or (256 if method == "interval" else 32)
-    flags = torch.zeros(len(data.labels), dtype=torch.float64)
+    flags = torch.zeros(len(data.labels), dtype=torch.float64, device=data.labels.device)
     with torch.no_grad():
         for begin in range(0, len(part.labels), size):
             x, y = part.x[begin:begin + size], part.labels[begin:begin + size]
             bound = graph.margin_lower_bound(weights, problem.bounds, x, y, method, dtype=torch.float64)
             clean = crossbar.logits(x).detach()
             tolerance = MARGIN_TOLERANCE * (1 + clean.abs().amax(dim=1).double())
-            flags[offset + begin: offset + begin + len(y)] = (bound.cpu() > tolerance.cpu()).double()
+            flags[offset + begin: offset + begin + len(y)] = (bound > tolerance.to(bound.device)).double()
     if distributed.active():
         (flags,) = distributed.all_reduce_sum([flags])
-    certified = [int(i) for i in torch.nonzero(flags > 0.5).flatten()]
+    certified = [int(i) for i in torch.nonzero(flags.cpu() > 0.5).flatten()]
     return Certificate(method, None if problem.device_box else problem.thg, certified, len(data.labels),
                        time.perf_counter() - start, "agreement" if data.label_free else "accuracy")
 
@@ -212,6 +212,14 @@ class BoundGraph:
             if not users:
                 raise CimguardError(f"cannot certify: the mapped weight {name} is not the weight of a Conv, Gemm or "
                                     "MatMul the certifier walks")
+        # A mapped weight read anywhere else would enter there at its nominal value, its ΔW unbounded: refused.
+        for node in self.nodes:
+            if node.op == "get_attr" and node.target in mapped:
+                for user in node.users:
+                    rule = self.rules.get(user)
+                    if rule is None or rule.weight != node.target or user.args[0] is node:
+                        raise CimguardError(f"cannot certify: the mapped weight {node.target} also feeds node "
+                                            f"{user.name}")
         self.users: dict[fx.Node, list[fx.Node]] = {n: [] for n in self.rules}
         for node, rule in self.rules.items():
             for dep in rule.deps:
@@ -237,31 +245,32 @@ class BoundGraph:
         if node is self.input:
             return _Rule(node, "input")
         deps = [arg for arg in node.all_input_nodes if arg in dependent]
+        first_arg_only = len(deps) == 1 and bool(node.args) and node.args[0] is deps[0]
         if node.op == "call_module":
             sub = self.module.get_submodule(node.target)
             name = type(sub).__name__
-            first_only = len(deps) == 1 and node.args and node.args[0] is deps[0]
             if isinstance(sub, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and not isinstance(sub, nn.modules.conv._ConvTransposeNd):
-                if sub.padding_mode != "zeros" or isinstance(sub.padding, str) and sub.padding != "valid" \
-                        or not first_only:
+                if sub.padding_mode != "zeros" or isinstance(sub.padding, str) and sub.padding != "valid":
                     raise self._refuse(node, f"{name} with padding {sub.padding!r} ({sub.padding_mode})")
+                if not first_arg_only:
+                    raise self._refuse(node, f"{name} with computed weights")
                 return _Rule(node, "linear", deps, module=sub, weight=f"{node.target}.weight")
             if isinstance(sub, nn.Linear):
-                if not first_only:
+                if not first_arg_only:
                     raise self._refuse(node, name)
                 return _Rule(node, "linear", deps, module=sub, weight=f"{node.target}.weight")
             if name == "OnnxMatMul":
                 other = node.args[1] if len(node.args) > 1 else None
-                if not first_only or not isinstance(other, fx.Node) or other.op != "get_attr":
+                if not first_arg_only or not isinstance(other, fx.Node) or other.op != "get_attr":
                     raise self._refuse(node, "MatMul of two computed tensors")
                 tensor = self.module.get_buffer(other.target) if other.target in dict(self.module.named_buffers()) \
                     else getattr(self.module, other.target)
                 if tensor.dim() != 2:
                     raise self._refuse(node, f"MatMul with a {tensor.dim()}-d weight")
                 return _Rule(node, "linear", deps, module=sub, weight=other.target)
-            if name == "OnnxFunction" and sub.function in _FUNCTION_ACTIVATIONS and first_only:
+            if name == "OnnxFunction" and sub.function in _FUNCTION_ACTIVATIONS and first_arg_only:
                 return _Rule(node, "act", deps, activation=_FUNCTION_ACTIVATIONS[sub.function])
-            if name in _ACTIVATIONS and first_only:
+            if name in _ACTIVATIONS and first_arg_only:
                 kind = _ACTIVATIONS[name]
                 if kind == "gelu" and getattr(sub, "approximate", "none") != "none":
                     raise self._refuse(node, f"GELU(approximate={sub.approximate!r})")
@@ -269,9 +278,13 @@ class BoundGraph:
                 if kind == "leaky_relu" and not 0 <= slope <= 1:
                     raise self._refuse(node, f"LeakyReLU with slope {slope:g}")
                 return _Rule(node, "act", deps, activation=kind, slope=slope)
-            if isinstance(sub, nn.MaxPool2d) and first_only and not sub.return_indices:
+            if isinstance(sub, nn.MaxPool2d) and first_arg_only and not sub.return_indices:
                 return _Rule(node, "maxpool", deps, module=sub)
+            if sub.training and (name == "Dropout" or _is_batch_norm(sub)):
+                raise self._refuse(node, f"{name} in training mode")  # random, or batch statistics: not affine
             if name in _POSITIVE_AFFINE:
+                if name not in ("OnnxConcat", "OnnxSum", "OnnxMean") and not first_arg_only:
+                    raise self._refuse(node, f"{name} with computed shape or index arguments")
                 return _Rule(node, "affine", deps, call=self._call(node, deps))
             if name == "OnnxBinaryMathOperation":
                 op = _type_name(sub.math_op_function)
@@ -283,18 +296,21 @@ class BoundGraph:
                         (op == "mul" or node.args[0] is computed[0]):
                     return _Rule(node, "signed", deps, call=self._call(node, deps))
                 raise self._refuse(node, f"{op} of computed tensors")
-            if name in ("OnnxNeg",) or isinstance(sub, nn.modules.batchnorm._BatchNorm) or name == "OnnxBatchNorm":
-                if len(deps) != 1 or node.args[0] is not deps[0]:
+            if name == "OnnxNeg" or _is_batch_norm(sub):
+                if not first_arg_only or isinstance(sub, nn.modules.batchnorm._BatchNorm) and sub.running_var is None:
                     raise self._refuse(node, f"{name} with computed parameters")
                 return _Rule(node, "signed", deps, call=self._call(node, deps))
             raise self._refuse(node, name)
         if node.op == "call_function":
             if node.target in _FUNCTION_ACTIVATIONS and len(deps) == 1:
                 return _Rule(node, "act", deps, activation=_FUNCTION_ACTIVATIONS[node.target])
-            if node.target in (operator.add, torch.add, torch.flatten, torch.cat, torch.reshape, operator.getitem):
+            if node.target is operator.add or node.target is torch.add and not node.kwargs or \
+                    node.target in (torch.flatten, torch.reshape, operator.getitem) and first_arg_only:
+                return _Rule(node, "affine", deps, call=self._call(node, deps))
+            if node.target is torch.cat:
                 return _Rule(node, "affine", deps, call=self._call(node, deps))
             raise self._refuse(node, _type_name(node.target))
-        if node.op == "call_method" and node.target in ("view", "reshape", "flatten", "contiguous"):
+        if node.op == "call_method" and node.target in ("view", "reshape", "flatten", "contiguous") and first_arg_only:
             return _Rule(node, "affine", deps, call=self._call(node, deps))
         raise self._refuse(node, str(node.target))
 
@@ -307,7 +323,7 @@ class BoundGraph:
             args = fx.node.map_arg(node.args, lambda n: env[n])
             kwargs = fx.node.map_arg(node.kwargs, lambda n: env[n])
             if node.op == "call_module":
-                return module.get_submodule(node.target)(*args, **kwargs)
+                return _call_module(module.get_submodule(node.target), args, kwargs)
             if node.op == "call_function":
                 return node.target(*args, **kwargs)
             return getattr(args[0], node.target)(*args[1:], **kwargs)
@@ -328,7 +344,7 @@ class BoundGraph:
                 args = fx.node.map_arg(node.args, lambda n: values[n])
                 kwargs = fx.node.map_arg(node.kwargs, lambda n: values[n])
                 if node.op == "call_module":
-                    value = self.module.get_submodule(node.target)(*args, **kwargs)
+                    value = _call_module(self.module.get_submodule(node.target), args, kwargs)
                 elif node.op == "call_function":
                     value = node.target(*args, **kwargs)
                 else:
@@ -360,6 +376,21 @@ class BoundGraph:
         check_method(method)
         run = _Run(self, weights, radii, x.to(dtype), dtype, method)
         return run.margin(labels)
+
+
+def _is_batch_norm(module: nn.Module) -> bool:
+    return isinstance(module, nn.modules.batchnorm._BatchNorm) or type(module).__name__ == "OnnxBatchNorm"
+
+
+def _call_module(module: nn.Module, args: tuple, kwargs: dict) -> Any:
+    """``module(*args)`` with its floating parameters and buffers in the dtype of the first floating argument
+    (bounds run in float64; the module itself is never changed)."""
+    dtype = next((a.dtype for a in args if isinstance(a, torch.Tensor) and a.is_floating_point()), None)
+    state = {**dict(module.named_parameters()), **dict(module.named_buffers())}
+    if dtype is None or all(not v.is_floating_point() or v.dtype == dtype for v in state.values()):
+        return module(*args, **kwargs)
+    converted = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    return torch.func.functional_call(module, converted, args, kwargs)
 
 
 def _attribute(module: nn.Module, target: str) -> Any:
