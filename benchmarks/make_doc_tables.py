@@ -219,6 +219,14 @@ def certify_cost_table() -> tuple[list[str], list[list[str]], dict]:
     return header, rows, record["settings"]
 
 
+def certify_resnet_table() -> tuple[list[str], list[list[str]], dict]:
+    """torchvision's ResNet-18 at 3×32×32 certified with intervals on the CPU (stage resnet)."""
+    record = json.loads((RESULTS / "certify_resnet.json").read_text())
+    header = ["thg", "certified (`interval`)", "seconds"]
+    rows = [[f"{r['thg']:g}", f"{r['interval']:.3f}", f"{r['seconds']:.2f}"] for r in record["rows"]]
+    return header, rows, record["settings"]
+
+
 def certify_hardening_table(seeds: tuple[int, ...] | list[int] = DEFAULT_SEEDS) -> tuple[list[str], list[list[str]], dict]:
     """Certified hardening next to A-TRICE over ``seeds`` (``benchmarks/bench_certify.py``, stage hardening)."""
     files = [RESULTS / f"certify_hardening_seed{seed}.json" for seed in seeds]
@@ -246,7 +254,7 @@ def write_tables(seeds: list[int]) -> None:
     tables = {}
     for name, build in (("hardening", lambda: hardening_table(seeds)), ("solvers", solver_table),
                         ("device_box", device_box_table), ("certify", certify_table),
-                        ("certify_cost", certify_cost_table),
+                        ("certify_cost", certify_cost_table), ("certify_resnet", certify_resnet_table),
                         ("certify_hardening", lambda: certify_hardening_table(seeds))):
         try:
             header, rows, settings = build()

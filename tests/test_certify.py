@@ -235,3 +235,17 @@ def test_certified_hardening_raises_what_can_be_proved(default_model_path, one_t
     assert hardened.clean_accuracy_after > 0.9
     with pytest.raises(CimguardError, match="kappa must be between 0 and 1"):
         CertifiedConfig(kappa=2.0).validate()
+
+
+def test_the_certify_tables_of_the_docs_follow_from_the_saved_results():
+    from benchmarks import make_doc_tables as tables
+
+    saved = json.loads(tables.TABLES_JSON.read_text())
+    for name, build in (("certify", tables.certify_table), ("certify_cost", tables.certify_cost_table),
+                        ("certify_resnet", tables.certify_resnet_table),
+                        ("certify_hardening", tables.certify_hardening_table)):
+        header, rows, settings = build()
+        assert saved[name]["markdown"] == tables.markdown(header, rows)
+    assert saved["certify_hardening"]["settings"]["seeds"] == [0, 1, 2, 3, 4]
+    quoted = dict(tables.quoted_tables((tables.ROOT / "docs" / "certify.md").read_text()))
+    assert set(quoted) == {"certify", "certify_cost", "certify_resnet", "certify_hardening"}

@@ -229,14 +229,7 @@ class BoundGraph:
 
     @staticmethod
     def _ancestors(node: fx.Node) -> set[fx.Node]:
-        seen: set[fx.Node] = set()
-        stack = [node]
-        while stack:
-            current = stack.pop()
-            if current not in seen:
-                seen.add(current)
-                stack.extend(current.all_input_nodes)
-        return seen
+        return _reachable(node, lambda current: current.all_input_nodes)
 
     def _refuse(self, node: fx.Node, what: str) -> CimguardError:
         return CimguardError(f"cannot certify: no sound bound rule for operator {what} (node {node.name})")
@@ -376,6 +369,18 @@ class BoundGraph:
         check_method(method)
         run = _Run(self, weights, radii, x.to(dtype), dtype, method)
         return run.margin(labels)
+
+
+def _reachable(node: fx.Node, inputs: Callable[[fx.Node], list[fx.Node]]) -> set[fx.Node]:
+    """``node`` and every node reached from it through ``inputs``."""
+    seen: set[fx.Node] = set()
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        if current not in seen:
+            seen.add(current)
+            stack.extend(inputs(current))
+    return seen
 
 
 def _is_batch_norm(module: nn.Module) -> bool:
@@ -638,14 +643,7 @@ class _Run:
         return self.images[key]
 
     def _upstream(self, node: fx.Node) -> set[fx.Node]:
-        seen: set[fx.Node] = set()
-        stack = [node]
-        while stack:
-            current = stack.pop()
-            if current not in seen:
-                seen.add(current)
-                stack.extend(self.graph.rules[current].deps)
-        return seen
+        return _reachable(node, lambda current: self.graph.rules[current].deps)
 
     def _offset(self, node: fx.Node) -> torch.Tensor:
         """The constant of an affine node: its value with every input-dependent argument zero."""
