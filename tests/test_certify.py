@@ -249,3 +249,22 @@ def test_the_certify_tables_of_the_docs_follow_from_the_saved_results():
     assert saved["certify_hardening"]["settings"]["seeds"] == [0, 1, 2, 3, 4]
     quoted = dict(tables.quoted_tables((tables.ROOT / "docs" / "certify.md").read_text()))
     assert set(quoted) == {"certify", "certify_cost", "certify_resnet", "certify_hardening"}
+
+
+def test_harden_with_the_certified_trainer_on_the_command_line(invoke, tmp_path):
+    out = tmp_path / "certified.onnx"
+    result = invoke("harden", "--trainer", "certified", "--epochs", "1", "--trainer-param", "thg=0.01",
+                    "--trainer-param", "kappa=0.2", "--max-samples", "50", "-o", out)
+    assert result.exit_code == 0, result.output
+    assert "thg = 0.01" in result.output and out.exists()
+    bad = invoke("harden", "--trainer", "certified", "--trainer-param", "method=exact", "-o", tmp_path / "x.onnx")
+    assert bad.exit_code == 1 and bad.output.startswith("Error: method must be interval or crown")
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_an_optional_field_is_typed_from_text():
+    from cimguard.options import coerce
+
+    assert coerce("0.01", float | None) == 0.01 and coerce("none", float | None) is None
+    with pytest.raises(ValueError):
+        coerce("many", float | None)
