@@ -594,10 +594,14 @@ class _Run:
                     view = (1, 1, -1) + (1,) * (lam.dim() - 3) if isinstance(rule.module, _CONVS) else (1, 1, -1)
                     total = total + _dot(lam, bias.view(view))
                 if a is self.graph.input:
-                    # The exact input: Λ·(W + ΔW)·x >= Λ·(W x) - |Λ|·(R |x|), both images computed once.
+                    # The exact input: Λ·(W + ΔW)·x >= Λ·(W x) - |Λ|·(R |x|), both images computed once; a
+                    # convolution whose Λ changes sign across positions gets the exact -Σ_w R_w |G_w(x)| instead.
                     nominal, spread = self._input_images(rule, weight, radius)
                     total = total + _dot(lam, nominal)
-                    if spread is not None:
+                    if radius is not None and _shares_weights(rule, lam):
+                        back, constant = _shared_penalty(rule.module, lam, radius, self.x, self.x)
+                        total = total + _dot(back, self.x) + constant
+                    elif spread is not None:
                         total = total - _dot(lam.abs(), spread)
                     continue
                 back = self._adjoint(rule, lam, weight, self.lower[a].shape)
