@@ -23,7 +23,6 @@ delete the file to re-measure):
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time

@@ -14,7 +14,6 @@ import cimguard
 from cimguard.api import build_setup
 from cimguard.errors import CimguardError
 from cimguard.sim.certify import BoundGraph, certify
-from cimguard.sim.evaluate import monte_carlo
 from cimguard.sim.sweep import crossbar_at
 from cimguard.sim.worst_case import make_problem
 from tests.onnx_builders import gemm_model

@@ -39,6 +39,7 @@ from torch import fx, nn
 
 from cimguard import distributed
 from cimguard.errors import CimguardError
+from cimguard.progress import progress_bar
 from cimguard.sim.crossbar import Crossbar
 from cimguard.sim.evaluate import EvalData, local_part
 from cimguard.sim.worst_case import make_problem
@@ -122,7 +123,7 @@ def check_certifiable(crossbar: Crossbar, method: str) -> None:
 
 
 def certify(crossbar: Crossbar, data: EvalData, thg: float | None = None, method: str = "crown", *,
-            batch_size: int | None = None) -> Certificate:
+            batch_size: int | None = None, progress: bool = False) -> Certificate:
     """Certify every sample of ``data`` against the box at ``thg`` (``None``: the device's own box).
 
     The box is exactly the solvers' (:func:`cimguard.sim.worst_case.make_problem`).  Under torchrun
@@ -137,13 +138,17 @@ def certify(crossbar: Crossbar, data: EvalData, thg: float | None = None, method
     offset = distributed.local_slice(len(data.labels)).start if distributed.active() else 0
     size = batch_size or (256 if method == "interval" else 32)
     flags = torch.zeros(len(data.labels), dtype=torch.float64, device=data.labels.device)
+    starts = range(0, len(part.labels), size)
+    bar = progress_bar(len(starts), f"certifying ({method})", "batch", progress)
     with torch.no_grad():
-        for begin in range(0, len(part.labels), size):
+        for begin in starts:
             x, y = part.x[begin:begin + size], part.labels[begin:begin + size]
             bound = graph.margin_lower_bound(weights, problem.bounds, x, y, method, dtype=torch.float64)
             clean = crossbar.logits(x).detach()
             tolerance = MARGIN_TOLERANCE * (1 + clean.abs().amax(dim=1).double())
             flags[offset + begin: offset + begin + len(y)] = (bound > tolerance.to(bound.device)).double()
+            bar.update()
+    bar.close()
     if distributed.active():
         (flags,) = distributed.all_reduce_sum([flags])
     certified = [int(i) for i in torch.nonzero(flags.cpu() > 0.5).flatten()]

@@ -234,7 +234,7 @@ def attack_sweep(
                 sweep.interrupted = True
                 return sweep
         if certify_method is not None:
-            point.certified = certify(chip, data, thg, certify_method)
+            point.certified = certify(chip, data, thg, certify_method, progress=progress)
     return sweep
 
 
