@@ -49,7 +49,7 @@ HARDENING_MODELS = ("original", "vanilla", "noise", "trice", "atrice")
 ROOT = HERE.parent
 #: The files whose tables come from this script; each table follows a ``<!-- doc-table: NAME -->`` line.
 DOC_FILES = ("README.md", "docs/hardening.md", "docs/solvers.md", "docs/devices.md", "docs/import.md",
-             "docs/quantized.md")
+             "docs/quantized.md", "docs/certify.md")
 MARKER = re.compile(r"^<!-- doc-table: (\w+) -->$")
 
 
@@ -316,6 +316,49 @@ def node_suite_table() -> tuple[list[str], list[list[str]], dict]:
     return header, rows, record["versions"]
 
 
+def certify_table() -> tuple[list[str], list[list[str]], dict]:
+    """The shipped LeNet's bracket per thg: ``pgd``'s worst case above, the certificates below
+    (``benchmarks/bench_certify.py``, stage lenet)."""
+    record = json.loads((RESULTS / "certify_lenet.json").read_text())
+    header = ["thg", "found worst case (`pgd`)", "certified (`crown`)", "certified (`interval`)"]
+    rows = [[f"{r['thg']:g}", f"{r['pgd']:.3f}", f"{r['crown']:.3f}" if "crown" in r else "-", f"{r['interval']:.3f}"]
+            for r in record["rows"]]
+    return header, rows, record["settings"]
+
+
+def certify_cost_table() -> tuple[list[str], list[list[str]], dict]:
+    """Certifying the 360 images at thg 0.001 against 60 F-LWC passes, one process (stage cost)."""
+    record = json.loads((RESULTS / "certify_cost.json").read_text())
+    header = ["360 images at thg 0.001", "certified", "seconds", "× 60 F-LWC passes"]
+    rows = [["60 F-LWC passes (one run)", "-", f"{record['flwc_60_passes_seconds']:.2f}", "1"]]
+    rows += [[f"`{method}`", f"{record[f'{method}_accuracy']:.3f}", f"{record[f'{method}_seconds']:.2f}",
+              f"{record[f'{method}_ratio']:.2f}"] for method in ("interval", "crown")]
+    return header, rows, record["settings"]
+
+
+def certify_resnet_table() -> tuple[list[str], list[list[str]], dict]:
+    """torchvision's ResNet-18 at 3×32×32 certified with intervals on the CPU (stage resnet)."""
+    record = json.loads((RESULTS / "certify_resnet.json").read_text())
+    header = ["thg", "certified (`interval`)", "seconds"]
+    rows = [[f"{r['thg']:g}", f"{r['interval']:.3f}", f"{r['seconds']:.2f}"] for r in record["rows"]]
+    return header, rows, record["settings"]
+
+
+def certify_hardening_table(seeds: tuple[int, ...] | list[int] = DEFAULT_SEEDS) -> tuple[list[str], list[list[str]], dict]:
+    """Certified hardening next to A-TRICE over ``seeds`` (``benchmarks/bench_certify.py``, stage hardening)."""
+    files = [RESULTS / f"certify_hardening_seed{seed}.json" for seed in seeds]
+    runs = [json.loads(path.read_text()) for path in files]
+    header = ["model", "clean", "worst `pgd` 0.005", "certified 0.005", "worst `pgd` 0.01", "certified 0.01"]
+    rows = []
+    for model in ("original", "atrice", "certified"):
+        group = [row for run in runs for row in run["rows"] if row["model"] == model]
+        rows.append([model] + [_mean_range([r[key] for r in group]) for key in
+                               ("clean", "pgd_0.005", "certified_0.005", "pgd_0.01", "certified_0.01")])
+    settings = dict(runs[0]["settings"])
+    settings.pop("seed", None)
+    return header, rows, {"seeds": [run["settings"]["seed"] for run in runs], **settings}
+
+
 def markdown(header: list[str], rows: list[list[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -328,7 +371,10 @@ def write_tables(seeds: list[int]) -> None:
     tables = {}
     for name, build in (("hardening", lambda: hardening_table(seeds)), ("solvers", solver_table),
                         ("device_box", device_box_table), ("solver_budget", solver_budget_table),
-                        ("node_suite", node_suite_table), ("quantized", quantized_table)):
+                        ("node_suite", node_suite_table), ("quantized", quantized_table),
+                        ("certify", certify_table), ("certify_cost", certify_cost_table),
+                        ("certify_resnet", certify_resnet_table),
+                        ("certify_hardening", lambda: certify_hardening_table(seeds))):
         try:
             header, rows, settings = build()
         except FileNotFoundError as exc:

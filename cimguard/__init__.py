@@ -48,6 +48,7 @@ _EXPORTS: dict[str, str] = {
     "SolverRun": "cimguard.sim.worst_case",
     "AttackSweep": "cimguard.sim.sweep",
     "DeviceSweep": "cimguard.sim.sweep",
+    "Certificate": "cimguard.sim.certify",
     "CimguardError": "cimguard.errors",
     "hookimpl": "cimguard.hookspecs",
     # lower-level building blocks

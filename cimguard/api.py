@@ -40,6 +40,8 @@ from cimguard.factories import build_solver, build_trainer, create_device, load_
 from cimguard.onnx.export import export_onnx
 from cimguard.onnx.model import ImportedModel, import_model, load_model
 from cimguard.onnx.runtime import verify_against_onnxruntime
+from cimguard.sim.certify import Certificate
+from cimguard.sim.certify import certify as certify_samples
 from cimguard.sim.crossbar import Crossbar, CrossbarConfig
 from cimguard.sim.data import Dataset, check_labels, fit_to_model
 from cimguard.sim.device import Device, describe_config
@@ -261,12 +263,21 @@ class Setup:
                           progress=progress)
 
     def sweep(self, thg: Sequence[float | None] | float | None = None, solvers: SolverChoice = "apgd", *,
-              samples: int = 100, seed: int = 0, budget: int | None = None, progress: bool = False) -> AttackSweep:
+              samples: int = 100, seed: int = 0, budget: int | None = None, progress: bool = False,
+              certify: str | None = None) -> AttackSweep:
         """Clean, Monte Carlo and worst case at each write-verify threshold (``None``: the device's own
-        box): one row per value, what ``cimguard attack --thg`` prints."""
+        box): one row per value, what ``cimguard attack --thg`` prints; ``certify`` (``interval`` or
+        ``crown``) adds the certified accuracy in each box (``attack --certify``)."""
         thgs = _thg_list(thg)
         chosen = pick_solvers(solvers, budget)
-        return attack_sweep(self.crossbar, self.data, thgs, chosen, samples=samples, seed=seed, progress=progress)
+        return attack_sweep(self.crossbar, self.data, thgs, chosen, samples=samples, seed=seed, progress=progress,
+                            certify_method=certify)
+
+    def certify(self, thg: float | None = None, method: str = "crown") -> Certificate:
+        """Which samples no chip in the box can misclassify (``thg=None``: the device's own box), proved by
+        ``method`` (``interval`` or ``crown``): a lower bound on the worst chip's accuracy
+        (:func:`cimguard.sim.certify.certify`; docs/certify.md)."""
+        return certify_samples(self.crossbar, self.data, None if thg is None else float(thg), method)
 
     def sweep_device(self, parameter: str, values: Sequence[Any], solvers: SolverChoice = "apgd", *,
                      thg: float | None = None, samples: int = 100, seed: int = 0, budget: int | None = None,

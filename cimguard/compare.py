@@ -31,6 +31,8 @@ class ModelComparison(BoxChoice):
     """Verified worst-case accuracy (agreement in label-free mode) by solver name."""
     box_levels: list[float] | None = None
     """The device's box per target level (level units) when ``thg`` is None."""
+    certified: float | None = None
+    """Certified accuracy in the same box (``compare --certify``); None when not asked for."""
 
 
 @dataclass
@@ -58,6 +60,7 @@ class Comparison:
                 rows.append(ModelComparison(
                     label, point.thg, point.clean, mc.mean if mc else None, mc.percentiles["1"] if mc else None,
                     {name: run.accuracy for name, run in point.runs.items()}, point.box_levels,
+                    None if point.certified is None else point.certified.accuracy,
                 ))
         return rows
 
@@ -94,12 +97,14 @@ def compare_sweeps(
     verify: bool = False,
     budget: int | None = None,
     progress: bool = False,
+    certify: str | None = None,
 ) -> Comparison:
     """Run :func:`cimguard.sim.sweep.attack_sweep` once per model, with the same data, device, thg values,
     solvers (names, built :class:`Solver` objects, or ``{name: Solver}``; each capped at ``budget`` passes
     when given) and seeds.
 
-    Each model gets exactly the numbers ``cimguard attack`` would report for it.  A
+    Each model gets exactly the numbers ``cimguard attack`` would report for it (``certify``: with the
+    certified accuracy of ``attack --certify``).  A
     Ctrl-C stops the comparison: the models done so far (and the interrupted one's
     partial sweep) are returned, marked interrupted.
     """
@@ -117,7 +122,7 @@ def compare_sweeps(
                             CrossbarConfig(weight_bits=weight_bits), label_free=label_free, verify=verify,
                             torch_device=torch_device, max_samples=max_samples)
         sweep = attack_sweep(setup.crossbar, setup.data, list(thgs), chosen, samples=samples, seed=seed,
-                             progress=progress)
+                             progress=progress, certify_method=certify)
         comparison.sweeps.append((label, sweep))
         comparison.setups.append(setup)
         if sweep.interrupted:
@@ -139,7 +144,10 @@ def format_comparison(rows: Sequence[ModelComparison], solvers: Sequence[str] | 
     def number(value: float | None) -> str:
         return "-" if value is None else f"{value:.4f}"
 
-    header = ["model", "thg", "clean", "MC mean", "MC p1"] + [f"worst {s}" for s in solvers]
+    certified = any(r.certified is not None for r in rows)
+    header = ["model", "thg", "clean", "MC mean", "MC p1"] + [f"worst {s}" for s in solvers] + \
+        (["certified"] if certified else [])
     table = [[r.model, r.label, number(r.clean), number(r.monte_carlo_mean), number(r.monte_carlo_p1)]
-             + [number(r.worst_case.get(s)) for s in solvers] for r in rows]
+             + [number(r.worst_case.get(s)) for s in solvers] + ([number(r.certified)] if certified else [])
+             for r in rows]
     return text_table(header, table, left=1)

@@ -34,6 +34,9 @@ def coerce(raw: Any, hint: Any) -> Any:
     Raises ``ValueError`` when the text does not spell a value of that type; callers
     turn it into a one-line error that names their option.
     """
+    options = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+    if len(options) == 1 and len(typing.get_args(hint)) == 2:  # ``float | None``: the type, or "none"
+        return None if raw is None or str(raw).lower() == "none" else coerce(raw, options[0])
     kind = hint if isinstance(hint, type) else typing.get_origin(hint) or hint
     try:
         if kind is bool:

@@ -133,6 +133,7 @@ def plot_attack_sweep(sweep, path=None, *, title: str = ""):
             axes.plot([point.size for point in solved], [point.runs[name].accuracy for point in solved],
                       marker=markers[index % len(markers)], color=colours[index % len(colours)],
                       label=f"worst case ({name})")
+    _shade_certified(axes, points)
     axes.set_xlabel("box size: write-verify threshold thg, or the device box's largest bound (levels)")
     axes.set_ylabel(sweep.metric)
     axes.set_ylim(-0.02, 1.02)
@@ -143,6 +144,20 @@ def plot_attack_sweep(sweep, path=None, *, title: str = ""):
     if path is not None:
         save_figure(figure, path)
     return figure
+
+
+def _shade_certified(axes, points) -> None:
+    """The certified accuracy (``attack --certify``) and the bracket up to the lowest worst case found:
+    the worst chip's true accuracy lies in the shaded band."""
+    proved = [point for point in points if point.certified is not None]
+    if not proved:
+        return
+    sizes = [point.size for point in proved]
+    lower = [point.certified.accuracy for point in proved]
+    # Without a solver run the bracket's top is the clean chip (any chip bounds the worst one from above).
+    upper = [min([run.accuracy for run in point.runs.values()] + [point.clean]) for point in proved]
+    axes.plot(sizes, lower, marker="^", color="tab:green", label=f"certified ({proved[0].certified.method})")
+    axes.fill_between(sizes, lower, upper, color="tab:green", alpha=0.15, label="worst chip lies here (certified to found)")
 
 
 # -- any-time curves (cimguard attack --plot-passes, benchmarks/bench_solver_budget.py) ----------------

@@ -138,6 +138,7 @@ from cimguard.distributed import all_reduce_sum, is_main, local_slice, mini_batc
 from cimguard.errors import CimguardError
 from cimguard.hookspecs import hookimpl
 from cimguard.seeds import torch_generator
+from cimguard.sim.certify import BoundGraph, certify
 from cimguard.sim.crossbar import Crossbar, Perturbation
 from cimguard.sim.data import Dataset, read_npz
 from cimguard.sim.device import AfterProgramming, Device, DeviceConfig, check_non_negative
@@ -192,6 +193,9 @@ __all__: list[str] = [
     "check_rcg",
     "rcg_perturbation",
     "rcg_mean_perturbation",
+    # certified bounds (docs/certify.md): BoundGraph.margin_bounds is differentiable in the weights
+    "BoundGraph",
+    "certify",
     # seeds: the one way a seed becomes a torch.Generator
     "torch_generator",
     # datasets

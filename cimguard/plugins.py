@@ -29,6 +29,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "cimguard_plugins.trainers.trice",
     "cimguard_plugins.trainers.atrice",
     "cimguard_plugins.trainers.vanilla",
+    "cimguard_plugins.trainers.certified",
 )
 
 #: Set to any non-empty value to skip loading plugins from the ``cimguard``

@@ -78,6 +78,20 @@ def test_attack_on_two_processes_follows_the_one_process_search(invoke, tmp_path
         assert len(run_two["trace"]) == len(run_one["trace"]), name
 
 
+def test_certify_on_two_processes_proves_exactly_the_samples_one_process_proves(invoke, tmp_path):
+    args = ("attack", "--solver", "flwc", "--thg", "0.0005", "--samples", "0", "--max-samples", "61",
+            "--iterations", "2", "--certify", "interval")
+    one = invoke(*args, "--json", tmp_path / "one.json")
+    assert one.exit_code == 0, one.output
+    two = torchrun(tmp_path, *args, "--json", "two.json")
+    assert two.returncode == 0, two.stderr
+    (point_one,) = json.loads((tmp_path / "one.json").read_text())["points"]
+    (point_two,) = json.loads((tmp_path / "two.json").read_text())["points"]
+    proved = point_one["certified"]["samples"]
+    assert point_two["certified"]["samples"] == proved and 30 < len(proved) < 61  # both ranks' shares, in order
+    assert point_two["certified"]["accuracy"] == point_one["certified"]["accuracy"]
+
+
 def test_harden_on_two_processes_resumes_from_its_checkpoint_with_any_number_of_processes(invoke, tmp_path):
     args = ("harden", "--trainer", "atrice", "--epochs", "2", "--batch-size", "256", "--seed", "3",
             "--max-samples", "60")

@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from cimguard.cli.options import (
+    certify_option,
     model_option,
     seed_option,
     setup_from_options,
@@ -25,6 +26,7 @@ from cimguard.provenance import file_sha256
 @solver_options()
 @sweep_options
 @seed_option
+@certify_option
 @click.option("--plot", "plot_path", type=click.Path(), default=None,
               help="Write accuracy vs thg to a new .png/.pdf/.svg file.")
 @click.option("--plot-passes", "passes_path", type=click.Path(), default=None,
@@ -39,8 +41,8 @@ from cimguard.provenance import file_sha256
               help="Re-evaluate a saved perturbation (.npz) instead of searching.")
 @click.pass_context
 def attack(ctx, model, data, device_name, device_params, device_file, weight_bits, label_free, verify, torch_device,
-           max_samples, solver_names, thg_text, iterations, budget, solver_params, samples, seed, plot_path,
-           passes_path, save_path, sensitivity, json_path, replay_path) -> None:
+           max_samples, solver_names, thg_text, iterations, budget, solver_params, samples, seed, certify_method,
+           plot_path, passes_path, save_path, sensitivity, json_path, replay_path) -> None:
     """Worst-case accuracy under bounded device variation (one chip: one ΔW for every input).
 
     For every --thg: the clean chip, Monte Carlo chips (mean and KPP percentiles) and
@@ -70,7 +72,7 @@ def attack(ctx, model, data, device_name, device_params, device_file, weight_bit
                                verify, torch_device, max_samples)
     progress = True  # a bar on a terminal, a line every few seconds in a log (cimguard.progress)
     _print_header(setup, thgs, samples, seed)  # before any work
-    sweep = setup.sweep(thgs, solvers, samples=samples, seed=seed, progress=progress)
+    sweep = setup.sweep(thgs, solvers, samples=samples, seed=seed, progress=progress, certify=certify_method)
     click.echo(sweep.table())
 
     rows = None

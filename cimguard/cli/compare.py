@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cimguard.cli.options import seed_option, setup_options, solver_options, sweep_options
+from cimguard.cli.options import certify_option, seed_option, setup_options, solver_options, sweep_options
 from cimguard.compare import compare_sweeps
 from cimguard.factories import (
     check_thg_sweep,
@@ -21,12 +21,13 @@ from cimguard.factories import (
 @solver_options()
 @sweep_options
 @seed_option
+@certify_option
 @click.option("--plot", "plot_path", type=click.Path(), default=None, help="Write a figure (.png/.pdf/.svg).")
 @click.option("--json", "json_path", type=click.Path(), default=None, help="Write the results to a new JSON file.")
 @click.pass_context
 def compare(ctx, models, data, device_name, device_params, device_file, weight_bits, label_free, verify, torch_device,
-            max_samples, solver_names, iterations, budget, solver_params, thg_text, samples, seed, plot_path,
-            json_path) -> None:
+            max_samples, solver_names, iterations, budget, solver_params, thg_text, samples, seed, certify_method,
+            plot_path, json_path) -> None:
     """Evaluate MODELS side by side: clean, Monte Carlo and worst-case accuracy at each thg.
 
     Every model runs the same sweep as `cimguard attack` (same device, thg values,
@@ -53,7 +54,7 @@ def compare(ctx, models, data, device_name, device_params, device_file, weight_b
     comparison = compare_sweeps(
         list(models), thgs, solvers, data=data, device=device, device_params=params, device_file=device_file,
         weight_bits=weight_bits, label_free=label_free, samples=samples, seed=seed,
-        torch_device=torch_device, max_samples=max_samples, verify=verify, progress=True,
+        torch_device=torch_device, max_samples=max_samples, verify=verify, progress=True, certify=certify_method,
     )
     rows = comparison.rows
     click.echo(comparison.table())

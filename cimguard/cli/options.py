@@ -154,3 +154,10 @@ def sweep_options(command: Callable) -> Callable:
                         help="'device': the device's own worst-case box (its deviation_bound, per level), or "
                              "write-verify thresholds to sweep, in level units, comma-separated "
                              "(e.g. 0.005,0.01,0.02,0.03).")(command)
+
+
+#: ``--certify [interval|crown]`` of attack and compare: the proof side of every worst case (docs/certify.md).
+certify_option = click.option(
+    "--certify", "certify_method", type=click.Choice(["interval", "crown"]), default=None, is_flag=False,
+    flag_value="crown", help="Also prove per sample that no chip in the box misclassifies it (certified accuracy, "
+    "a lower bound on the worst chip): crown (the default) or interval.")

@@ -10,6 +10,7 @@ from typing import Any, Mapping, Sequence
 from cimguard.errors import CimguardError
 from cimguard.options import device_values
 from cimguard.report import text_table
+from cimguard.sim.certify import Certificate, certify, check_certifiable
 from cimguard.sim.crossbar import Crossbar
 from cimguard.sim.device import Device, device_box_levels
 from cimguard.sim.evaluate import EvalData, accuracy, chip_count, monte_carlo
@@ -46,6 +47,8 @@ class ThgPoint(BoxChoice):
     runs: dict[str, SolverRun] = field(default_factory=dict)
     box_levels: list[float] | None = None
     """The device's box per target level (lowest level first, level units) when ``thg`` is None."""
+    certified: Certificate | None = None
+    """The certified accuracy in the same box (``attack --certify``); None when not asked for."""
 
 
 @dataclass
@@ -123,13 +126,18 @@ def point_record(point: ThgPoint) -> dict[str, Any]:
     # The point already says which box, and the key which solver.
     runs = {name: {key: value for key, value in run.to_dict().items() if key not in ("solver", "thg", "box")}
             for name, run in point.runs.items()}
-    return {"thg": point.thg, "box": "device" if point.thg is None else "thg", "box_levels": point.box_levels,
-            "clean": point.clean, "monte_carlo": point.monte_carlo, "worst_case": runs}
+    record = {"thg": point.thg, "box": "device" if point.thg is None else "thg", "box_levels": point.box_levels,
+              "clean": point.clean, "monte_carlo": point.monte_carlo, "worst_case": runs}
+    if point.certified is not None:
+        record["certified"] = point.certified.to_dict()
+    return record
 
 
 def points_table(title: str, column: str, labels: list[str], points: list[ThgPoint], solvers: list[str]) -> str:
     """``title``, then one right-aligned row per point: ``column`` label, clean, Monte Carlo, worst cases."""
     header = [column, "clean", "MC mean", "KPP 1%", "KPP 10%"] + [f"worst {name}" for name in solvers]
+    certified = any(point.certified is not None for point in points)
+    header += ["certified"] if certified else []
     rows = []
     for label, point in zip(labels, points):
         mc = point.monte_carlo
@@ -138,8 +146,14 @@ def points_table(title: str, column: str, labels: list[str], points: list[ThgPoi
         for name in solvers:
             run = point.runs.get(name)
             row.append("-" if run is None else f"{run.accuracy:.4f}" + ("*" if run.worst.interrupted else ""))
+        if certified:
+            row.append("-" if point.certified is None else f"{point.certified.accuracy:.4f}")
         rows.append(row)
     lines = [title, *text_table(header, rows)]
+    methods = sorted({point.certified.method for point in points if point.certified is not None})
+    if methods:
+        lines.append(f"certified ({', '.join(methods)}): proved for every chip in the box, a lower bound on the "
+                     "worst chip; the worst cases found are upper bounds")
     if any(run.worst.interrupted for point in points for run in point.runs.values()):
         lines.append("* interrupted: best chip found before Ctrl-C")
     return "\n".join(lines)
@@ -183,9 +197,11 @@ def attack_sweep(
     samples: int = 100,
     seed: int = 0,
     progress: bool = False,
+    certify_method: str | None = None,
 ) -> AttackSweep:
     """Clean, Monte Carlo (``samples`` chips; 0 skips it) and every solver (``{name: Solver}``, built and
-    so validated before the sweep) at every ``thg``.
+    so validated before the sweep) at every ``thg``; with ``certify_method`` (``interval``, ``crown``) also
+    the certified accuracy in each box (:func:`cimguard.sim.certify.certify`).
 
     A ``thg`` of ``None`` is the device as configured: its own Monte Carlo chips and its own
     worst-case box (:meth:`Crossbar.bounds` without a threshold, per level where the device says so).
@@ -194,6 +210,8 @@ def attack_sweep(
     the result is marked interrupted.
     """
     samples = chip_count(samples)
+    if certify_method is not None:
+        check_certifiable(crossbar, certify_method)
     clean = accuracy(crossbar, data)
     sweep = AttackSweep("agreement" if data.label_free else "accuracy", list(solvers), [])
     for thg in thgs:
@@ -215,6 +233,8 @@ def attack_sweep(
             if run.worst.interrupted:
                 sweep.interrupted = True
                 return sweep
+        if certify_method is not None:
+            point.certified = certify(chip, data, thg, certify_method, progress=progress)
     return sweep
 
 
