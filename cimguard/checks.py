@@ -228,21 +228,29 @@ def check_declared_dims(value_info, where: str) -> None:
                                 f"{axis}; dimensions must be positive (or dynamic)")
 
 
-def check_output_spec(spec, where: str) -> None:
-    """The first output must be ``[batch, classes]`` logits (when its rank is declared)."""
+#: Said with every refusal of the class-score output.
+_PICK_ANOTHER = "--output NAME (output= in Python) picks another output"
+
+
+def check_output_spec(spec, where: str, others: int = 0) -> None:
+    """The class-score output must be declared ``[batch, classes]`` floats (when its rank and type are declared)."""
+    hint = f"; {_PICK_ANOTHER}" if others else ""
     if spec.shape and len(spec.shape) != 2:
-        raise CimguardError(f"{where}: output {spec.name!r} has shape {_dims(spec.shape)}; cimguard needs the first "
-                            "output to be [batch, classes] logits")
+        raise CimguardError(f"{where}: output {spec.name!r} has shape {_dims(spec.shape)}; cimguard needs the class "
+                            f"scores as [batch, classes]{hint}")
+    if spec.dtype not in ("float", "float16", "double", "bfloat16", "undefined"):
+        raise CimguardError(f"{where}: output {spec.name!r} is {spec.dtype}, not class scores (floating-point "
+                            f"logits or probabilities){hint}")
 
 
 def check_logits(output: Any, spec, batch: int, where: str) -> None:
     """What the model returned for a probe batch: finite ``[batch, classes]`` logits with two classes or more."""
     if not isinstance(output, torch.Tensor):
-        raise CimguardError(f"{where}: the first output is a {type(output).__name__}, not a tensor")
+        raise CimguardError(f"{where}: output {spec.name!r} is a {type(output).__name__}, not a tensor")
     shape = tuple(output.shape)
     if output.dim() != 2 or shape[0] != batch:
         raise CimguardError(f"{where}: output {spec.name!r} has shape {list(shape)} for {batch} samples; cimguard "
-                            "needs the first output to be [batch, classes] logits")
+                            f"needs the class scores as [batch, classes] ({_PICK_ANOTHER})")
     if shape[1] < 2:
         raise CimguardError(f"{where}: output {spec.name!r} has {shape[1]} class; accuracy needs two or more")
     if not output.is_floating_point():
@@ -377,14 +385,15 @@ def check_finite_fields(config: Any, field_docs: Mapping[str, str]) -> None:
 
 
 def check_model_io(imported, where: str) -> None:
-    """The single input is one cimguard can feed and the first output is declared as ``[batch, classes]``."""
+    """The single input is one cimguard can feed and the class-score output (``--output``; default the first)
+    is declared as ``[batch, classes]`` floats."""
     spec = imported.input
     for value in imported.legalised.graph.input:
         if value.name == spec.name:
             check_declared_dims(value, where)
     check_input_spec(spec, where)
     if imported.outputs:
-        check_output_spec(imported.outputs[0], where)
+        check_output_spec(imported.score_output, where, others=len(imported.outputs) - 1)
 
 
 def probe_model(crossbar, x: torch.Tensor, where: str) -> None:
@@ -393,20 +402,13 @@ def probe_model(crossbar, x: torch.Tensor, where: str) -> None:
     Memory bombs, outputs that are not ``[batch, classes]`` and models that produce
     NaN from finite inputs are refused here, before any accuracy is computed.
     """
-    spec = crossbar.imported.outputs[0] if crossbar.imported.outputs else None
-    output = run_probe(lambda: _first_output(crossbar, x), where, crossbar.imported.legalised)
+    spec = crossbar.imported.score_output if crossbar.imported.outputs else None
+    output = run_probe(lambda: crossbar.logits(x), where, crossbar.imported.legalised)
     check_logits(output, spec or _Unnamed(), len(x), where)
 
 
 class _Unnamed:
-    name = "<first output>"
-
-
-def _first_output(crossbar, x: torch.Tensor):
-    from torch.func import functional_call
-
-    output = functional_call(crossbar.imported.module, crossbar.perturbed_weights(None), (x,), strict=False)
-    return output if isinstance(output, torch.Tensor) else output[0]
+    name = "<class scores>"
 
 
 # -- saved perturbations ------------------------------------------------------------------------------

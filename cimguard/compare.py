@@ -65,7 +65,8 @@ class Comparison:
         """Plain data: the rows, and every model's full sweep record."""
         return {"metric": self.metric, "solvers": self.solvers, "interrupted": self.interrupted,
                 "rows": [dataclasses.asdict(row) for row in self.rows],
-                "sweeps": [{"model": label, **sweep.to_record()} for label, sweep in self.sweeps]}
+                "sweeps": [{"model": label, "conversion_check": setup.conversion_record, **sweep.to_record()}
+                           for (label, sweep), setup in zip(self.sweeps, self.setups)]}
 
     def table(self) -> str:
         """The side-by-side table ``cimguard compare`` prints."""
@@ -91,7 +92,7 @@ def compare_sweeps(
     torch_device: str = "auto",
     max_samples: int | None = None,
     labels: Sequence[str] | None = None,
-    verify: bool = False,
+    verify: bool = True,
     progress: bool = False,
 ) -> Comparison:
     """Run :func:`cimguard.sim.sweep.attack_sweep` once per model, with the same data, device, thg values,

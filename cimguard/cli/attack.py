@@ -119,6 +119,7 @@ def _print_header(setup, thgs: list[float | None], samples: int, seed: int) -> N
     from cimguard.sim.device import device_box_levels
 
     click.echo(f"model   {setup.model_path}")
+    click.echo(f"check   {setup.conversion_label}")
     click.echo(f"data    {setup.data_label}" + ("  [label-free: agreement with the clean model]"
                                                          if setup.data.label_free else ""))
     click.echo(f"device  {setup.device_label}, {setup.crossbar.num_weights} weights in {len(setup.crossbar.layers)} "

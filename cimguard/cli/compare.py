@@ -55,6 +55,8 @@ def compare(ctx, models, data, device_name, device_params, device_file, weight_b
         torch_device=torch_device, max_samples=max_samples, verify=verify, progress=True,
     )
     rows = comparison.rows
+    for setup in comparison.setups:
+        click.echo(f"check  {setup.model_path}: {setup.conversion_label}")
     click.echo(comparison.table())
     if plot_path:
         from cimguard.plot import plot_comparison, save_figure

@@ -33,6 +33,7 @@ def evaluate(model, data, device_name, device_params, device_file, weight_bits, 
                                weight_bits, label_free, verify, torch_device, max_samples, thg)
     # The header first: a long run under a pipe shows what it is doing before any work.
     click.echo(f"model   {setup.model_path}")
+    click.echo(f"check   {setup.conversion_label}")
     click.echo(f"data    {setup.data_label}")
     click.echo(f"device  {setup.device_summary}, "
                f"{setup.crossbar.num_weights} weights in {len(setup.crossbar.layers)} layers, "

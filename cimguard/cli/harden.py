@@ -57,6 +57,7 @@ def harden(model, trainer_name, output, data, device_name, device_params, device
     x_train, _ = setup.training_data
     # The header first: a long run under a pipe shows what it is doing before any work.
     click.echo(f"model    {setup.model_path}")
+    click.echo(f"check    {setup.conversion_label}")
     click.echo(f"data     {setup.data_label}; {len(x_train)} training samples")
     click.echo(f"device   {setup.device_summary}, "
                f"{setup.crossbar.num_weights} weights in {len(setup.crossbar.layers)} layers")

@@ -73,7 +73,10 @@ def _setup_options(*, label_free: bool) -> Callable[[F], F]:
         click.option("--device-file", type=click.Path(), default=None, help="TOML file of device profiles."),
         click.option("--weight-bits", type=int, default=8, show_default=True, help="Bits per weight magnitude (K)."),
         _LABEL_FREE if label_free else None,
-        click.option("--verify", is_flag=True, help="Cross-check the converted model against onnxruntime first."),
+        click.option("--verify/--no-verify", default=True, show_default=True,
+                     help="Check the converted model against onnxruntime on the first samples before computing "
+                          "anything (a mismatch names the first node that differs); --no-verify skips it and "
+                          "the header and report say so."),
         click.option("--torch-device", default="auto", show_default=True, help="auto, cpu or cuda."),
         click.option("--max-samples", type=click.IntRange(min=1, max=2**62), default=None, help="Use only the first N evaluation samples."),
     ) if option is not None))

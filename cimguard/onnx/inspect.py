@@ -13,10 +13,13 @@ import onnx
 from cimguard.checks import check_declared_dims
 from cimguard.errors import CimguardError
 from cimguard.onnx.model import TensorSpec, import_model, read_onnx, shape_text, tensor_spec
-from cimguard.onnx.runtime import comparison_tolerance, onnxruntime_mismatch, random_inputs
-
-#: Relative error (of the output scale) below which conversion counts as exact.
-EXACT_TOLERANCE = 1e-4
+from cimguard.onnx.runtime import (
+    EXACT_TOLERANCE,
+    ConversionCheck,
+    comparison_tolerance,
+    onnxruntime_mismatch,
+    random_inputs,
+)
 
 
 @dataclass(frozen=True)
@@ -33,18 +36,6 @@ class CrossbarLayer:
     """Number of weights (crossbar cells per device slice)."""
     stored_as: str
     """Where the original file keeps it: an initializer, a Constant node, or a node export rewrites into a Constant."""
-
-
-@dataclass(frozen=True)
-class ConversionCheck:
-    """Torch vs onnxruntime on one random input."""
-
-    exact: bool
-    relative_error: float
-    """Largest |difference| over all outputs, relative to each output's scale."""
-    input_shapes: dict[str, tuple[int, ...]]
-    """The shapes used (dynamic axes set to 1)."""
-    tolerance: float = EXACT_TOLERANCE
 
 
 @dataclass

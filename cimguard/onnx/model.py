@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from dataclasses import dataclass, field
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -95,6 +97,31 @@ class ImportedModel:
     """How batches of any size run (:mod:`cimguard.onnx.batch`): ``dynamic`` (the file's own batch axis),
     ``symbolic`` (a fixed batch made symbolic), ``vmap`` or ``loop`` (a batch-1 file, one sample at a time),
     ``fixed`` (runs only on the file's own batch size; any other is a one-line error)."""
+    output_index: int = 0
+    """Which graph output holds the class scores (``--output NAME``, :meth:`with_output`; default the first)."""
+    output_paths: tuple[tuple[int, ...], ...] | None = field(default=None, repr=False)
+    """Where each graph output sits in the module's result (:func:`output_paths`; computed on first use)."""
+
+    @property
+    def score_output(self) -> TensorSpec:
+        """The graph output cimguard scores: the class scores (logits or probabilities)."""
+        return self.outputs[self.output_index]
+
+    def with_output(self, name: str | None) -> "ImportedModel":
+        """This model with graph output ``name`` as the class scores (``None``: the first); same module."""
+        if name is None:
+            return dataclasses.replace(self, output_index=0)
+        names = [spec.name for spec in self.outputs]
+        if name not in names:
+            where = str(self.path) if self.path else "the model"
+            raise CimguardError(f"{where} has no output {name!r}; its outputs are {', '.join(map(repr, names))}")
+        return dataclasses.replace(self, output_index=names.index(name))
+
+    def scores(self, output: Any) -> Any:
+        """The class-score output out of what the torch module returned (one tensor, or several)."""
+        if self.output_paths is None:
+            self.output_paths = output_paths(self.legalised)
+        return select_output(output, self.output_paths[self.output_index])
 
     @property
     def input(self) -> TensorSpec:
@@ -395,3 +422,28 @@ def shape_text(spec: TensorSpec) -> str:
     return "[" + ", ".join("?" if d is None else str(d) for d in spec.shape) + "]"
 
 
+
+
+def output_paths(model: onnx.ModelProto) -> tuple[tuple[int, ...], ...]:
+    """For each graph output of ``model``, the indices that pick it out of what its onnx2torch module returns.
+
+    onnx2torch returns one result per distinct producing node (a single node's result alone), and a node
+    with several outputs returns them all, so ``outputs[k]`` of the file is not always ``result[k]``.
+    """
+    onnx_graph = OnnxGraph(model.graph)
+    producers = []
+    for value in onnx_graph.output_values:
+        node, index = onnx_graph.value_as_node_output(value)
+        producers.append((node, index))
+    distinct = list(dict.fromkeys(node for node, _ in producers))
+    return tuple(
+        ((distinct.index(node),) if len(distinct) > 1 else ()) + ((index,) if len(node.output_values) > 1 else ())
+        for node, index in producers
+    )
+
+
+def select_output(output: Any, path: tuple[int, ...]) -> Any:
+    """``output[i][j]...`` along ``path`` (:func:`output_paths`)."""
+    for index in path:
+        output = output[index]
+    return output

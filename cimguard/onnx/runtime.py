@@ -8,7 +8,8 @@ like with like: the torch module in float32 with TF32 off (:func:`float32_like_o
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -24,9 +25,16 @@ from cimguard.seeds import torch_generator
 _ORT_MIN_OPSET = 7
 _ORT_UPGRADE_OPSET = 11
 
+#: Relative error (of the output scale) below which a conversion counts as exact.
+EXACT_TOLERANCE = 1e-4
+
 #: Agreement expected between the float32 torch module and onnxruntime running a float16 model in float16
 #: (a few float16 roundings, 2^-11 each).
 FLOAT16_TOLERANCE = 2e-3
+
+
+class OnnxRuntimeCannotRun(CimguardError):
+    """onnxruntime cannot build a session for the model (an operator or type it has no kernel for)."""
 
 
 def run_onnxruntime(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
@@ -102,12 +110,12 @@ def _ort_session(model: onnx.ModelProto):
     except Exception as exc:  # noqa: BLE001 - onnxruntime's own exception types are not importable portably
         opset = next((op.version for op in model.opset_import if op.domain in ("", "ai.onnx")), None)
         if opset is None or opset >= _ORT_MIN_OPSET:
-            raise CimguardError(f"onnxruntime cannot run the model: {first_line(exc)}") from None
+            raise OnnxRuntimeCannotRun(f"onnxruntime cannot run the model: {first_line(exc)}") from None
     upgraded = onnx.version_converter.convert_version(model, _ORT_UPGRADE_OPSET)
     try:
         return ort.InferenceSession(upgraded.SerializeToString(), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001
-        raise CimguardError(f"onnxruntime cannot run the model: {first_line(exc)}") from None
+        raise OnnxRuntimeCannotRun(f"onnxruntime cannot run the model: {first_line(exc)}") from None
 
 
 def random_inputs(specs: Sequence[TensorSpec], seed: int = 0) -> dict[str, np.ndarray]:
@@ -138,7 +146,7 @@ def onnxruntime_mismatch(
     for the torch side, which is how export checks a model with new weights.
     """
     # The torch module computes in float32 (see import_model); onnxruntime gets the file's own input types.
-    args = [_torch_feed(x) for x in feeds.values()]
+    args = [torch_feed(x) for x in feeds.values()]
     # Like with like: onnxruntime computes in float32 on the CPU, so the torch side does too.  On
     # CUDA, TF32 convolutions and matmuls alone differ from it by ~3e-4 of the output scale.
     with float32_like_onnxruntime(module), torch.no_grad():
@@ -196,16 +204,56 @@ def _tf32_disabled() -> Iterator[None]:
         matmul.fp32_precision, cudnn.conv.fp32_precision = precision
 
 
-def verify_against_onnxruntime(imported: ImportedModel, x: torch.Tensor, tolerance: float = 1e-4) -> float:
-    """Compare the torch model with onnxruntime on ``x``; raise on mismatch, return the relative error."""
-    error = onnxruntime_mismatch(imported.onnx_model, imported.module, {imported.input.name: onnx_feed(imported.input, x)})
+@dataclass(frozen=True)
+class ConversionCheck:
+    """Torch vs onnxruntime on one input (random for ``inspect``, the probe samples for every command)."""
+
+    exact: bool
+    relative_error: float
+    """Largest |difference| over all outputs, relative to each output's scale."""
+    input_shapes: dict[str, tuple[int, ...]]
+    """The shapes used."""
+    tolerance: float = EXACT_TOLERANCE
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report's ``conversion_check``: checked, on how many samples, and how close."""
+        samples = next(iter(self.input_shapes.values()), (0,))
+        return {"verified": True, "samples": int(samples[0]) if samples else 1,
+                "relative_error": self.relative_error, "tolerance": self.tolerance}
+
+
+#: The report's ``conversion_check`` of a run that skipped the check (``--no-verify``, ``verify=False``).
+NOT_VERIFIED: dict[str, Any] = {"verified": False, "samples": None, "relative_error": None, "tolerance": None}
+
+
+def verify_against_onnxruntime(imported: ImportedModel, x: torch.Tensor,
+                               tolerance: float = EXACT_TOLERANCE) -> ConversionCheck:
+    """Compare the torch model with onnxruntime on ``x`` (float32 on the CPU on both sides).
+
+    A mismatch is a one-line :class:`CimguardError` naming the first node whose output differs
+    (:func:`cimguard.onnx.localise.first_differing_node`); otherwise the check's record.
+    """
+    feeds = {imported.input.name: onnx_feed(imported.input, x)}
+    where = f"{imported.path}: " if imported.path is not None else ""
+    try:
+        error = onnxruntime_mismatch(imported.onnx_model, imported.module, feeds)
+    except OnnxRuntimeCannotRun as exc:
+        # No reference, no check: refused like a mismatch (never a silent number); the user may accept the risk.
+        raise CimguardError(f"{where}{exc}, so the conversion cannot be checked; nothing was computed; "
+                            "--no-verify (verify=False) runs it unchecked") from None
     tolerance = comparison_tolerance(imported.onnx_model, tolerance)
     if not error <= tolerance:
+        from cimguard.onnx.localise import first_differing_node
+
+        found = first_differing_node(imported.legalised, imported.module, feeds, tolerance)
+        blame = found.describe() if found is not None else \
+            "no single converted node differs (the rewrite before conversion, or the outputs' order, is at fault)"
         raise CimguardError(
-            f"the converted model disagrees with onnxruntime: max |difference| is {error:.3g} of the output scale "
-            f"(tolerance {tolerance:g})"
+            f"{where}the converted model disagrees with onnxruntime on the first {len(x)} samples: max |difference| "
+            f"is {error:.3g} of the output scale (tolerance {tolerance:g}); {blame}. Nothing was computed; "
+            "--no-verify (verify=False) runs it anyway"
         )
-    return error
+    return ConversionCheck(True, error, {name: tuple(value.shape) for name, value in feeds.items()}, tolerance)
 
 
 def comparison_tolerance(model: onnx.ModelProto, tolerance: float) -> float:
@@ -225,6 +273,7 @@ def onnx_feed(spec: TensorSpec, x: torch.Tensor) -> np.ndarray:
     return array.astype(numpy_type or np.float32)
 
 
-def _torch_feed(x: np.ndarray) -> torch.Tensor:
+def torch_feed(x: np.ndarray) -> torch.Tensor:
+    """An onnxruntime feed as the torch module takes it (floats in float32, integers as they are)."""
     tensor = torch.from_numpy(np.ascontiguousarray(x))
     return tensor.float() if tensor.is_floating_point() else tensor
