@@ -368,6 +368,7 @@ def setup(
     verify: bool = True,
     torch_device: str = "auto",
     max_samples: int | None = None,
+    output: str | None = None,
 ) -> Setup:
     """A model mapped onto ``device``'s crossbars with ``data`` ready: the object every measurement starts from.
 
@@ -376,10 +377,11 @@ def setup(
     A loaded model's torch module moves to ``torch_device`` (load it again for a setup on another one).
     ``verify`` (default) checks the conversion against onnxruntime on the first samples before anything is
     computed (a mismatch is an error naming the first node that differs); ``verify=False`` skips it.
+    ``output`` names the graph output that holds the class scores (default: the model's choice, the first).
     """
     return build_setup(model, data, device, crossbar_config=CrossbarConfig(weight_bits=weight_bits),
                        example_input=example_input, label_free=label_free, verify=verify,
-                       torch_device=torch_device, max_samples=max_samples)
+                       torch_device=torch_device, max_samples=max_samples, output=output)
 
 
 def build_setup(
@@ -396,6 +398,7 @@ def build_setup(
     torch_device: str = "auto",
     batch_size: int = 1024,
     max_samples: int | None = None,
+    output: str | None = None,
 ) -> Setup:
     """Load, convert, map and prepare data; every failure is a one-line :class:`CimguardError`.
 
@@ -410,6 +413,8 @@ def build_setup(
         imported = model
     else:
         imported = load(model, example_input)
+    if output is not None:
+        imported = imported.with_output(output)
     model_path = imported.path
     where = str(model_path) if model_path is not None else "the model"
     check_model_io(imported, where)

@@ -229,7 +229,7 @@ def check_declared_dims(value_info, where: str) -> None:
 
 
 #: Said with every refusal of the class-score output.
-_PICK_ANOTHER = "--output NAME (output= in Python) picks another output"
+_PICK_ANOTHER = "--output NAME (harden: --score-output NAME; output= in Python) picks another output"
 
 
 def check_output_spec(spec, where: str, others: int = 0) -> None:
@@ -405,6 +405,18 @@ def probe_model(crossbar, x: torch.Tensor, where: str) -> None:
     spec = crossbar.imported.score_output if crossbar.imported.outputs else None
     output = run_probe(lambda: crossbar.logits(x), where, crossbar.imported.legalised)
     check_logits(output, spec or _Unnamed(), len(x), where)
+    _check_scores_follow_weights(crossbar, x[:1], spec or _Unnamed(), where)
+
+
+def _check_scores_follow_weights(crossbar, x: torch.Tensor, spec, where: str) -> None:
+    """Class scores change with the crossbar weights: an output no weight's gradient reaches (a predicted
+    label cast to floats, a constant) would give solvers and trainers nothing to work on."""
+    with torch.enable_grad():
+        weights = {name: value.detach().requires_grad_(True) for name, value in crossbar.perturbed_weights().items()}
+        output = crossbar.logits_for_weights(x, weights)
+    if not output.requires_grad:
+        raise CimguardError(f"{where}: output {spec.name!r} does not depend on any crossbar weight (no gradient "
+                            f"reaches them), so it cannot be the class scores; {_PICK_ANOTHER}")
 
 
 class _Unnamed:
@@ -426,6 +438,7 @@ _PERTURBATION_FIELDS: dict[str, tuple[type, ...]] = {
     "weight_bits": (int,),
     "label_free": (bool,),
     "max_samples": (int, type(None)),
+    "output": (str, type(None)),
 }
 
 

@@ -94,6 +94,7 @@ def compare_sweeps(
     labels: Sequence[str] | None = None,
     verify: bool = True,
     progress: bool = False,
+    output: str | None = None,
 ) -> Comparison:
     """Run :func:`cimguard.sim.sweep.attack_sweep` once per model, with the same data, device, thg values,
     solvers (names, built :class:`Solver` objects, or ``{name: Solver}``) and seeds.
@@ -114,7 +115,7 @@ def compare_sweeps(
     for label, model in zip(labels, models):
         setup = build_setup(model, data, device, dict(device_params or {}), device_file,
                             CrossbarConfig(weight_bits=weight_bits), label_free=label_free, verify=verify,
-                            torch_device=torch_device, max_samples=max_samples)
+                            torch_device=torch_device, max_samples=max_samples, output=output)
         sweep = attack_sweep(setup.crossbar, setup.data, list(thgs), chosen, samples=samples, seed=seed,
                              progress=progress)
         comparison.sweeps.append((label, sweep))

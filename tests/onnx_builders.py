@@ -64,3 +64,30 @@ def custom_op_model(path: Path) -> Path:
     )
     path.write_bytes(model.SerializeToString())  # the checker rejects unknown domains; vendors ship them anyway
     return path
+
+
+def two_output_model(path: Path, first: str) -> Path:
+    """A digits classifier (64 features, 10 classes) whose class scores ``scores`` are its *second* output.
+
+    ``first`` picks the first output: ``label`` (ArgMax, int64 ``[batch]``) or ``onehot`` (the
+    predicted class as float ``[batch, 10]``: shaped like scores, but no weight's gradient reaches it).
+    """
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.3, (10, 64)).astype(np.float32), "W"),
+             numpy_helper.from_array(np.zeros(10, np.float32), "b")]
+    nodes = [helper.make_node("Gemm", ["x", "W", "b"], ["scores"], name="fc", transB=1),
+             helper.make_node("ArgMax", ["scores"], ["label"], name="argmax", axis=1, keepdims=0)]
+    if first == "label":
+        first_output = helper.make_tensor_value_info("label", TensorProto.INT64, ["batch"])
+    else:
+        nodes += [helper.make_node("ReduceMax", ["scores"], ["top"], name="top", axes=[1], keepdims=1),
+                  helper.make_node("Equal", ["scores", "top"], ["is_top"], name="is_top"),
+                  helper.make_node("Cast", ["is_top"], ["onehot"], name="onehot", to=TensorProto.FLOAT)]
+        first_output = helper.make_tensor_value_info("onehot", TensorProto.FLOAT, ["batch", 10])
+    graph = helper.make_graph(
+        nodes, "two_outputs",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 64])],
+        [first_output, helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", 10])],
+        inits,
+    )
+    return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
