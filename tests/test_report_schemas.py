@@ -15,16 +15,29 @@ import referencing
 SMALL = ("--max-samples", "40")
 
 
-def _validator(name: str):
+def _schemas() -> dict[str, dict]:
     folder = resources.files("cimguard") / "schemas"
-    schemas = {path.name: json.loads(path.read_text()) for path in folder.iterdir() if path.name.endswith(".json")}
-    registry = referencing.Registry().with_resources(
-        (schema["$id"], referencing.Resource.from_contents(schema)) for schema in schemas.values()
-    )
-    schema = schemas[f"{name}.schema.json"]
+    return {path.name: json.loads(path.read_text()) for path in folder.iterdir() if path.name.endswith(".json")}
+
+
+def _validator(name: str):
+    """A plain validator, as a user builds it: no registry; a retrieval attempt fails the test."""
+    schema = _schemas()[f"{name}.schema.json"]
     jsonschema.Draft202012Validator.check_schema(schema)
-    return jsonschema.Draft202012Validator(schema, registry=registry,
+
+    def refuse(uri: str):
+        raise AssertionError(f"the schema tried to retrieve {uri}")
+
+    return jsonschema.Draft202012Validator(schema, registry=referencing.Registry(retrieve=refuse),
                                            format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
+
+
+def test_every_report_schema_carries_the_provenance_schema_it_refers_to():
+    schemas = _schemas()
+    provenance = schemas.pop("provenance.schema.json")
+    assert set(schemas) == {f"{kind}.schema.json" for kind in ("evaluate", "attack", "harden", "compare", "inspect")}
+    for name, schema in schemas.items():
+        assert schema["$defs"]["provenance"] == provenance, f"{name}: copy provenance.schema.json into $defs"
 
 
 def _sha256(path) -> str:
