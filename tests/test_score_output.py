@@ -1,0 +1,112 @@
+"""Which output is the answer (``--output NAME``, ``output=``), and one way to name the model (MODEL or --model)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper
+
+import cimguard
+from cimguard.errors import CimguardError
+from cimguard.onnx.model import output_paths
+from tests.onnx_builders import two_output_model
+
+SMALL = ("--samples", "0", "--max-samples", "40")
+#: Every command that scores a model, with what it needs besides the model to run briefly.
+COMMANDS = {
+    "evaluate": ("evaluate", *SMALL),
+    "attack": ("attack", *SMALL, "--iterations", "1"),
+    "compare": ("compare", *SMALL, "--iterations", "1"),
+    "harden": ("harden", "--trainer", "noise", "--epochs", "1", "--max-samples", "40"),
+}
+
+
+def _one_error(result) -> str:
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert lines[-1].startswith("Error: ") and sum(line.startswith("Error: ") for line in lines) == 1, result.output
+    assert "internal error" not in lines[-1]
+    return lines[-1]
+
+
+def _run(invoke, tmp_path, command: str, model, *extra: str):
+    args = list(COMMANDS[command])
+    args.insert(1, str(model))
+    if command == "harden":
+        args += ["-o", str(tmp_path / f"h{len(list(tmp_path.iterdir()))}.onnx")]
+    return invoke(*args, *extra)
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_an_output_no_weight_reaches_is_refused_in_one_line_and_output_picks_the_scores(invoke, tmp_path, command):
+    # The first output is the predicted class as floats, shaped like scores: once an internal error in attack.
+    model = two_output_model(tmp_path / "two.onnx", "onehot")
+    error = _one_error(_run(invoke, tmp_path, command, model))
+    assert "output 'onehot' does not depend on any crossbar weight" in error and "--output NAME" in error
+    flag = "--score-output" if command == "harden" else "--output"
+    result = _run(invoke, tmp_path, command, model, flag, "scores")
+    assert result.exit_code == 0, result.output
+
+
+def test_a_label_output_is_refused_before_anything_runs(invoke, tmp_path):
+    model = two_output_model(tmp_path / "two.onnx", "label")
+    for command in ("evaluate", "attack"):
+        error = _one_error(_run(invoke, tmp_path, command, model))
+        assert "output 'label' has shape [?]; cimguard needs the class scores as [batch, classes]" in error
+    error = _one_error(invoke("inspect", model))
+    assert "output 'label'" in error
+    assert invoke("inspect", model, "--output", "scores").exit_code == 0
+    assert "has no output 'logits'; its outputs are 'label', 'scores'" in _one_error(
+        invoke("evaluate", model, "--output", "logits", *SMALL))
+
+
+def test_the_picked_output_scores_like_a_single_output_model(invoke, tmp_path):
+    model = two_output_model(tmp_path / "two.onnx", "label")
+    out = tmp_path / "e.json"
+    assert invoke("evaluate", model, "--output", "scores", "--samples", "3", "--max-samples", "60",
+                  "--json", out).exit_code == 0
+    report = json.loads(out.read_text())
+    setup = cimguard.setup(str(model), output="scores", max_samples=60)
+    result = setup.evaluate(samples=3, seed=0)
+    assert report["clean_accuracy"] == result.clean_accuracy and report["float_accuracy"] == result.float_accuracy
+    # The scores the crossbar reads are the file's 'scores' output (onnxruntime's), not its first.
+    from cimguard.onnx.runtime import run_onnxruntime_all
+
+    x = setup.data.x[:5]
+    reference = run_onnxruntime_all(setup.imported.onnx_model, {"x": x.numpy()})[1]
+    np.testing.assert_allclose(setup.crossbar.logits(x, None).numpy(), reference, rtol=0, atol=0.05)
+    with pytest.raises(CimguardError, match="has no output 'nope'"):
+        cimguard.setup(str(model), output="nope")
+
+
+def test_output_paths_follow_onnx2torch_results():
+    def graph(nodes, outputs):
+        return helper.make_model(helper.make_graph(
+            nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+            [helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in outputs]))
+
+    relu = helper.make_node("Relu", ["x"], ["a"])
+    split = helper.make_node("Split", ["x"], ["s0", "s1"], axis=1, num_outputs=2)
+    assert output_paths(graph([relu], ["a"])) == ((),)
+    assert output_paths(graph([split], ["s1", "s0"])) == ((1,), (0,))
+    assert output_paths(graph([relu, split], ["s1", "a", "s0"])) == ((0, 1), (1,), (0, 0))
+
+
+@pytest.mark.parametrize("command", ["evaluate", "attack"])
+def test_model_positional_or_option_is_the_same_and_both_is_an_error(invoke, default_model_path, command):
+    base = list(COMMANDS[command])
+    positional = invoke(base[0], default_model_path, *base[1:])
+    option = invoke(base[0], "--model", default_model_path, *base[1:])
+    assert positional.exit_code == option.exit_code == 0, positional.output + option.output
+    assert positional.output == option.output
+    error = _one_error(invoke(base[0], default_model_path, "--model", default_model_path, *base[1:]))
+    assert "the model is given twice" in error
+
+
+def test_harden_and_inspect_take_model_as_an_option_too(invoke, default_model_path, tmp_path):
+    result = invoke("harden", "--model", default_model_path, *COMMANDS["harden"][1:], "-o", tmp_path / "h.onnx")
+    assert result.exit_code == 0, result.output
+    assert f"model    {default_model_path}" in result.output
+    assert invoke("inspect", "--model", default_model_path).output == invoke("inspect", default_model_path).output
