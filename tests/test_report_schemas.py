@@ -119,3 +119,27 @@ def test_inspect_report(invoke, default_model_path):
     record = json.loads(result.output)
     _validator("inspect").validate(record)
     _check_provenance(record, default_model_path, command)
+
+
+def test_cimguard_validate_picks_the_schema_from_the_report(invoke, tmp_path):
+    from cimguard import validate_report
+    from cimguard.errors import CimguardError
+
+    out = tmp_path / "e.json"
+    assert invoke("evaluate", "--samples", "2", *SMALL, "--json", out).exit_code == 0
+    result = invoke("validate", out)
+    assert result.exit_code == 0 and "a valid evaluate report (cimguard/schemas/evaluate.schema.json)" in result.output
+    record = json.loads(out.read_text())
+    assert validate_report(record) == "evaluate"
+    record["provenance"]["versions"]["onnxruntime"] = 3
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps(record))
+    result = invoke("validate", broken)
+    assert result.exit_code == 1
+    assert result.output.strip() == (f"Error: {broken} is not a valid evaluate report: at provenance/versions/"
+                                     "onnxruntime: 3 is not of type 'string'")
+    with pytest.raises(CimguardError, match="not a cimguard report"):
+        validate_report({"points": []})
+    (tmp_path / "text.json").write_text("not json")
+    assert "is not JSON" in invoke("validate", tmp_path / "text.json").output
+    assert "report file not found" in invoke("validate", tmp_path / "missing.json").output

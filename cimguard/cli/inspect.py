@@ -65,7 +65,7 @@ def inspect_command(model: str | None, data: str | None, output_name: str | None
     """Opsets, operators, inputs/outputs, crossbar layers and whether conversion is exact.
 
     Exits with status 1 when the model does not convert, the conversion is not exact, or the
-    --output named cannot be class scores.  Without --data, a model whose input sizes are all
+    output --output names cannot be class scores.  Without --data, a model whose input sizes are all
     dynamic is reported with the check skipped (it needs a sample size), not refused.
     """
     from cimguard.api import default_model
@@ -80,7 +80,7 @@ def inspect_command(model: str | None, data: str | None, output_name: str | None
         _print(report)
     if not report.converts:
         raise CimguardError(report.conversion_error or "conversion failed")
-    if output_name is not None or report.outputs:
+    if output_name is not None:  # inspect describes any file; only a named output must be class scores
         _check_score_output(report, model_path, output_name)
     if report.check is not None and not report.check.exact:
         raise CimguardError(
@@ -102,14 +102,14 @@ def _check_samples(model_path: str, data: str | None):
     return fit_to_model(dataset.x_eval[:PROBE_SAMPLES], load_model(model_path).input)
 
 
-def _check_score_output(report: ModelInspection, model_path: str, output_name: str | None) -> None:
-    """The class-score output (``--output``; default the first) as declared: ``[batch, classes]`` floats."""
+def _check_score_output(report: ModelInspection, model_path: str, output_name: str) -> None:
+    """The output ``--output`` names, as declared: ``[batch, classes]`` floats."""
     from cimguard.checks import check_output_spec
 
     names = [spec.name for spec in report.outputs]
-    if output_name is not None and output_name not in names:
+    if output_name not in names:
         raise CimguardError(f"{model_path} has no output {output_name!r}; its outputs are {', '.join(map(repr, names))}")
-    spec = report.outputs[names.index(output_name) if output_name is not None else 0]
+    spec = report.outputs[names.index(output_name)]
     check_output_spec(spec, model_path, others=len(names) - 1)
 
 
