@@ -39,7 +39,7 @@ from cimguard.errors import CimguardError, first_line
 from cimguard.factories import build_solver, build_trainer, create_device, load_dataset, named_solver
 from cimguard.onnx.export import export_onnx
 from cimguard.onnx.model import ImportedModel, import_model, load_model
-from cimguard.onnx.runtime import NOT_VERIFIED, ConversionCheck, verify_against_onnxruntime
+from cimguard.onnx.verify import NOT_VERIFIED, ConversionCheck, verify_against_onnxruntime
 from cimguard.sim.crossbar import Crossbar, CrossbarConfig
 from cimguard.sim.data import Dataset, check_labels, fit_to_model
 from cimguard.sim.device import Device, describe_config

@@ -171,7 +171,12 @@ def _check_npy_member(path: Path, archive: zipfile.ZipFile, info: zipfile.ZipInf
 
 
 def check_model_tensors(tensors, where: str) -> None:
-    """Every floating-point constant of a model (initializers, Constant values) must be finite."""
+    """No floating-point constant of a model (initializers, Constant values) may hold NaN.
+
+    ±Inf is a legitimate constant (the initial value of a running ``Max``, a mask of ``-inf``);
+    crossbar weights, which must be finite, are checked once they are known
+    (:func:`check_crossbar_weights`).
+    """
     from onnx import numpy_helper
 
     for tensor in tensors:
@@ -188,7 +193,16 @@ def check_model_tensors(tensors, where: str) -> None:
         except ValueError as exc:
             raise CimguardError(f"{where}: tensor {tensor.name!r} does not hold its declared shape "
                                 f"{tuple(tensor.dims)} ({str(exc)[:120]})") from None
-        check_finite(values, f"{where}: tensor {tensor.name!r}")
+        nan = np.isnan(values) if values.dtype.kind in "fc" else None
+        if nan is not None and nan.any():
+            raise CimguardError(f"{where}: tensor {tensor.name!r} holds {int(nan.sum())} NaN value(s); the first at "
+                                f"index {_first_index(nan)}")
+
+
+def check_crossbar_weights(weights: Mapping[str, tuple[str, torch.Tensor]], where: str) -> None:
+    """Every crossbar weight (``{initializer: (node, tensor)}``) is finite: a device cannot hold ±Inf."""
+    for name, (node, tensor) in weights.items():
+        check_finite(tensor, f"{where}: tensor {name!r} (the crossbar weight of node {node!r})")
 
 
 #: ONNX element types whose values can be NaN or ±Inf.

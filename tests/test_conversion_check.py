@@ -18,8 +18,8 @@ import cimguard.api
 from cimguard.api import build_setup, load
 from cimguard.errors import CimguardError
 from cimguard.onnx.model import load_model
-from cimguard.onnx.localise import first_differing_node
 from cimguard.onnx.runtime import OnnxRuntimeCannotRun, onnx_feed
+from cimguard.onnx.verify import first_differing_node
 
 SMALL = ("--samples", "2", "--max-samples", "40")
 #: The embedded LeNet's first ReLU, as onnx2torch names its module and as the ONNX file names the node.

@@ -14,14 +14,8 @@ import torch
 from cimguard.checks import check_declared_dims
 from cimguard.errors import CimguardError
 from cimguard.onnx.model import TensorSpec, import_model, read_onnx, shape_text, tensor_spec
-from cimguard.onnx.runtime import (
-    EXACT_TOLERANCE,
-    ConversionCheck,
-    comparison_tolerance,
-    onnx_feed,
-    onnxruntime_mismatch,
-    random_inputs,
-)
+from cimguard.onnx.runtime import comparison_tolerance, onnx_feed, onnxruntime_mismatch, random_inputs
+from cimguard.onnx.verify import EXACT_TOLERANCE, ConversionCheck
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,14 @@ from onnx2torch.onnx_graph import OnnxGraph
 from torch import fx, nn
 
 import cimguard.onnx.converters  # noqa: F401 - registers the extra onnx2torch converters before any conversion
-from cimguard.checks import AllocationError, allocation_guard, check_input_file, check_model_tensors, check_opsets
+from cimguard.checks import (
+    AllocationError,
+    allocation_guard,
+    check_crossbar_weights,
+    check_input_file,
+    check_model_tensors,
+    check_opsets,
+)
 from cimguard.errors import CimguardError, first_line
 from cimguard.onnx.legalise import MAX_TENSOR_ELEMENTS, WeightOrigin, legalise_model
 
@@ -242,7 +249,7 @@ def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
 
 def load_model(path: str | Path) -> ImportedModel:
     """Load an ONNX file and convert it to torch (cross-check it with
-    :func:`cimguard.onnx.runtime.verify_against_onnxruntime`)."""
+    :func:`cimguard.onnx.verify.verify_against_onnxruntime`)."""
     path = Path(path)
     return import_model(read_onnx(path), path=path)
 
@@ -261,6 +268,8 @@ def import_model(original: onnx.ModelProto, *, path: Path | None = None, require
     module = _convert(legal, where, notes)
     legal, module, batch_mode = _any_batch_size(legal, module, where, notes)
     mapped = find_mapped_weights(legal, module)
+    tensors = dict(module.named_parameters()) | dict(module.named_buffers())
+    check_crossbar_weights({m.initializer: (m.node, tensors[m.torch_name]) for m in mapped}, where)
     if not mapped and require_mapped:
         raise CimguardError(
             f"{where} has no crossbar-mappable layer (Conv, Gemm or MatMul with a constant weight)"

@@ -1,15 +1,15 @@
 """onnxruntime as the reference: run an ONNX model, and measure how far the converted torch module is from it.
 
-cimguard trusts a conversion only as far as onnxruntime agrees with it (``--verify``, ``inspect``, the
-fixed-batch rewrite in :mod:`cimguard.onnx.batch`, and the file ``harden`` writes).  Both sides run
+cimguard trusts a conversion only as far as onnxruntime agrees with it (the check of every run in
+:mod:`cimguard.onnx.verify`, ``inspect``, the fixed-batch rewrite in :mod:`cimguard.onnx.batch`, and the
+file ``harden`` writes).  Both sides run
 like with like: the torch module in float32 with TF32 off (:func:`float32_like_onnxruntime`).
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -24,9 +24,6 @@ from cimguard.seeds import torch_generator
 # onnxruntime has kernels from opset 7 on; older models are checked as an opset-11 copy.
 _ORT_MIN_OPSET = 7
 _ORT_UPGRADE_OPSET = 11
-
-#: Relative error (of the output scale) below which a conversion counts as exact.
-EXACT_TOLERANCE = 1e-4
 
 #: Agreement expected between the float32 torch module and onnxruntime running a float16 model in float16
 #: (a few float16 roundings, 2^-11 each).
@@ -202,58 +199,6 @@ def _tf32_disabled() -> Iterator[None]:
         yield
     finally:
         matmul.fp32_precision, cudnn.conv.fp32_precision = precision
-
-
-@dataclass(frozen=True)
-class ConversionCheck:
-    """Torch vs onnxruntime on one input (random for ``inspect``, the probe samples for every command)."""
-
-    exact: bool
-    relative_error: float
-    """Largest |difference| over all outputs, relative to each output's scale."""
-    input_shapes: dict[str, tuple[int, ...]]
-    """The shapes used."""
-    tolerance: float = EXACT_TOLERANCE
-
-    def to_dict(self) -> dict[str, Any]:
-        """The report's ``conversion_check``: checked, on how many samples, and how close."""
-        samples = next(iter(self.input_shapes.values()), (0,))
-        return {"verified": True, "samples": int(samples[0]) if samples else 1,
-                "relative_error": self.relative_error, "tolerance": self.tolerance}
-
-
-#: The report's ``conversion_check`` of a run that skipped the check (``--no-verify``, ``verify=False``).
-NOT_VERIFIED: dict[str, Any] = {"verified": False, "samples": None, "relative_error": None, "tolerance": None}
-
-
-def verify_against_onnxruntime(imported: ImportedModel, x: torch.Tensor,
-                               tolerance: float = EXACT_TOLERANCE) -> ConversionCheck:
-    """Compare the torch model with onnxruntime on ``x`` (float32 on the CPU on both sides).
-
-    A mismatch is a one-line :class:`CimguardError` naming the first node whose output differs
-    (:func:`cimguard.onnx.localise.first_differing_node`); otherwise the check's record.
-    """
-    feeds = {imported.input.name: onnx_feed(imported.input, x)}
-    where = f"{imported.path}: " if imported.path is not None else ""
-    try:
-        error = onnxruntime_mismatch(imported.onnx_model, imported.module, feeds)
-    except OnnxRuntimeCannotRun as exc:
-        # No reference, no check: refused like a mismatch (never a silent number); the user may accept the risk.
-        raise CimguardError(f"{where}{exc}, so the conversion cannot be checked; nothing was computed; "
-                            "--no-verify (verify=False) runs it unchecked") from None
-    tolerance = comparison_tolerance(imported.onnx_model, tolerance)
-    if not error <= tolerance:
-        from cimguard.onnx.localise import first_differing_node
-
-        found = first_differing_node(imported.legalised, imported.module, feeds, tolerance)
-        blame = found.describe() if found is not None else \
-            "no single converted node differs (the rewrite before conversion, or the outputs' order, is at fault)"
-        raise CimguardError(
-            f"{where}the converted model disagrees with onnxruntime on the first {len(x)} samples: max |difference| "
-            f"is {error:.3g} of the output scale (tolerance {tolerance:g}); {blame}. Nothing was computed; "
-            "--no-verify (verify=False) runs it anyway"
-        )
-    return ConversionCheck(True, error, {name: tuple(value.shape) for name, value in feeds.items()}, tolerance)
 
 
 def comparison_tolerance(model: onnx.ModelProto, tolerance: float) -> float:

@@ -1,12 +1,14 @@
-"""Where a conversion goes wrong: the first node whose output differs between torch and onnxruntime.
+"""The check of every run: the torch conversion against onnxruntime, and where a mismatch starts.
 
-When the converted module and onnxruntime disagree on a model's outputs, the number alone does not
-tell the user (or a converter's author) what to fix.  Both sides can show every intermediate value:
-onnxruntime runs a copy of the converted graph with every node output made a graph output, and the
-onnx2torch ``GraphModule`` is run by a ``torch.fx`` interpreter that records each node's result.
-onnx2torch names each ``call_module`` after the ONNX node it converts (``OnnxGraph``'s unique
-names), so the two line up node by node; the first node in graph order whose output differs is
-where the conversion goes wrong (its inputs still agree).
+:func:`verify_against_onnxruntime` runs the converted module and onnxruntime on the same samples
+(like with like: float32 on the CPU) before cimguard computes any number.  When they disagree, the
+number alone does not tell the user (or a converter's author) what to fix, so
+:func:`first_differing_node` finds the first node whose output differs: onnxruntime runs a copy of
+the converted graph with every node output made a graph output, and the onnx2torch ``GraphModule``
+is run by a ``torch.fx`` interpreter that records each node's result.  onnx2torch names each
+``call_module`` after the ONNX node it converts (``OnnxGraph``'s unique names), so the two line up
+node by node; the first node in graph order whose output differs is where the conversion goes wrong
+(its inputs still agree).
 """
 
 from __future__ import annotations
@@ -22,10 +24,73 @@ from torch import fx
 
 from cimguard.errors import CimguardError
 from cimguard.onnx.batch import fixed_batch, output_mismatch
+from cimguard.onnx.model import ImportedModel
+from cimguard.onnx.runtime import (
+    OnnxRuntimeCannotRun,
+    comparison_tolerance,
+    float32_like_onnxruntime,
+    onnx_feed,
+    onnxruntime_mismatch,
+    run_onnxruntime_all,
+    torch_feed,
+)
+
+#: Relative error (of the output scale) below which a conversion counts as exact.
+EXACT_TOLERANCE = 1e-4
 
 #: An intermediate value must differ by at least this much (of its scale) to be blamed first: float32
 #: rounding in long reductions stays far below it, a wrong operator is far above it.
 BLAME_TOLERANCE = 1e-3
+
+
+@dataclass(frozen=True)
+class ConversionCheck:
+    """Torch vs onnxruntime on one input (random for ``inspect``, the probe samples for every command)."""
+
+    exact: bool
+    relative_error: float
+    """Largest |difference| over all outputs, relative to each output's scale."""
+    input_shapes: dict[str, tuple[int, ...]]
+    """The shapes used."""
+    tolerance: float = EXACT_TOLERANCE
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report's ``conversion_check``: checked, on how many samples, and how close."""
+        samples = next(iter(self.input_shapes.values()), (0,))
+        return {"verified": True, "samples": int(samples[0]) if samples else 1,
+                "relative_error": self.relative_error, "tolerance": self.tolerance}
+
+
+#: The report's ``conversion_check`` of a run that skipped the check (``--no-verify``, ``verify=False``).
+NOT_VERIFIED: dict[str, Any] = {"verified": False, "samples": None, "relative_error": None, "tolerance": None}
+
+
+def verify_against_onnxruntime(imported: ImportedModel, x: torch.Tensor,
+                               tolerance: float = EXACT_TOLERANCE) -> ConversionCheck:
+    """Compare the torch model with onnxruntime on ``x`` (float32 on the CPU on both sides).
+
+    A mismatch is a one-line :class:`CimguardError` naming the first node whose output differs
+    (:func:`cimguard.onnx.localise.first_differing_node`); otherwise the check's record.
+    """
+    feeds = {imported.input.name: onnx_feed(imported.input, x)}
+    where = f"{imported.path}: " if imported.path is not None else ""
+    try:
+        error = onnxruntime_mismatch(imported.onnx_model, imported.module, feeds)
+    except OnnxRuntimeCannotRun as exc:
+        # No reference, no check: refused like a mismatch (never a silent number); the user may accept the risk.
+        raise CimguardError(f"{where}{exc}, so the conversion cannot be checked; nothing was computed; "
+                            "--no-verify (verify=False) runs it unchecked") from None
+    tolerance = comparison_tolerance(imported.onnx_model, tolerance)
+    if not error <= tolerance:
+        found = first_differing_node(imported.legalised, imported.module, feeds, tolerance)
+        blame = found.describe() if found is not None else \
+            "no single converted node differs (the rewrite before conversion, or the outputs' order, is at fault)"
+        raise CimguardError(
+            f"{where}the converted model disagrees with onnxruntime on the first {len(x)} samples: max |difference| "
+            f"is {error:.3g} of the output scale (tolerance {tolerance:g}); {blame}. Nothing was computed; "
+            "--no-verify (verify=False) runs it anyway"
+        )
+    return ConversionCheck(True, error, {name: tuple(value.shape) for name, value in feeds.items()}, tolerance)
 
 
 @dataclass(frozen=True)
@@ -52,8 +117,6 @@ def first_differing_node(model: onnx.ModelProto, module: fx.GraphModule, feeds: 
     ``None`` when every compared node agrees (or onnxruntime cannot expose the values).  A file
     with a fixed batch is compared on its own batch size.
     """
-    from cimguard.onnx.runtime import float32_like_onnxruntime, run_onnxruntime_all, torch_feed
-
     size = fixed_batch(model)
     if size is not None:
         feeds = {name: value[:size] for name, value in feeds.items()}
