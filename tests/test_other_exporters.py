@@ -1,0 +1,90 @@
+"""Models from other exporters: a tf2onnx (Keras) file end to end, non-finite constants, float16/bfloat16 casts.
+
+``tests/data/keras_digits_tf2onnx.onnx`` was written by ``models/make_tf2onnx_fixture.py`` (TensorFlow
+and tf2onnx are too heavy for CI; the script's docstring has the command).  It holds what tf2onnx
+writes: NHWC convolutions wrapped in Transposes, shape arithmetic, an ``ai.onnx.ml`` opset import and
+a ``-inf`` constant (the start of a running ``Max``), which is legitimate: only NaN, or a non-finite
+crossbar weight, is refused.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from cimguard.onnx.runtime import run_onnxruntime
+
+KERAS = Path(__file__).parent / "data" / "keras_digits_tf2onnx.onnx"
+SMALL = ("--max-samples", "60")
+
+
+def _one_error(result) -> str:
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert lines[-1].startswith("Error: ") and sum(line.startswith("Error: ") for line in lines) == 1, result.output
+    return lines[-1]
+
+
+def _onnxruntime_accuracy(path: Path, digits, count: int) -> float:
+    x = digits.x_eval[:count].numpy().reshape(count, 8, 8, 1).astype(np.float32)
+    predicted = run_onnxruntime(onnx.load(str(path)), x).argmax(axis=1)
+    return float((predicted == digits.y_eval[:count].numpy()).mean())
+
+
+def _with_initializer(tmp_path: Path, name: str, change) -> Path:
+    model = onnx.load(str(KERAS))
+    for index, tensor in enumerate(model.graph.initializer):
+        if tensor.name == name:
+            value = numpy_helper.to_array(tensor).copy()
+            model.graph.initializer[index].CopyFrom(numpy_helper.from_array(change(value), name))
+    path = tmp_path / "changed.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+def test_the_fixture_holds_what_tf2onnx_writes():
+    model = onnx.load(str(KERAS))
+    assert model.producer_name == "tf2onnx"
+    assert {(op.domain, op.version) for op in model.opset_import} == {("", 15), ("ai.onnx.ml", 2)}
+    constants = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    assert any(value.dtype.kind == "f" and np.isneginf(value).any() for value in constants.values())
+    assert "Max" in {node.op_type for node in model.graph.node}
+
+
+def test_keras_model_end_to_end(invoke, tmp_path, digits, one_thread):
+    result = invoke("evaluate", KERAS, "--samples", "3", *SMALL)
+    assert result.exit_code == 0, result.output
+    assert "check   conversion checked against onnxruntime" in result.output
+    float_line = next(line for line in result.output.splitlines() if line.startswith("float model accuracy"))
+    assert float(float_line.split()[-1]) == pytest.approx(_onnxruntime_accuracy(KERAS, digits, 60), abs=5e-5)  # printed to 4 places
+    assert invoke("attack", KERAS, "--samples", "0", "--iterations", "2", *SMALL).exit_code == 0
+
+    hardened = tmp_path / "robust.onnx"
+    result = invoke("harden", KERAS, "--trainer", "noise", "--epochs", "1", *SMALL, "-o", hardened)
+    assert result.exit_code == 0, result.output
+    written = onnx.load(str(hardened))
+    # The vendor's graph, new weights: same nodes, the -inf constant kept, and onnxruntime runs it.
+    assert [n.op_type for n in written.graph.node] == [n.op_type for n in onnx.load(str(KERAS)).graph.node]
+    assert any(np.isneginf(numpy_helper.to_array(t)).any() for t in written.graph.initializer
+               if t.data_type == onnx.TensorProto.FLOAT)
+    assert 0.5 < _onnxruntime_accuracy(hardened, digits, 60) <= 1.0
+    assert invoke("evaluate", hardened, "--samples", "0", *SMALL).exit_code == 0
+
+
+def test_nan_anywhere_and_non_finite_crossbar_weights_stay_refused(invoke, tmp_path):
+    fill = "functional_1/scores_1/Fill/value:0"
+    nan_constant = _with_initializer(tmp_path, fill, lambda v: np.full_like(v, np.nan))
+    assert f"tensor {fill!r} holds 1 NaN value(s)" in _one_error(invoke("evaluate", nan_constant, *SMALL))
+
+    dense = "functional_1/dense_1/Cast/ReadVariableOp:0"
+
+    def one_inf(value):
+        value[3, 2] = np.inf
+        return value
+
+    error = _one_error(invoke("evaluate", _with_initializer(tmp_path, dense, one_inf), *SMALL))
+    assert f"tensor {dense!r} (the crossbar weight of node" in error and "non-finite" in error
