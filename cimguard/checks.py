@@ -210,7 +210,7 @@ _FLOAT_TYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.
                           onnx.TensorProto.BFLOAT16, onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128})
 
 #: Model input types cimguard can feed: floats (evaluation data is cast to them) and integer token ids.
-FLOAT_INPUTS = ("float", "float16", "double")
+FLOAT_INPUTS = ("float", "float16", "double", "bfloat16")
 INTEGER_INPUTS = ("int32", "int64")
 
 
@@ -226,8 +226,8 @@ def check_opsets(model, where: str) -> None:
 def check_input_spec(spec, where: str) -> None:
     """A model input cimguard can feed: a supported element type and positive (or dynamic) dimensions."""
     if spec.dtype not in FLOAT_INPUTS + INTEGER_INPUTS:
-        raise CimguardError(f"{where}: input {spec.name!r} is {spec.dtype}; cimguard feeds float, float16 or double "
-                            "inputs, or int32/int64 token ids")
+        raise CimguardError(f"{where}: input {spec.name!r} is {spec.dtype}; cimguard feeds float, float16, bfloat16 "
+                            "or double inputs, or int32/int64 token ids")
     for axis, size in enumerate(spec.shape):
         if size is not None and size <= 0:
             raise CimguardError(f"{where}: input {spec.name!r} declares dimension {size} on axis {axis}; "

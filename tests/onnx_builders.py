@@ -91,3 +91,26 @@ def two_output_model(path: Path, first: str) -> Path:
         inits,
     )
     return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+
+
+def half_precision_model(path: Path, elem_type: int, *, cast_inside: bool) -> Path:
+    """A digits classifier (64 features, 10 classes) whose weights are float16 or bfloat16.
+
+    ``cast_inside``: float32 input and output, the graph casts to the half type inside (a mixed-precision
+    export); else the input and output are of the half type too.
+    """
+    rng = np.random.default_rng(0)
+    weight, bias = rng.normal(0, 0.3, (10, 64)).astype(np.float32), np.linspace(-0.1, 0.1, 10).astype(np.float32)
+    inits = [helper.make_tensor(name, elem_type, value.shape, value.ravel().tolist())
+             for name, value in (("W", weight), ("b", bias))]
+    if cast_inside:
+        nodes = [helper.make_node("Cast", ["x"], ["x_half"], name="to_half", to=elem_type),
+                 helper.make_node("Gemm", ["x_half", "W", "b"], ["y_half"], name="fc", transB=1),
+                 helper.make_node("Cast", ["y_half"], ["y"], name="to_float", to=TensorProto.FLOAT)]
+        io_type = TensorProto.FLOAT
+    else:
+        nodes = [helper.make_node("Gemm", ["x", "W", "b"], ["y"], name="fc", transB=1)]
+        io_type = elem_type
+    graph = helper.make_graph(nodes, "half", [helper.make_tensor_value_info("x", io_type, ["batch", 64])],
+                              [helper.make_tensor_value_info("y", io_type, ["batch", 10])], inits)
+    return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)

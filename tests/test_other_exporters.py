@@ -88,3 +88,24 @@ def test_nan_anywhere_and_non_finite_crossbar_weights_stay_refused(invoke, tmp_p
 
     error = _one_error(invoke("evaluate", _with_initializer(tmp_path, dense, one_inf), *SMALL))
     assert f"tensor {dense!r} (the crossbar weight of node" in error and "non-finite" in error
+
+
+@pytest.mark.parametrize("elem_type", [onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16], ids=["float16", "bfloat16"])
+@pytest.mark.parametrize("cast_inside", [True, False], ids=["cast-inside", "half-io"])
+def test_half_precision_files_compute_in_float32_and_export_in_their_own_type(invoke, tmp_path, elem_type,
+                                                                               cast_inside, one_thread):
+    from tests.onnx_builders import half_precision_model
+
+    model = half_precision_model(tmp_path / "half.onnx", elem_type, cast_inside=cast_inside)
+    result = invoke("evaluate", model, "--samples", "2", *SMALL)
+    assert result.exit_code == 0, result.output
+    assert "check   conversion checked against onnxruntime" in result.output
+    hardened = tmp_path / "robust.onnx"
+    result = invoke("harden", model, "--trainer", "noise", "--epochs", "1", *SMALL, "-o", hardened)
+    assert result.exit_code == 0, result.output
+    written = onnx.load(str(hardened))
+    assert {t.name: t.data_type for t in written.graph.initializer} == {"W": elem_type, "b": elem_type}
+    assert [n.op_type for n in written.graph.node] == [n.op_type for n in onnx.load(str(model)).graph.node]
+    assert numpy_helper.to_array(written.graph.initializer[0]).tolist() != \
+        numpy_helper.to_array(onnx.load(str(model)).graph.initializer[0]).tolist()
+    assert invoke("evaluate", hardened, "--samples", "0", *SMALL).exit_code == 0

@@ -425,6 +425,45 @@ def asymmetric_average_pool(state: Legalised) -> None:
         state.notes.append(f"{changed} AveragePool node(s) with asymmetric pads use cimguard's exact converter")
 
 
+#: Element types computed in float32 (crossbars, devices and solvers compute in float32; export writes the
+#: file's own type back).  float16 weights are widened by the converted module itself.
+_HALF_TYPES = (onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
+
+
+def widen_half_precision(model: onnx.ModelProto, *, graph_io: bool) -> tuple[int, int]:
+    """In ``model`` (changed in place): bfloat16 initializers become float32 (exactly: every bfloat16 is a
+    float32), ``Cast`` to float16/bfloat16 casts to float32, and internal value types follow; graph inputs
+    and outputs too when ``graph_io``.  Returns (initializers, casts) changed."""
+    widened = 0
+    for index, tensor in enumerate(model.graph.initializer):
+        if tensor.data_type == onnx.TensorProto.BFLOAT16:
+            value = numpy_helper.to_array(tensor).astype(np.float32)
+            model.graph.initializer[index].CopyFrom(numpy_helper.from_array(value, tensor.name))
+            widened += 1
+    casts = 0
+    for node in model.graph.node:
+        if node.op_type == "Cast" and node.domain in ("", "ai.onnx"):
+            for attr in node.attribute:
+                if attr.name == "to" and attr.i in _HALF_TYPES:
+                    attr.i = onnx.TensorProto.FLOAT
+                    casts += 1
+    values = [*model.graph.value_info] + ([*model.graph.input, *model.graph.output] if graph_io else [])
+    for value in values:
+        if value.type.tensor_type.elem_type in _HALF_TYPES:
+            value.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+    return widened, casts
+
+
+def compute_in_float32(state: Legalised) -> None:
+    """bfloat16 weights and casts to half precision inside the graph compute in float32 (the graph's own
+    inputs and outputs keep their declared types: data is fed as the file declares it)."""
+    widened, casts = widen_half_precision(state.model, graph_io=False)
+    if widened:
+        state.notes.append(f"{widened} bfloat16 initializer(s) computed in float32 (export writes bfloat16 back)")
+    if casts:
+        state.notes.append(f"{casts} Cast(s) to float16/bfloat16 compute in float32")
+
+
 #: The passes, in order.
 PASSES: tuple[Pass, ...] = (
     drop_initializer_inputs,
@@ -432,6 +471,7 @@ PASSES: tuple[Pass, ...] = (
     normalise_opset,
     infer_shapes,
     fold_constants,
+    compute_in_float32,
     explicit_padding,
     reshape_allowzero,
     asymmetric_average_pool,
