@@ -193,8 +193,10 @@ def check_model_tensors(tensors, where: str) -> None:
         except ValueError as exc:
             raise CimguardError(f"{where}: tensor {tensor.name!r} does not hold its declared shape "
                                 f"{tuple(tensor.dims)} ({str(exc)[:120]})") from None
-        nan = np.isnan(values) if values.dtype.kind in "fc" else None
-        if nan is not None and nan.any():
+        if values.dtype.kind not in "fc":  # bfloat16 arrives as an ml_dtypes type numpy cannot test
+            values = values.astype(np.float32)
+        nan = np.isnan(values)
+        if nan.any():
             raise CimguardError(f"{where}: tensor {tensor.name!r} holds {int(nan.sum())} NaN value(s); the first at "
                                 f"index {_first_index(nan)}")
 

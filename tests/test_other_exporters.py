@@ -109,3 +109,14 @@ def test_half_precision_files_compute_in_float32_and_export_in_their_own_type(in
     assert numpy_helper.to_array(written.graph.initializer[0]).tolist() != \
         numpy_helper.to_array(onnx.load(str(model)).graph.initializer[0]).tolist()
     assert invoke("evaluate", hardened, "--samples", "0", *SMALL).exit_code == 0
+
+
+def test_nan_in_a_bfloat16_constant_is_refused(invoke, tmp_path):
+    from tests.onnx_builders import half_precision_model
+
+    path = half_precision_model(tmp_path / "bf16.onnx", onnx.TensorProto.BFLOAT16, cast_inside=False)
+    model = onnx.load(str(path))
+    model.graph.initializer[1].CopyFrom(
+        onnx.helper.make_tensor("b", onnx.TensorProto.BFLOAT16, [10], [0.0, float("nan")] + [0.0] * 8))
+    onnx.save(model, str(path))
+    assert "tensor 'b' holds 1 NaN value(s); the first at index (1,)" in _one_error(invoke("evaluate", path, *SMALL))

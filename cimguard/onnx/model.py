@@ -6,8 +6,8 @@ import dataclasses
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
