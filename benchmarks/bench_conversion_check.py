@@ -8,9 +8,9 @@ each against a baseline measured in the same run:
 1. the shipped LeNet on digits (360 samples): seconds of the check, and its ratio to
    ``Setup.evaluate`` with ``--chips`` Monte Carlo chips (default 100, as ``cimguard evaluate``);
 2. torchvision ResNet-18 (random weights, 10 classes, 224×224, today's default exporter, batch 1
-   made symbolic) on ``--resnet-samples`` random images, label-free: the same ratio with
-   ``--resnet-chips`` chips (default 10: a 100-chip evaluate takes minutes on a 2-core CPU, and the
-   ratio shrinks with every chip added, so 10 chips is the harder case).
+   made symbolic; the file ``bench_real_models.py`` makes) on ``--resnet-samples`` random images,
+   label-free: the same ratio with ``--resnet-chips`` chips (default 100, as ``cimguard evaluate``;
+   minutes on a 2-core CPU; fewer chips make the ratio larger).
 
 The check's seconds are the median of ``--repeats`` runs of ``verify_against_onnxruntime`` on the
 probe samples (onnxruntime session included); evaluate is timed once after a warm-up chip.
@@ -22,10 +22,8 @@ import argparse
 import statistics
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 
 
@@ -56,7 +54,7 @@ def _measure(label: str, setup, chips: int, repeats: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--chips", type=int, default=100)
-    parser.add_argument("--resnet-chips", type=int, default=10)
+    parser.add_argument("--resnet-chips", type=int, default=100)
     parser.add_argument("--resnet-samples", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None)
@@ -72,17 +70,10 @@ def main() -> None:
              args.chips, args.repeats)
     if args.skip_resnet:
         return
-    import torchvision
+    from bench_real_models import write_resnet18  # this folder: the same ResNet-18 file and images
 
     with tempfile.TemporaryDirectory() as folder:
-        model_path, data_path = Path(folder) / "resnet18.onnx", Path(folder) / "images.npz"
-        torch.manual_seed(0)
-        network = torchvision.models.resnet18(weights=None, num_classes=10).eval()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(network, (torch.randn(1, 3, 224, 224),), str(model_path))
-        rng = np.random.default_rng(0)
-        np.savez(data_path, x=rng.standard_normal((args.resnet_samples, 3, 224, 224)).astype(np.float32))
+        model_path, data_path = write_resnet18(Path(folder), 224, args.resnet_samples)
         setup = build_setup(model_path, str(data_path), "gaussian", label_free=True, torch_device="cpu")
         _measure("ResNet-18 (224x224, label-free)", setup, args.resnet_chips, max(1, args.repeats // 2))
 
