@@ -95,11 +95,15 @@ def _check_samples(model_path: str, data: str | None):
         return None
     from cimguard.checks import PROBE_SAMPLES
     from cimguard.factories import load_dataset
-    from cimguard.onnx.model import load_model
+    from cimguard.onnx.model import read_onnx, tensor_spec
     from cimguard.sim.data import fit_to_model
 
-    dataset = load_dataset(data)
-    return fit_to_model(dataset.x_eval[:PROBE_SAMPLES], load_model(model_path).input)
+    graph = read_onnx(model_path).graph
+    initializers = {init.name for init in graph.initializer}
+    inputs = [tensor_spec(value) for value in graph.input if value.name not in initializers]
+    if len(inputs) != 1:
+        raise CimguardError(f"{model_path} has {len(inputs)} inputs; --data feeds single-input models")
+    return fit_to_model(load_dataset(data).x_eval[:PROBE_SAMPLES], inputs[0])
 
 
 def _check_score_output(report: ModelInspection, model_path: str, output_name: str) -> None:
