@@ -237,6 +237,7 @@ class Setup:
         """The setup as plain data (the ``setup`` section of every report)."""
         return {
             "model": str(self.model_path) if self.model_path is not None else "<in memory>",
+            "score_output": self.imported.score_output.name if self.imported.outputs else None,
             "data": self.dataset.name,
             "data_description": self.dataset.description,
             "label_free": self.data.label_free,

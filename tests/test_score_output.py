@@ -68,6 +68,7 @@ def test_the_picked_output_scores_like_a_single_output_model(invoke, tmp_path):
     assert invoke("evaluate", model, "--output", "scores", "--samples", "3", "--max-samples", "60",
                   "--json", out).exit_code == 0
     report = json.loads(out.read_text())
+    assert report["setup"]["score_output"] == "scores"
     setup = cimguard.setup(str(model), output="scores", max_samples=60)
     result = setup.evaluate(samples=3, seed=0)
     assert report["clean_accuracy"] == result.clean_accuracy and report["float_accuracy"] == result.float_accuracy
