@@ -176,19 +176,26 @@ def onnxruntime_mismatch(
 
 @contextmanager
 def float32_like_onnxruntime(module: nn.Module) -> Iterator[None]:
-    """Within the block ``module`` computes as onnxruntime's CPU provider does: float32 on the CPU, no TF32.
+    """Within the block ``module`` computes as onnxruntime's CPU provider does here: float32 on the CPU, no
+    TF32, one thread.
 
     The module is moved to the CPU and back (the same parameter objects, so everything
-    holding them stays valid); TF32 is switched off for the block and restored after.
+    holding them stays valid); TF32 is switched off for the block and restored after.  One thread,
+    as the onnxruntime sessions (:func:`_ort_session`): a check runs a few samples, and waking a
+    thread pool for each small operator cost 0.1 s per check of the shipped LeNet on a busy 2-core
+    machine, against 1 ms on one thread.
     """
     state = list(module.parameters()) + list(module.buffers())
     device = state[0].device if state else torch.device("cpu")
+    threads = torch.get_num_threads()
     with _tf32_disabled():
         if device.type != "cpu":
             module.to("cpu")
+        torch.set_num_threads(1)
         try:
             yield
         finally:
+            torch.set_num_threads(threads)
             if device.type != "cpu":
                 module.to(device)
 
