@@ -111,3 +111,12 @@ def test_harden_and_inspect_take_model_as_an_option_too(invoke, default_model_pa
     assert result.exit_code == 0, result.output
     assert f"model    {default_model_path}" in result.output
     assert invoke("inspect", "--model", default_model_path).output == invoke("inspect", default_model_path).output
+
+
+def test_replay_scores_the_output_the_perturbation_was_found_on(invoke, tmp_path):
+    model = two_output_model(tmp_path / "two.onnx", "onehot")
+    saved = tmp_path / "worst.npz"
+    assert _run(invoke, tmp_path, "attack", model, "--output", "scores", "--save-perturbation", saved).exit_code == 0
+    result = invoke("attack", "--replay", saved)  # the model and its --output come from the saved metadata
+    assert result.exit_code == 0, result.output
+    assert f"worst case in the device's box on {model}" in result.output
