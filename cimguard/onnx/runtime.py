@@ -230,9 +230,7 @@ def comparison_tolerance(model: onnx.ModelProto, tolerance: float) -> float:
         return max(tolerance, BFLOAT16_TOLERANCE)
     half = onnx.TensorProto.FLOAT16
     uses_half = any(init.data_type == half for init in model.graph.initializer) or any(
-        value.type.tensor_type.elem_type == half for value in model.graph.input) or any(
-        node.op_type == "Cast" and any(a.name == "to" and a.i == half for a in node.attribute)
-        for node in model.graph.node)
+        value.type.tensor_type.elem_type == half for value in model.graph.input) or _casts_to(model, half)
     return max(tolerance, FLOAT16_TOLERANCE) if uses_half else tolerance
 
 
@@ -240,8 +238,13 @@ def _holds_bfloat16(model: onnx.ModelProto) -> bool:
     bf16 = onnx.TensorProto.BFLOAT16
     graph = model.graph
     return any(init.data_type == bf16 for init in graph.initializer) or any(
-        value.type.tensor_type.elem_type == bf16 for value in (*graph.input, *graph.output)) or any(
-        node.op_type == "Cast" and any(a.name == "to" and a.i == bf16 for a in node.attribute) for node in graph.node)
+        value.type.tensor_type.elem_type == bf16 for value in (*graph.input, *graph.output)) or _casts_to(model, bf16)
+
+
+def _casts_to(model: onnx.ModelProto, elem_type: int) -> bool:
+    """Whether a ``Cast`` of the main graph converts to ``elem_type``."""
+    return any(node.op_type == "Cast" and any(a.name == "to" and a.i == elem_type for a in node.attribute)
+               for node in model.graph.node)
 
 
 def onnx_feed(spec: TensorSpec, x: torch.Tensor) -> np.ndarray:
