@@ -120,3 +120,41 @@ def test_nan_in_a_bfloat16_constant_is_refused(invoke, tmp_path):
         onnx.helper.make_tensor("b", onnx.TensorProto.BFLOAT16, [10], [0.0, float("nan")] + [0.0] * 8))
     onnx.save(model, str(path))
     assert "tensor 'b' holds 1 NaN value(s); the first at index (1,)" in _one_error(invoke("evaluate", path, *SMALL))
+
+
+BYTES = Path(__file__).parent / "data" / "keras_bytes_tf2onnx.onnx"
+BYTES_DATA = Path(__file__).parent / "data" / "bytes_tokens.npz"
+
+
+def _has_converter(op_type: str, version: int) -> bool:
+    from onnx2torch.node_converters import get_converter
+
+    import cimguard.onnx.model  # noqa: F401 - registers cimguard's converters
+
+    try:
+        get_converter(domain="", operation_type=op_type, version=version)
+    except NotImplementedError:
+        return False
+    return True
+
+
+def test_the_byte_token_fixture_holds_int32_tokens_and_a_global_max_pool():
+    model = onnx.load(str(BYTES))
+    assert model.producer_name == "tf2onnx" and model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.INT32
+    assert {"Gather", "Conv", "GlobalMaxPool", "MatMul", "Max"} <= {node.op_type for node in model.graph.node}
+
+
+@pytest.mark.skipif(not _has_converter("GlobalMaxPool", 15),
+                    reason="GlobalMaxPool's converter comes with issue 19's converter work")
+def test_byte_token_classifier_end_to_end(invoke, tmp_path, one_thread):
+    data = np.load(BYTES_DATA)
+    result = invoke("evaluate", BYTES, "--data", BYTES_DATA, "--samples", "2")
+    assert result.exit_code == 0, result.output
+    float_line = next(line for line in result.output.splitlines() if line.startswith("float model accuracy"))
+    predicted = run_onnxruntime(onnx.load(str(BYTES)), data["x"]).argmax(axis=1)
+    assert float(float_line.split()[-1]) == pytest.approx(float((predicted == data["y"]).mean()), abs=5e-5)
+    assert invoke("attack", BYTES, "--data", BYTES_DATA, "--samples", "0", "--iterations", "2").exit_code == 0
+    hardened = tmp_path / "robust.onnx"
+    result = invoke("harden", BYTES, "--data", BYTES_DATA, "--trainer", "noise", "--epochs", "1", "-o", hardened)
+    assert result.exit_code == 0, result.output
+    assert invoke("evaluate", hardened, "--data", BYTES_DATA, "--samples", "0").exit_code == 0
