@@ -76,7 +76,10 @@ def default_model() -> Path:
 
 def load(source: str | Path | nn.Module | None = None, example_input: torch.Tensor | None = None) -> ImportedModel:
     """An ONNX file (``None``: the embedded model), or a ``torch.nn.Module`` exported with today's default
-    ``torch.onnx.export`` on ``example_input``, converted to torch with its crossbar layers found."""
+    ``torch.onnx.export`` on ``example_input``, converted to torch with its crossbar layers found.
+
+    The conversion is checked against onnxruntime when the model meets its data (:func:`setup`), on the
+    first samples, before any number is computed."""
     if isinstance(source, nn.Module):
         if example_input is None:
             raise CimguardError("a torch.nn.Module needs an example_input to be exported to ONNX")

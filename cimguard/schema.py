@@ -15,8 +15,14 @@ from typing import Any, Mapping
 
 from cimguard.errors import CimguardError
 
-#: The commands whose ``--json`` reports have a schema, by schema file stem.
-REPORT_KINDS = ("evaluate", "attack", "harden", "compare", "inspect")
+def _report_kinds() -> tuple[str, ...]:
+    folder = resources.files("cimguard") / "schemas"
+    stems = sorted(path.name[: -len(".schema.json")] for path in folder.iterdir() if path.name.endswith(".schema.json"))
+    return tuple(stem for stem in stems if stem != "provenance")
+
+
+#: The commands whose ``--json`` reports have a schema (every ``cimguard/schemas/*.schema.json`` but provenance).
+REPORT_KINDS = _report_kinds()
 
 
 def load_schema(kind: str) -> dict[str, Any]:

@@ -35,7 +35,7 @@ def _validator(name: str):
 def test_every_report_schema_carries_the_provenance_schema_it_refers_to():
     schemas = _schemas()
     provenance = schemas.pop("provenance.schema.json")
-    assert set(schemas) == {f"{kind}.schema.json" for kind in ("evaluate", "attack", "harden", "compare", "inspect")}
+    assert {"evaluate", "attack", "harden", "compare", "inspect"} <= {name.split(".")[0] for name in schemas}
     for name, schema in schemas.items():
         assert schema["$defs"]["provenance"] == provenance, f"{name}: copy provenance.schema.json into $defs"
 
