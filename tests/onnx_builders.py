@@ -114,3 +114,18 @@ def half_precision_model(path: Path, elem_type: int, *, cast_inside: bool) -> Pa
     graph = helper.make_graph(nodes, "half", [helper.make_tensor_value_info("x", io_type, ["batch", 64])],
                               [helper.make_tensor_value_info("y", io_type, ["batch", 10])], inits)
     return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def split_outputs_model(path: Path) -> Path:
+    """Digits scores (64 features, 10 classes) and their two halves from one ``Split``: three graph outputs,
+    two of them from one node (onnx2torch returns those two as one tuple)."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.3, (10, 64)).astype(np.float32), "W"),
+             numpy_helper.from_array(np.array([5, 5], np.int64), "sizes")]
+    nodes = [helper.make_node("Gemm", ["x", "W"], ["scores"], name="fc", transB=1),
+             helper.make_node("Split", ["scores", "sizes"], ["low", "high"], name="split", axis=1)]
+    outputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", size])
+               for name, size in (("scores", 10), ("low", 5), ("high", 5))]
+    graph = helper.make_graph(nodes, "split_outputs", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 64])],
+                              outputs, inits)
+    return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)

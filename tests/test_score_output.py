@@ -120,3 +120,20 @@ def test_replay_scores_the_output_the_perturbation_was_found_on(invoke, tmp_path
     result = invoke("attack", "--replay", saved)  # the model and its --output come from the saved metadata
     assert result.exit_code == 0, result.output
     assert f"worst case in the device's box on {model}" in result.output
+
+
+def test_outputs_of_one_node_are_checked_and_scored_in_the_files_order(invoke, tmp_path):
+    # Two of three outputs come from one Split: the check compares each with onnxruntime's (it once saw
+    # two torch results for three outputs and called the conversion inexact), and --output picks 'high'.
+    from tests.onnx_builders import split_outputs_model
+
+    model = split_outputs_model(tmp_path / "split.onnx")
+    assert "conversion  exact" in invoke("inspect", model).output
+    result = invoke("evaluate", model, *SMALL)
+    assert result.exit_code == 0 and "check   conversion checked against onnxruntime" in result.output
+    setup = cimguard.setup(str(model), output="high", label_free=True, max_samples=20)
+    x = setup.data.x[:4]
+    from cimguard.onnx.runtime import run_onnxruntime_all
+
+    high = run_onnxruntime_all(setup.imported.onnx_model, {"x": x.numpy()})[2]
+    np.testing.assert_allclose(setup.imported.scores(setup.imported.module(x)).numpy(), high, rtol=1e-5, atol=1e-6)

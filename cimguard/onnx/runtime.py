@@ -18,7 +18,7 @@ from torch import nn
 
 from cimguard.errors import CimguardError, first_line
 from cimguard.onnx.batch import fixed_batch, output_mismatch
-from cimguard.onnx.model import ImportedModel, TensorSpec
+from cimguard.onnx.model import TensorSpec, output_paths, select_output
 from cimguard.seeds import torch_generator
 
 # onnxruntime has kernels from opset 7 on; older models are checked as an opset-11 copy.
@@ -167,11 +167,20 @@ def onnxruntime_mismatch(
         else:
             replaced = {name: value.detach().to("cpu", torch.float32) for name, value in weights.items()}
             ours = torch.func.functional_call(module, replaced, tuple(args), strict=False)
-    ours = [ours] if isinstance(ours, torch.Tensor) else list(ours)
+    ours = _per_graph_output(model, ours)
     reference = run_onnxruntime_all(model, feeds)
     if len(ours) != len(reference):
         return float("inf")
     return max(output_mismatch(ref, out.cpu().numpy()) for ref, out in zip(reference, ours))
+
+
+def _per_graph_output(model: onnx.ModelProto, result) -> list:
+    """The module's ``result`` as one tensor per graph output of ``model``, in the file's order (onnx2torch
+    returns one result per producing node: two outputs of one ``Split`` arrive as one tuple)."""
+    try:
+        return [select_output(result, path) for path in output_paths(model)]
+    except (KeyError, IndexError, TypeError):  # outputs onnx2torch could not have converted either
+        return [result] if isinstance(result, torch.Tensor) else list(result)
 
 
 @contextmanager
