@@ -149,7 +149,8 @@ def _check(imported, seed: int, check_input: torch.Tensor | None) -> tuple[Conve
     else:
         feeds = random_inputs(imported.inputs, seed)
     try:
-        error = run_probe(lambda: onnxruntime_mismatch(imported.onnx_model, imported.module, feeds), where,
+        error = run_probe(lambda: onnxruntime_mismatch(imported.onnx_model, imported.module, feeds,
+                                                        paths=imported.result_paths), where,
                           imported.legalised)
     except AllocationError:
         raise

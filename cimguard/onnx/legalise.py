@@ -455,9 +455,18 @@ def widen_half_precision(model: onnx.ModelProto, *, graph_io: bool) -> tuple[int
 
 
 def compute_in_float32(state: Legalised) -> None:
-    """bfloat16 weights and casts to half precision inside the graph compute in float32 (the graph's own
-    inputs and outputs keep their declared types: data is fed as the file declares it)."""
-    widened, casts = widen_half_precision(state.model, graph_io=False)
+    """bfloat16 weights and casts to half precision inside the graph compute in float32.
+
+    The graph's inputs and outputs are declared float32 too, so that type inference stays consistent
+    (an input of half precision may meet a cast that now gives float32); ``ImportedModel`` keeps the
+    file's declared types for its inputs and outputs, and data is fed as the file declares it.
+    """
+    graph = state.model.graph
+    if not any(init.data_type == onnx.TensorProto.BFLOAT16 for init in graph.initializer) and not any(
+            node.op_type == "Cast" and any(a.name == "to" and a.i in _HALF_TYPES for a in node.attribute)
+            for node in graph.node):
+        return  # nothing computes in half precision inside: the file's own types stay
+    widened, casts = widen_half_precision(state.model, graph_io=True)
     if widened:
         state.notes.append(f"{widened} bfloat16 initializer(s) computed in float32 (export writes bfloat16 back)")
     if casts:

@@ -124,11 +124,16 @@ class ImportedModel:
             raise CimguardError(f"{where} has no output {name!r}; its outputs are {', '.join(map(repr, names))}")
         return dataclasses.replace(self, output_index=names.index(name))
 
-    def scores(self, output: Any) -> Any:
-        """The class-score output out of what the torch module returned (one tensor, or several)."""
+    @property
+    def result_paths(self) -> tuple[tuple[int, ...], ...]:
+        """Where each graph output sits in what the module returns (:func:`output_paths` of the converted graph)."""
         if self.output_paths is None:
             self.output_paths = output_paths(self.legalised)
-        return select_output(output, self.output_paths[self.output_index])
+        return self.output_paths
+
+    def scores(self, output: Any) -> Any:
+        """The class-score output out of what the torch module returned (one tensor, or several)."""
+        return select_output(output, self.result_paths[self.output_index])
 
     @property
     def input(self) -> TensorSpec:
@@ -275,13 +280,20 @@ def import_model(original: onnx.ModelProto, *, path: Path | None = None, require
             f"{where} has no crossbar-mappable layer (Conv, Gemm or MatMul with a constant weight)"
         )
     initializer_names = {init.name for init in legal.graph.initializer}
-    inputs = tuple(tensor_spec(v) for v in legal.graph.input if v.name not in initializer_names)
-    outputs = tuple(tensor_spec(v) for v in legal.graph.output)
+    # Element types as the file declares them (legalisation computes half precision in float32; data and
+    # onnxruntime's feeds follow the file).
+    declared = {v.name: tensor_spec(v).dtype for v in (*original.graph.input, *original.graph.output)}
+    inputs = tuple(_declared(tensor_spec(v), declared) for v in legal.graph.input if v.name not in initializer_names)
+    outputs = tuple(_declared(tensor_spec(v), declared) for v in legal.graph.output)
     if batch_mode not in ("dynamic", "fixed"):  # every batch size runs now
         inputs = tuple(TensorSpec(spec.name, (None, *spec.shape[1:]), spec.dtype) for spec in inputs)
         outputs = tuple(TensorSpec(spec.name, (None, *spec.shape[1:]), spec.dtype) for spec in outputs)
     return ImportedModel(path, original, legal, module, inputs, outputs, mapped, notes,
                          dict(state.origins), batch_mode)
+
+
+def _declared(spec: TensorSpec, declared: dict[str, str]) -> TensorSpec:
+    return dataclasses.replace(spec, dtype=declared.get(spec.name, spec.dtype))
 
 
 def _convert(legal: onnx.ModelProto, where: str, notes: list[str] | None = None) -> fx.GraphModule:

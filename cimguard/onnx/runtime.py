@@ -151,6 +151,8 @@ def onnxruntime_mismatch(
     module: nn.Module,
     feeds: dict[str, np.ndarray],
     weights: Mapping[str, torch.Tensor] | None = None,
+    *,
+    paths: Sequence[tuple[int, ...]] | None = None,
 ) -> float:
     """Largest difference, relative to output scale, between ``module`` and onnxruntime running ``model``.
 
@@ -167,18 +169,19 @@ def onnxruntime_mismatch(
         else:
             replaced = {name: value.detach().to("cpu", torch.float32) for name, value in weights.items()}
             ours = torch.func.functional_call(module, replaced, tuple(args), strict=False)
-    ours = _per_graph_output(model, ours)
+    ours = _per_graph_output(model, ours, paths)
     reference = run_onnxruntime_all(model, feeds)
     if len(ours) != len(reference):
         return float("inf")
     return max(output_mismatch(ref, out.cpu().numpy()) for ref, out in zip(reference, ours))
 
 
-def _per_graph_output(model: onnx.ModelProto, result) -> list:
-    """The module's ``result`` as one tensor per graph output of ``model``, in the file's order (onnx2torch
-    returns one result per producing node: two outputs of one ``Split`` arrive as one tuple)."""
+def _per_graph_output(model: onnx.ModelProto, result, paths: Sequence[tuple[int, ...]] | None) -> list:
+    """The module's ``result`` as one tensor per graph output, in the file's order (onnx2torch returns one
+    result per producing node: two outputs of one ``Split`` arrive as one tuple).  ``paths``: those of the
+    graph the module was converted from (``ImportedModel.result_paths``); else read from ``model``."""
     try:
-        return [select_output(result, path) for path in output_paths(model)]
+        return [select_output(result, path) for path in (paths if paths is not None else output_paths(model))]
     except (KeyError, IndexError, TypeError):  # outputs onnx2torch could not have converted either
         return [result] if isinstance(result, torch.Tensor) else list(result)
 

@@ -75,7 +75,7 @@ def verify_against_onnxruntime(imported: ImportedModel, x: torch.Tensor,
     feeds = {imported.input.name: onnx_feed(imported.input, x)}
     where = f"{imported.path}: " if imported.path is not None else ""
     try:
-        error = onnxruntime_mismatch(imported.onnx_model, imported.module, feeds)
+        error = onnxruntime_mismatch(imported.onnx_model, imported.module, feeds, paths=imported.result_paths)
     except OnnxRuntimeCannotRun as exc:
         # No reference, no check: refused like a mismatch (never a silent number); the user may accept the risk.
         raise CimguardError(f"{where}{exc}, so the conversion cannot be checked; nothing was computed; "
@@ -122,6 +122,9 @@ def first_differing_node(model: onnx.ModelProto, module: fx.GraphModule, feeds: 
         feeds = {name: value[:size] for name, value in feeds.items()}
         if any(len(value) < size for value in feeds.values()):
             return None
+    # Fed as the converted graph declares its inputs (legalisation may compute a half-precision file in float32).
+    declared = {value.name: value.type.tensor_type.elem_type for value in model.graph.input}
+    feeds = {name: _as_declared(value, declared.get(name)) for name, value in feeds.items()}
     graph = OnnxGraph(model.graph)
     exposed = _with_every_output(model, graph)
     names = [value.name for value in exposed.graph.output]
@@ -164,6 +167,13 @@ def _first_above(graph: OnnxGraph, results: dict[str, Any], reference: dict[str,
             if error > threshold:
                 return NodeMismatch(node.proto.name or unique_name, node.operation_type, value_name, error)
     return None
+
+
+def _as_declared(value: np.ndarray, elem_type: int | None) -> np.ndarray:
+    if not elem_type or value.dtype.kind != "f":
+        return value
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(elem_type)
+    return value.astype(dtype) if dtype.kind == "f" else value
 
 
 def _with_every_output(model: onnx.ModelProto, graph: OnnxGraph) -> onnx.ModelProto:
