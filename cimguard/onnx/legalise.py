@@ -426,17 +426,17 @@ def asymmetric_average_pool(state: Legalised) -> None:
 
 
 #: Element types computed in float32 (crossbars, devices and solvers compute in float32; export writes the
-#: file's own type back).  float16 weights are widened by the converted module itself.
+#: file's own type back).
 _HALF_TYPES = (onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
 
 
 def widen_half_precision(model: onnx.ModelProto, *, graph_io: bool) -> tuple[int, int]:
-    """In ``model`` (changed in place): bfloat16 initializers become float32 (exactly: every bfloat16 is a
-    float32), ``Cast`` to float16/bfloat16 casts to float32, and internal value types follow; graph inputs
-    and outputs too when ``graph_io``.  Returns (initializers, casts) changed."""
+    """In ``model`` (changed in place): float16 and bfloat16 initializers become float32 (exactly: every
+    half-precision number is a float32), ``Cast`` to float16/bfloat16 casts to float32, and internal value
+    types follow; graph inputs and outputs too when ``graph_io``.  Returns (initializers, casts) changed."""
     widened = 0
     for index, tensor in enumerate(model.graph.initializer):
-        if tensor.data_type == onnx.TensorProto.BFLOAT16:
+        if tensor.data_type in _HALF_TYPES:
             value = numpy_helper.to_array(tensor).astype(np.float32)
             model.graph.initializer[index].CopyFrom(numpy_helper.from_array(value, tensor.name))
             widened += 1
@@ -468,7 +468,8 @@ def compute_in_float32(state: Legalised) -> None:
         return  # nothing computes in half precision inside: the file's own types stay
     widened, casts = widen_half_precision(state.model, graph_io=True)
     if widened:
-        state.notes.append(f"{widened} bfloat16 initializer(s) computed in float32 (export writes bfloat16 back)")
+        state.notes.append(f"{widened} float16/bfloat16 initializer(s) computed in float32 (export writes their "
+                           "own type back)")
     if casts:
         state.notes.append(f"{casts} Cast(s) to float16/bfloat16 compute in float32")
 
