@@ -196,7 +196,7 @@ class Setup:
     data: EvalData
     device_overrides: dict[str, Any] = field(default_factory=dict)
     """The device parameters set on the command line (``--device-param``, ``--thg``), as given."""
-    conversion_check: ConversionCheck | None = None
+    conversion_check: ConversionCheck | None = field(default=None, kw_only=True)
     """The torch conversion checked against onnxruntime on the probe samples; ``None``: skipped (``verify=False``)."""
 
     @property
@@ -447,7 +447,8 @@ def build_setup(
     if not eval_data.label_free:
         num_classes = crossbar.logits(eval_data.x[:1]).shape[1]
         check_labels(eval_data.labels, num_classes)
-    return Setup(model_path, imported, dataset, built_device.name, built_device, crossbar, eval_data, overrides, check)
+    return Setup(model_path, imported, dataset, built_device.name, built_device, crossbar, eval_data, overrides,
+                 conversion_check=check)
 
 
 def _tensor(value: Any) -> torch.Tensor:

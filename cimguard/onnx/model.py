@@ -104,9 +104,9 @@ class ImportedModel:
     """How batches of any size run (:mod:`cimguard.onnx.batch`): ``dynamic`` (the file's own batch axis),
     ``symbolic`` (a fixed batch made symbolic), ``vmap`` or ``loop`` (a batch-1 file, one sample at a time),
     ``fixed`` (runs only on the file's own batch size; any other is a one-line error)."""
-    output_index: int = 0
+    output_index: int = field(default=0, kw_only=True)
     """Which graph output holds the class scores (``--output NAME``, :meth:`with_output`; default the first)."""
-    output_paths: tuple[tuple[int, ...], ...] | None = field(default=None, repr=False)
+    output_paths: tuple[tuple[int, ...], ...] | None = field(default=None, repr=False, kw_only=True)
     """Where each graph output sits in the module's result (:func:`output_paths`; computed on first use)."""
 
     @property
