@@ -197,8 +197,8 @@ def check_model_tensors(tensors, where: str) -> None:
             values = values.astype(np.float32)
         nan = np.isnan(values)
         if nan.any():
-            raise CimguardError(f"{where}: tensor {tensor.name!r} holds {int(nan.sum())} NaN value(s); the first at "
-                                f"index {_first_index(nan)}")
+            raise CimguardError(f"{where}: tensor {tensor.name!r} holds {int(nan.sum())} non-finite value(s) (NaN); "
+                                f"the first at index {_first_index(nan)}")
 
 
 def check_crossbar_weights(weights: Mapping[str, tuple[str, torch.Tensor]], where: str) -> None:
