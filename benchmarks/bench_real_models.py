@@ -45,6 +45,22 @@ def _timed(function, device: torch.device, repeats: int) -> float:
     return statistics.median(times)
 
 
+def write_resnet18(folder: Path, size: int, samples: int) -> tuple[Path, Path]:
+    """torchvision ResNet-18 (seeded random weights, 10 classes) exported by today's default
+    ``torch.onnx.export`` at ``size``×``size`` (batch 1 baked in), and ``samples`` random images, in ``folder``."""
+    import torchvision
+
+    model_path, data_path = folder / "resnet18.onnx", folder / "images.npz"
+    torch.manual_seed(0)
+    network = torchvision.models.resnet18(weights=None, num_classes=10).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(network, (torch.randn(1, 3, size, size),), str(model_path))
+    rng = np.random.default_rng(0)
+    np.savez(data_path, x=rng.standard_normal((samples, 3, size, size)).astype(np.float32))
+    return model_path, data_path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=32)
@@ -57,21 +73,12 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    import torchvision
-
     from cimguard.api import build_setup
     from cimguard.sim.evaluate import monte_carlo
     from cimguard.sim.gradients import margin_gradient_with_accuracy
 
     with tempfile.TemporaryDirectory() as folder:
-        model_path, data_path = Path(folder) / "resnet18.onnx", Path(folder) / "images.npz"
-        torch.manual_seed(0)
-        network = torchvision.models.resnet18(weights=None, num_classes=10).eval()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(network, (torch.randn(1, 3, args.size, args.size),), str(model_path))
-        rng = np.random.default_rng(0)
-        np.savez(data_path, x=rng.standard_normal((args.samples, 3, args.size, args.size)).astype(np.float32))
+        model_path, data_path = write_resnet18(Path(folder), args.size, args.samples)
         setup = build_setup(model_path, str(data_path), "gaussian", {"thg": 0.03}, label_free=True,
                             torch_device=args.torch_device)
     crossbar, data, device = setup.crossbar, setup.data, setup.crossbar.torch_device

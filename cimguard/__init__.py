@@ -32,6 +32,7 @@ _EXPORTS: dict[str, str] = {
     "Setup": "cimguard.api",
     "Hardening": "cimguard.api",
     "compare_sweeps": "cimguard.compare",
+    "validate_report": "cimguard.schema",
     # the objects it hands out
     "ImportedModel": "cimguard.onnx.model",
     "MappedWeight": "cimguard.onnx.model",

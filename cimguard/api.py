@@ -39,7 +39,7 @@ from cimguard.errors import CimguardError, first_line
 from cimguard.factories import build_solver, build_trainer, create_device, load_dataset, named_solver
 from cimguard.onnx.export import export_onnx
 from cimguard.onnx.model import ImportedModel, import_model, load_model
-from cimguard.onnx.runtime import verify_against_onnxruntime
+from cimguard.onnx.verify import NOT_VERIFIED, ConversionCheck, verify_against_onnxruntime
 from cimguard.sim.certify import Certificate
 from cimguard.sim.certify import certify as certify_samples
 from cimguard.sim.crossbar import Crossbar, CrossbarConfig
@@ -78,7 +78,10 @@ def default_model() -> Path:
 
 def load(source: str | Path | nn.Module | None = None, example_input: torch.Tensor | None = None) -> ImportedModel:
     """An ONNX file (``None``: the embedded model), or a ``torch.nn.Module`` exported with today's default
-    ``torch.onnx.export`` on ``example_input``, converted to torch with its crossbar layers found."""
+    ``torch.onnx.export`` on ``example_input``, converted to torch with its crossbar layers found.
+
+    The conversion is checked against onnxruntime when the model meets its data (:func:`setup`), on the
+    first samples, before any number is computed."""
     if isinstance(source, nn.Module):
         if example_input is None:
             raise CimguardError("a torch.nn.Module needs an example_input to be exported to ONNX")
@@ -198,6 +201,22 @@ class Setup:
     data: EvalData
     device_overrides: dict[str, Any] = field(default_factory=dict)
     """The device parameters set on the command line (``--device-param``, ``--thg``), as given."""
+    conversion_check: ConversionCheck | None = field(default=None, kw_only=True)
+    """The torch conversion checked against onnxruntime on the probe samples; ``None``: skipped (``verify=False``)."""
+
+    @property
+    def conversion_label(self) -> str:
+        """One line for the commands' headers: checked against onnxruntime, or not (``--no-verify``)."""
+        check = self.conversion_check
+        if check is None:
+            return "conversion NOT checked against onnxruntime (--no-verify): numbers may not be the file's"
+        return (f"conversion checked against onnxruntime on {check.to_dict()['samples']} samples: max error "
+                f"{check.relative_error:.2g} of the output scale (tolerance {check.tolerance:.0e})")
+
+    @property
+    def conversion_record(self) -> dict[str, Any]:
+        """The reports' ``conversion_check``."""
+        return dict(NOT_VERIFIED) if self.conversion_check is None else self.conversion_check.to_dict()
 
     @property
     def data_label(self) -> str:
@@ -226,6 +245,7 @@ class Setup:
         """The setup as plain data (the ``setup`` section of every report)."""
         return {
             "model": str(self.model_path) if self.model_path is not None else "<in memory>",
+            "score_output": self.imported.score_output.name if self.imported.outputs else None,
             "data": self.dataset.name,
             "data_description": self.dataset.description,
             "label_free": self.data.label_free,
@@ -365,19 +385,23 @@ def setup(
     example_input: torch.Tensor | None = None,
     weight_bits: int | None = None,
     label_free: bool = False,
-    verify: bool = False,
+    verify: bool = True,
     torch_device: str = "auto",
     max_samples: int | None = None,
+    output: str | None = None,
 ) -> Setup:
     """A model mapped onto ``device``'s crossbars with ``data`` ready: the object every measurement starts from.
 
     ``model``: an ONNX file, a loaded model (:func:`load`), a ``torch.nn.Module`` with ``example_input``,
     or ``None`` (the embedded model); ``device``: a name or :func:`device`; ``data``: see :data:`DataSource`.
     A loaded model's torch module moves to ``torch_device`` (load it again for a setup on another one).
+    ``verify`` (default) checks the conversion against onnxruntime on the first samples before anything is
+    computed (a mismatch is an error naming the first node that differs); ``verify=False`` skips it.
+    ``output`` names the graph output that holds the class scores (default: the model's choice, the first).
     """
     return build_setup(model, data, device, crossbar_config=CrossbarConfig(weight_bits=weight_bits),
                        example_input=example_input, label_free=label_free, verify=verify,
-                       torch_device=torch_device, max_samples=max_samples)
+                       torch_device=torch_device, max_samples=max_samples, output=output)
 
 
 def build_setup(
@@ -390,10 +414,11 @@ def build_setup(
     *,
     example_input: torch.Tensor | None = None,
     label_free: bool = False,
-    verify: bool = False,
+    verify: bool = True,
     torch_device: str = "auto",
     batch_size: int = 1024,
     max_samples: int | None = None,
+    output: str | None = None,
 ) -> Setup:
     """Load, convert, map and prepare data; every failure is a one-line :class:`CimguardError`.
 
@@ -408,6 +433,8 @@ def build_setup(
         imported = model
     else:
         imported = load(model, example_input)
+    if output is not None:
+        imported = imported.with_output(output)
     model_path = imported.path
     where = str(model_path) if model_path is not None else "the model"
     check_model_io(imported, where)
@@ -416,8 +443,6 @@ def build_setup(
     if max_samples is not None:
         x = x[:max_samples]
         y = None if y is None else y[:max_samples]
-    if verify:
-        verify_against_onnxruntime(imported, x[:256])
     target = pick_torch_device(torch_device)
     imported.module.to(target)
     if isinstance(device, Device):
@@ -431,11 +456,15 @@ def build_setup(
         overrides = dict(device_params or {})
     crossbar = Crossbar(imported, built_device, crossbar_config or CrossbarConfig())
     probe_model(crossbar, x[:PROBE_SAMPLES].to(target), where)
+    # After the probe (which refuses memory bombs under its guard) and before any number: the torch
+    # conversion must compute what onnxruntime computes from the file, on these very samples.
+    check = verify_against_onnxruntime(imported, x[:PROBE_SAMPLES]) if verify else None
     eval_data = make_eval_data(crossbar, x, y, batch_size)
     if not eval_data.label_free:
         num_classes = crossbar.logits(eval_data.x[:1]).shape[1]
         check_labels(eval_data.labels, num_classes)
-    return Setup(model_path, imported, dataset, built_device.name, built_device, crossbar, eval_data, overrides)
+    return Setup(model_path, imported, dataset, built_device.name, built_device, crossbar, eval_data, overrides,
+                 conversion_check=check)
 
 
 def _tensor(value: Any) -> torch.Tensor:

@@ -171,7 +171,12 @@ def _check_npy_member(path: Path, archive: zipfile.ZipFile, info: zipfile.ZipInf
 
 
 def check_model_tensors(tensors, where: str) -> None:
-    """Every floating-point constant of a model (initializers, Constant values) must be finite."""
+    """No floating-point constant of a model (initializers, Constant values) may hold NaN.
+
+    ±Inf is a legitimate constant (the initial value of a running ``Max``, a mask of ``-inf``);
+    crossbar weights, which must be finite, are checked once they are known
+    (:func:`check_crossbar_weights`).
+    """
     from onnx import numpy_helper
 
     for tensor in tensors:
@@ -188,7 +193,18 @@ def check_model_tensors(tensors, where: str) -> None:
         except ValueError as exc:
             raise CimguardError(f"{where}: tensor {tensor.name!r} does not hold its declared shape "
                                 f"{tuple(tensor.dims)} ({str(exc)[:120]})") from None
-        check_finite(values, f"{where}: tensor {tensor.name!r}")
+        if values.dtype.kind not in "fc":  # bfloat16 arrives as an ml_dtypes type numpy cannot test
+            values = values.astype(np.float32)
+        nan = np.isnan(values)
+        if nan.any():
+            raise CimguardError(f"{where}: tensor {tensor.name!r} holds {int(nan.sum())} non-finite value(s) (NaN); "
+                                f"the first at index {_first_index(nan)}")
+
+
+def check_crossbar_weights(weights: Mapping[str, tuple[str, torch.Tensor]], where: str) -> None:
+    """Every crossbar weight (``{initializer: (node, tensor)}``) is finite: a device cannot hold ±Inf."""
+    for name, (node, tensor) in weights.items():
+        check_finite(tensor, f"{where}: tensor {name!r} (the crossbar weight of node {node!r})")
 
 
 #: ONNX element types whose values can be NaN or ±Inf.
@@ -196,7 +212,7 @@ _FLOAT_TYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.
                           onnx.TensorProto.BFLOAT16, onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128})
 
 #: Model input types cimguard can feed: floats (evaluation data is cast to them) and integer token ids.
-FLOAT_INPUTS = ("float", "float16", "double")
+FLOAT_INPUTS = ("float", "float16", "double", "bfloat16")
 INTEGER_INPUTS = ("int32", "int64")
 
 
@@ -212,8 +228,8 @@ def check_opsets(model, where: str) -> None:
 def check_input_spec(spec, where: str) -> None:
     """A model input cimguard can feed: a supported element type and positive (or dynamic) dimensions."""
     if spec.dtype not in FLOAT_INPUTS + INTEGER_INPUTS:
-        raise CimguardError(f"{where}: input {spec.name!r} is {spec.dtype}; cimguard feeds float, float16 or double "
-                            "inputs, or int32/int64 token ids")
+        raise CimguardError(f"{where}: input {spec.name!r} is {spec.dtype}; cimguard feeds float, float16, bfloat16 "
+                            "or double inputs, or int32/int64 token ids")
     for axis, size in enumerate(spec.shape):
         if size is not None and size <= 0:
             raise CimguardError(f"{where}: input {spec.name!r} declares dimension {size} on axis {axis}; "
@@ -228,21 +244,29 @@ def check_declared_dims(value_info, where: str) -> None:
                                 f"{axis}; dimensions must be positive (or dynamic)")
 
 
-def check_output_spec(spec, where: str) -> None:
-    """The first output must be ``[batch, classes]`` logits (when its rank is declared)."""
+#: Said with every refusal of the class-score output.
+_PICK_ANOTHER = "--output NAME (harden: --score-output NAME; output= in Python) picks another output"
+
+
+def check_output_spec(spec, where: str, others: int = 0) -> None:
+    """The class-score output must be declared ``[batch, classes]`` floats (when its rank and type are declared)."""
+    hint = f"; {_PICK_ANOTHER}" if others else ""
     if spec.shape and len(spec.shape) != 2:
-        raise CimguardError(f"{where}: output {spec.name!r} has shape {_dims(spec.shape)}; cimguard needs the first "
-                            "output to be [batch, classes] logits")
+        raise CimguardError(f"{where}: output {spec.name!r} has shape {_dims(spec.shape)}; cimguard needs the class "
+                            f"scores as [batch, classes]{hint}")
+    if spec.dtype not in ("float", "float16", "double", "bfloat16", "undefined"):
+        raise CimguardError(f"{where}: output {spec.name!r} is {spec.dtype}, not class scores (floating-point "
+                            f"logits or probabilities){hint}")
 
 
 def check_logits(output: Any, spec, batch: int, where: str) -> None:
     """What the model returned for a probe batch: finite ``[batch, classes]`` logits with two classes or more."""
     if not isinstance(output, torch.Tensor):
-        raise CimguardError(f"{where}: the first output is a {type(output).__name__}, not a tensor")
+        raise CimguardError(f"{where}: output {spec.name!r} is a {type(output).__name__}, not a tensor")
     shape = tuple(output.shape)
     if output.dim() != 2 or shape[0] != batch:
         raise CimguardError(f"{where}: output {spec.name!r} has shape {list(shape)} for {batch} samples; cimguard "
-                            "needs the first output to be [batch, classes] logits")
+                            f"needs the class scores as [batch, classes] ({_PICK_ANOTHER})")
     if shape[1] < 2:
         raise CimguardError(f"{where}: output {spec.name!r} has {shape[1]} class; accuracy needs two or more")
     if not output.is_floating_point():
@@ -377,14 +401,15 @@ def check_finite_fields(config: Any, field_docs: Mapping[str, str]) -> None:
 
 
 def check_model_io(imported, where: str) -> None:
-    """The single input is one cimguard can feed and the first output is declared as ``[batch, classes]``."""
+    """The single input is one cimguard can feed and the class-score output (``--output``; default the first)
+    is declared as ``[batch, classes]`` floats."""
     spec = imported.input
     for value in imported.legalised.graph.input:
         if value.name == spec.name:
             check_declared_dims(value, where)
     check_input_spec(spec, where)
     if imported.outputs:
-        check_output_spec(imported.outputs[0], where)
+        check_output_spec(imported.score_output, where, others=len(imported.outputs) - 1)
 
 
 def probe_model(crossbar, x: torch.Tensor, where: str) -> None:
@@ -393,20 +418,25 @@ def probe_model(crossbar, x: torch.Tensor, where: str) -> None:
     Memory bombs, outputs that are not ``[batch, classes]`` and models that produce
     NaN from finite inputs are refused here, before any accuracy is computed.
     """
-    spec = crossbar.imported.outputs[0] if crossbar.imported.outputs else None
-    output = run_probe(lambda: _first_output(crossbar, x), where, crossbar.imported.legalised)
+    spec = crossbar.imported.score_output if crossbar.imported.outputs else None
+    output = run_probe(lambda: crossbar.logits(x), where, crossbar.imported.legalised)
     check_logits(output, spec or _Unnamed(), len(x), where)
+    _check_scores_follow_weights(crossbar, x[:1], spec or _Unnamed(), where)
+
+
+def _check_scores_follow_weights(crossbar, x: torch.Tensor, spec, where: str) -> None:
+    """Class scores change with the crossbar weights: an output no weight's gradient reaches (a predicted
+    label cast to floats, a constant) would give solvers and trainers nothing to work on."""
+    with torch.enable_grad():
+        weights = {name: value.detach().requires_grad_(True) for name, value in crossbar.perturbed_weights().items()}
+        output = crossbar.logits_for_weights(x, weights)
+    if not output.requires_grad:
+        raise CimguardError(f"{where}: output {spec.name!r} does not depend on any crossbar weight (no gradient "
+                            f"reaches them), so it cannot be the class scores; {_PICK_ANOTHER}")
 
 
 class _Unnamed:
-    name = "<first output>"
-
-
-def _first_output(crossbar, x: torch.Tensor):
-    from torch.func import functional_call
-
-    output = functional_call(crossbar.imported.module, crossbar.perturbed_weights(None), (x,), strict=False)
-    return output if isinstance(output, torch.Tensor) else output[0]
+    name = "<class scores>"
 
 
 # -- saved perturbations ------------------------------------------------------------------------------
@@ -424,6 +454,7 @@ _PERTURBATION_FIELDS: dict[str, tuple[type, ...]] = {
     "weight_bits": (int,),
     "label_free": (bool,),
     "max_samples": (int, type(None)),
+    "output": (str, type(None)),
 }
 
 

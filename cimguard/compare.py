@@ -68,7 +68,8 @@ class Comparison:
         """Plain data: the rows, and every model's full sweep record."""
         return {"metric": self.metric, "solvers": self.solvers, "interrupted": self.interrupted,
                 "rows": [dataclasses.asdict(row) for row in self.rows],
-                "sweeps": [{"model": label, **sweep.to_record()} for label, sweep in self.sweeps]}
+                "sweeps": [{"model": label, "conversion_check": setup.conversion_record, **sweep.to_record()}
+                           for (label, sweep), setup in zip(self.sweeps, self.setups)]}
 
     def table(self) -> str:
         """The side-by-side table ``cimguard compare`` prints."""
@@ -94,10 +95,11 @@ def compare_sweeps(
     torch_device: str = "auto",
     max_samples: int | None = None,
     labels: Sequence[str] | None = None,
-    verify: bool = False,
+    verify: bool = True,
     budget: int | None = None,
     progress: bool = False,
     certify: str | None = None,
+    output: str | None = None,
 ) -> Comparison:
     """Run :func:`cimguard.sim.sweep.attack_sweep` once per model, with the same data, device, thg values,
     solvers (names, built :class:`Solver` objects, or ``{name: Solver}``; each capped at ``budget`` passes
@@ -120,7 +122,7 @@ def compare_sweeps(
     for label, model in zip(labels, models):
         setup = build_setup(model, data, device, dict(device_params or {}), device_file,
                             CrossbarConfig(weight_bits=weight_bits), label_free=label_free, verify=verify,
-                            torch_device=torch_device, max_samples=max_samples)
+                            torch_device=torch_device, max_samples=max_samples, output=output)
         sweep = attack_sweep(setup.crossbar, setup.data, list(thgs), chosen, samples=samples, seed=seed,
                              progress=progress, certify_method=certify)
         comparison.sweeps.append((label, sweep))

@@ -3,8 +3,8 @@
 Each command's report carries one ``provenance`` block (validated by the JSON Schemas in
 ``cimguard/schemas/``): the versions of cimguard and of the libraries that decide its
 numbers, the model file's absolute path and SHA-256, the evaluation data's SHA-256, the
-full command line, start time and wall time, the torch device, the metric, and every
-device parameter after overrides.
+full command line, start time and wall time, the torch device, the metric, every device
+parameter after overrides, and whether the conversion was checked against onnxruntime.
 """
 
 from __future__ import annotations
@@ -118,6 +118,8 @@ def provenance(setup: "Setup | None" = None, *, metric: str | None = None,
             "overrides": dict(setup.device_overrides),
             "parameters": dataclasses.asdict(setup.device.config),
         }
+        # Whether the torch conversion was checked against onnxruntime before any number (--no-verify: not).
+        record["conversion_check"] = setup.conversion_record
     record["models"] = [{"path": str(Path(p).resolve()), "sha256": file_sha256(p)} for p in paths]
     record["model"] = record["models"][0] if record["models"] else None
     return record

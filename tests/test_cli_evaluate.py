@@ -144,7 +144,7 @@ def test_verify_detects_a_mismatch(tmp_path, default_model_path, digits, monkeyp
 
     from cimguard.errors import CimguardError
     from cimguard.onnx.model import load_model
-    from cimguard.onnx.runtime import verify_against_onnxruntime
+    from cimguard.onnx.verify import verify_against_onnxruntime
 
     imported = load_model(default_model_path)
     with torch.no_grad():

@@ -28,7 +28,7 @@ def test_the_corpus_covers_every_class_with_enough_cases():
     assert prefixes >= {"model", "data", "device", "devicefile", "replay", "seed", "number", "output", "input"}
 
 #: What evaluate, attack, harden and compare print before any work (issue 10: the header first).
-HEADER_LINE = re.compile(r"^(model|data|device|seed|box|trainer) ")
+HEADER_LINE = re.compile(r"^(model|check|data|device|seed|box|trainer) ")
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])

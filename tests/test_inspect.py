@@ -92,3 +92,36 @@ def test_bad_files(invoke, tmp_path, content, message):
     if content is not None:
         path.write_bytes(content)
     assert message in _error(invoke("inspect", path))
+
+
+def _all_dynamic(path, default_model_path):
+    """The embedded LeNet with every input and output axis symbolic ([N, C, H, W])."""
+    model = onnx.load(str(default_model_path))
+    for value in (*model.graph.input, *model.graph.output):
+        for axis, dim in enumerate(value.type.tensor_type.shape.dim):
+            dim.dim_param = f"d{axis}"
+    onnx.save(model, str(path))
+    return path
+
+
+def test_all_dynamic_input_is_reported_with_the_check_skipped_not_refused(invoke, tmp_path, default_model_path):
+    path = _all_dynamic(tmp_path / "dynamic.onnx", default_model_path)
+    result = invoke("inspect", path)
+    assert result.exit_code == 0, result.output
+    assert "input       image: float [?, ?, ?, ?]" in result.output
+    assert "conversion  not checked: input 'image' has dynamic axes [0, 1, 2, 3]" in result.output
+    assert "the conversion check needs a sample size: give --data" in result.output
+    record = json.loads(invoke("inspect", path, "--json").output)
+    assert record["check"] is None and "needs a sample size" in record["check_note"]
+    from cimguard.schema import validate_report
+
+    assert validate_report(record) == "inspect"
+
+
+def test_all_dynamic_input_is_checked_on_data_samples(invoke, tmp_path, default_model_path):
+    path = _all_dynamic(tmp_path / "dynamic.onnx", default_model_path)
+    result = invoke("inspect", path, "--data", "digits")
+    assert result.exit_code == 0, result.output
+    assert "conversion  exact: max relative error" in result.output and "on the given samples image [8, 1, 8, 8]" \
+        in result.output
+    assert invoke("evaluate", path, "--samples", "0", "--max-samples", "40").exit_code == 0

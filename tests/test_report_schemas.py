@@ -15,16 +15,29 @@ import referencing
 SMALL = ("--max-samples", "40")
 
 
-def _validator(name: str):
+def _schemas() -> dict[str, dict]:
     folder = resources.files("cimguard") / "schemas"
-    schemas = {path.name: json.loads(path.read_text()) for path in folder.iterdir() if path.name.endswith(".json")}
-    registry = referencing.Registry().with_resources(
-        (schema["$id"], referencing.Resource.from_contents(schema)) for schema in schemas.values()
-    )
-    schema = schemas[f"{name}.schema.json"]
+    return {path.name: json.loads(path.read_text()) for path in folder.iterdir() if path.name.endswith(".json")}
+
+
+def _validator(name: str):
+    """A plain validator, as a user builds it: no registry; a retrieval attempt fails the test."""
+    schema = _schemas()[f"{name}.schema.json"]
     jsonschema.Draft202012Validator.check_schema(schema)
-    return jsonschema.Draft202012Validator(schema, registry=registry,
+
+    def refuse(uri: str):
+        raise AssertionError(f"the schema tried to retrieve {uri}")
+
+    return jsonschema.Draft202012Validator(schema, registry=referencing.Registry(retrieve=refuse),
                                            format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
+
+
+def test_every_report_schema_carries_the_provenance_schema_it_refers_to():
+    schemas = _schemas()
+    provenance = schemas.pop("provenance.schema.json")
+    assert {"evaluate", "attack", "harden", "compare", "inspect"} <= {name.split(".")[0] for name in schemas}
+    for name, schema in schemas.items():
+        assert schema["$defs"]["provenance"] == provenance, f"{name}: copy provenance.schema.json into $defs"
 
 
 def _sha256(path) -> str:
@@ -106,3 +119,27 @@ def test_inspect_report(invoke, default_model_path):
     record = json.loads(result.output)
     _validator("inspect").validate(record)
     _check_provenance(record, default_model_path, command)
+
+
+def test_cimguard_validate_picks_the_schema_from_the_report(invoke, tmp_path):
+    from cimguard import validate_report
+    from cimguard.errors import CimguardError
+
+    out = tmp_path / "e.json"
+    assert invoke("evaluate", "--samples", "2", *SMALL, "--json", out).exit_code == 0
+    result = invoke("validate", out)
+    assert result.exit_code == 0 and "a valid evaluate report (cimguard/schemas/evaluate.schema.json)" in result.output
+    record = json.loads(out.read_text())
+    assert validate_report(record) == "evaluate"
+    record["provenance"]["versions"]["onnxruntime"] = 3
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps(record))
+    result = invoke("validate", broken)
+    assert result.exit_code == 1
+    assert result.output.strip() == (f"Error: {broken} is not a valid evaluate report: at provenance/versions/"
+                                     "onnxruntime: 3 is not of type 'string'")
+    with pytest.raises(CimguardError, match="not a cimguard report"):
+        validate_report({"points": []})
+    (tmp_path / "text.json").write_text("not json")
+    assert "is not JSON" in invoke("validate", tmp_path / "text.json").output
+    assert "report file not found" in invoke("validate", tmp_path / "missing.json").output

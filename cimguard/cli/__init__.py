@@ -25,6 +25,7 @@ BUILTIN_COMMAND_MODULES: tuple[str, ...] = (
     "cimguard.cli.devices",
     "cimguard.cli.inspect",
     "cimguard.cli.plugins",
+    "cimguard.cli.validate",
 )
 
 

@@ -8,7 +8,7 @@ import click
 
 from cimguard.cli.options import (
     certify_option,
-    model_option,
+    model_argument,
     seed_option,
     setup_from_options,
     setup_options,
@@ -21,7 +21,7 @@ from cimguard.provenance import file_sha256
 
 
 @click.command(name="attack")
-@model_option
+@model_argument
 @setup_options
 @solver_options()
 @sweep_options
@@ -41,8 +41,8 @@ from cimguard.provenance import file_sha256
               help="Re-evaluate a saved perturbation (.npz) instead of searching.")
 @click.pass_context
 def attack(ctx, model, data, device_name, device_params, device_file, weight_bits, label_free, verify, torch_device,
-           max_samples, solver_names, thg_text, iterations, budget, solver_params, samples, seed, certify_method,
-           plot_path, passes_path, save_path, sensitivity, json_path, replay_path) -> None:
+           max_samples, output_name, solver_names, thg_text, iterations, budget, solver_params, samples, seed,
+           certify_method, plot_path, passes_path, save_path, sensitivity, json_path, replay_path) -> None:
     """Worst-case accuracy under bounded device variation (one chip: one ΔW for every input).
 
     For every --thg: the clean chip, Monte Carlo chips (mean and KPP percentiles) and
@@ -53,7 +53,7 @@ def attack(ctx, model, data, device_name, device_params, device_file, weight_bit
 
     if replay_path is not None:
         _replay(ctx, replay_path, model, data, device_name, device_params, device_file, weight_bits, label_free,
-                verify, torch_device, max_samples)
+                verify, torch_device, max_samples, output_name)
         return
     # Every check before any work: thresholds, solvers (built, so their settings are validated), outputs.
     thgs = parse_thg_list(thg_text)
@@ -69,7 +69,7 @@ def attack(ctx, model, data, device_name, device_params, device_file, weight_bit
     from cimguard.sim.perturbations import save_perturbation
 
     setup = setup_from_options(model, data, device_name, overrides, device_file, weight_bits, label_free,
-                               verify, torch_device, max_samples)
+                               verify, torch_device, max_samples, output_name=output_name)
     progress = True  # a bar on a terminal, a line every few seconds in a log (cimguard.progress)
     _print_header(setup, thgs, samples, seed)  # before any work
     sweep = setup.sweep(thgs, solvers, samples=samples, seed=seed, progress=progress, certify=certify_method)
@@ -103,6 +103,7 @@ def attack(ctx, model, data, device_name, device_params, device_file, weight_bit
             "device": device_name, "device_params": list(device_params), "device_file": device_file,
             "box": "device" if worst.thg is None else "thg", "device_parameters": setup.describe()["device_params"],
             "weight_bits": setup.crossbar.config.weight_bits, "label_free": setup.data.label_free, "max_samples": max_samples,
+            "output": output_name,
             "thg": worst.thg, "solver": worst.solver, "seed": seed, "metric": sweep.metric,
             "accuracy": worst.accuracy, "interrupted": worst.worst.interrupted, "options": worst.options,
         })
@@ -129,6 +130,7 @@ def _print_header(setup, thgs: list[float | None], samples: int, seed: int) -> N
     from cimguard.sim.device import device_box_levels
 
     click.echo(f"model   {setup.model_path}")
+    click.echo(f"check   {setup.conversion_label}")
     click.echo(f"data    {setup.data_label}" + ("  [label-free: agreement with the clean model]"
                                                          if setup.data.label_free else ""))
     click.echo(f"device  {setup.device_label}, {setup.crossbar.num_weights} weights in {len(setup.crossbar.layers)} "
@@ -156,7 +158,7 @@ def _print_sensitivity(rows, solver: str, thg: str, metric: str) -> None:
 
 
 def _replay(ctx, replay_path, model, data, device_name, device_params, device_file, weight_bits, label_free, verify,
-            torch_device, max_samples) -> None:
+            torch_device, max_samples, output_name=None) -> None:
     """Rebuild the saved setup (options given on the command line win) and re-score the saved ΔW."""
     from click.core import ParameterSource
 
@@ -170,13 +172,14 @@ def _replay(ctx, replay_path, model, data, device_name, device_params, device_fi
     def pick(param: str, given: Any, key: str) -> Any:
         return given if ctx.get_parameter_source(param) != ParameterSource.DEFAULT else meta.get(key, given)
 
-    model = pick("model", model, "model")
+    model = model if model is not None else meta.get("model")  # MODEL or --model: given wins
     setup = setup_from_options(
         model, pick("data", data, "data"), pick("device_name", device_name, "device"),
         parse_param_overrides(pick("device_params", device_params, "device_params")),
         pick("device_file", device_file, "device_file"),
         pick("weight_bits", weight_bits, "weight_bits"), pick("label_free", label_free, "label_free"), verify,
         torch_device, pick("max_samples", max_samples, "max_samples"),
+        output_name=pick("output_name", output_name, "output"),
     )
     if meta.get("model_sha256") and file_sha256(setup.model_path) != meta["model_sha256"]:
         raise CimguardError(f"{replay_path} was found on a different model file than {setup.model_path} (hash differs)")

@@ -26,8 +26,8 @@ from cimguard.factories import (
 @click.option("--json", "json_path", type=click.Path(), default=None, help="Write the results to a new JSON file.")
 @click.pass_context
 def compare(ctx, models, data, device_name, device_params, device_file, weight_bits, label_free, verify, torch_device,
-            max_samples, solver_names, iterations, budget, solver_params, thg_text, samples, seed, certify_method,
-            plot_path, json_path) -> None:
+            max_samples, output_name, solver_names, iterations, budget, solver_params, thg_text, samples, seed,
+            certify_method, plot_path, json_path) -> None:
     """Evaluate MODELS side by side: clean, Monte Carlo and worst-case accuracy at each thg.
 
     Every model runs the same sweep as `cimguard attack` (same device, thg values,
@@ -55,8 +55,11 @@ def compare(ctx, models, data, device_name, device_params, device_file, weight_b
         list(models), thgs, solvers, data=data, device=device, device_params=params, device_file=device_file,
         weight_bits=weight_bits, label_free=label_free, samples=samples, seed=seed,
         torch_device=torch_device, max_samples=max_samples, verify=verify, progress=True, certify=certify_method,
+        output=output_name,
     )
     rows = comparison.rows
+    for setup in comparison.setups:
+        click.echo(f"check  {setup.model_path}: {setup.conversion_label}")
     click.echo(comparison.table())
     if plot_path:
         from cimguard.plot import plot_comparison, save_figure

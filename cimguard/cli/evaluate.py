@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import click
 
-from cimguard.cli.options import MAX_CHIPS, THG, model_option, seed_option, setup_from_options, setup_options
+from cimguard.cli.options import MAX_CHIPS, THG, model_argument, seed_option, setup_from_options, setup_options
 from cimguard.errors import CimguardError
 from cimguard.factories import parse_param_overrides
 
 
 @click.command()
-@model_option
+@model_argument
 @setup_options
 @click.option("--thg", type=THG, default=None, help="Write-verify threshold in level units (default: the device's).")
 @click.option("--samples", type=click.IntRange(min=0, max=MAX_CHIPS), default=100, show_default=True,
@@ -20,7 +20,7 @@ from cimguard.factories import parse_param_overrides
 @click.option("--plot", "plot_path", type=click.Path(), default=None,
               help="Draw the Monte Carlo accuracy histogram to a new .png/.pdf/.svg file.")
 def evaluate(model, data, device_name, device_params, device_file, weight_bits, label_free, verify, torch_device,
-             max_samples, thg, samples, seed, json_path, plot_path) -> None:
+             max_samples, output_name, thg, samples, seed, json_path, plot_path) -> None:
     """Clean and Monte Carlo accuracy of a model on simulated CiM chips."""
     from cimguard.provenance import provenance
     from cimguard.report import PLOT_SUFFIXES, check_outputs, write_json
@@ -30,9 +30,10 @@ def evaluate(model, data, device_name, device_params, device_file, weight_bits, 
     check_outputs({"--json": json_path, "--plot": plot_path}, suffixes={"--plot": PLOT_SUFFIXES},
                   inputs=tuple(p for p in (model, device_file) if p))
     setup = setup_from_options(model, data, device_name, parse_param_overrides(device_params), device_file,
-                               weight_bits, label_free, verify, torch_device, max_samples, thg)
+                               weight_bits, label_free, verify, torch_device, max_samples, thg, output_name)
     # The header first: a long run under a pipe shows what it is doing before any work.
     click.echo(f"model   {setup.model_path}")
+    click.echo(f"check   {setup.conversion_label}")
     click.echo(f"data    {setup.data_label}")
     click.echo(f"device  {setup.device_summary}, "
                f"{setup.crossbar.num_weights} weights in {len(setup.crossbar.layers)} layers, "

@@ -7,14 +7,14 @@ from typing import Any, Sequence
 
 import click
 
-from cimguard.cli.options import MAX_COUNT, THG, seed_option, setup_from_options, training_setup_options
+from cimguard.cli.options import MAX_COUNT, THG, model_argument, seed_option, setup_from_options, training_setup_options
 from cimguard.distributed import is_main
 from cimguard.errors import CimguardError
 from cimguard.factories import build_trainer, parse_param_overrides
 
 
 @click.command()
-@click.argument("model", required=False, type=click.Path())
+@model_argument
 @click.option("--trainer", "trainer_name", default="atrice", show_default=True, help="Hardening trainer (see `cimguard plugins`).")
 @click.option("-o", "--output", required=True, type=click.Path(), help="New .onnx file to write (never overwritten).")
 @training_setup_options
@@ -33,7 +33,7 @@ from cimguard.factories import build_trainer, parse_param_overrides
 @click.option("--resume", is_flag=True, help="Continue the interrupted run saved in --checkpoint.")
 @click.option("--json", "json_path", type=click.Path(), default=None, help="Write a training report to a new JSON file.")
 def harden(model, trainer_name, output, data, device_name, device_params, device_file, weight_bits, verify,
-           torch_device, max_samples, thg, epochs, lr, batch_size, alpha, sigma, threshold, eta_train, trainer_params,
+           torch_device, max_samples, output_name, thg, epochs, lr, batch_size, alpha, sigma, threshold, eta_train, trainer_params,
            seed, checkpoint, resume, json_path) -> None:
     """Fine-tune MODEL (default: the embedded model) to resist device variation; write the result to -o.
 
@@ -53,10 +53,11 @@ def harden(model, trainer_name, output, data, device_name, device_params, device
                   suffixes={"-o": (".onnx",)}, inputs=(*inputs, data, device_file))
 
     setup = setup_from_options(model, data, device_name, parse_param_overrides(device_params), device_file,
-                               weight_bits, False, verify, torch_device, max_samples, thg)
+                               weight_bits, False, verify, torch_device, max_samples, thg, output_name)
     x_train, _ = setup.training_data
     # The header first: a long run under a pipe shows what it is doing before any work.
     click.echo(f"model    {setup.model_path}")
+    click.echo(f"check    {setup.conversion_label}")
     click.echo(f"data     {setup.data_label}; {len(x_train)} training samples")
     click.echo(f"device   {setup.device_summary}, "
                f"{setup.crossbar.num_weights} weights in {len(setup.crossbar.layers)} layers")

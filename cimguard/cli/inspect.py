@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from cimguard.cli.options import SEED
+from cimguard.cli.options import SEED, model_argument, output_option
 from cimguard.errors import CimguardError
 from cimguard.onnx.inspect import ModelInspection, inspect_model
 from cimguard.onnx.model import shape_text
@@ -46,10 +46,13 @@ def _print(report: ModelInspection) -> None:
         click.echo(f"shared      {name} is used by {len(nodes)} nodes ({', '.join(nodes)}): each use is its own "
                    f"crossbar, so crossbars count it {len(nodes)} times while parameters counts it once")
     check = report.check
+    if check is None:
+        click.echo(f"conversion  {report.check_note}")
+        return
     shapes = ", ".join(f"{name} {list(shape)}" for name, shape in check.input_shapes.items())
     verdict = "exact" if check.exact else "NOT exact"
     click.echo(f"conversion  {verdict}: max relative error {check.relative_error:.2e} vs onnxruntime "
-               f"(tolerance {check.tolerance:g}) on a random input {shapes}")
+               f"(tolerance {check.tolerance:g}) {report.check_note} {shapes}")
 
 
 def _print_quantization(quantization: dict) -> None:
@@ -67,17 +70,25 @@ def _print_quantization(quantization: dict) -> None:
 
 
 @click.command(name="inspect")
-@click.argument("model_path", metavar="MODEL.onnx", type=click.Path())
+@model_argument
+@click.option("--data", default=None,
+              help="Check the conversion on these samples (NAME, NAME:ARG or a .npz file): the sizes of an input "
+                   "whose axes are all dynamic.")
+@output_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the random check input (0 <= seed < 2^64).")
-def inspect_command(model_path: str, as_json: bool, seed: int) -> None:
+def inspect_command(model: str | None, data: str | None, output_name: str | None, as_json: bool, seed: int) -> None:
     """Opsets, operators, inputs/outputs, crossbar layers and whether conversion is exact.
 
-    Exits with status 1 when the model does not convert or the conversion is not exact.
+    Exits with status 1 when the model does not convert, the conversion is not exact, or the
+    output --output names cannot be class scores.  Without --data, a model whose input sizes are all
+    dynamic is reported with the check skipped (it needs a sample size), not refused.
     """
+    from cimguard.api import default_model
     from cimguard.provenance import provenance
 
-    report = inspect_model(model_path, seed=seed)
+    model_path = str(model) if model is not None else str(default_model())
+    report = inspect_model(model_path, seed=seed, check_input=_check_samples(model_path, data))
     if as_json:
         report.provenance = provenance(models=[Path(model_path)], metric=None)
         click.echo(json.dumps(to_jsonable(report), indent=2))
@@ -85,11 +96,41 @@ def inspect_command(model_path: str, as_json: bool, seed: int) -> None:
         _print(report)
     if not report.converts:
         raise CimguardError(report.conversion_error or "conversion failed")
-    if not report.check.exact:
+    if output_name is not None:  # inspect describes any file; only a named output must be class scores
+        _check_score_output(report, model_path, output_name)
+    if report.check is not None and not report.check.exact:
         raise CimguardError(
             f"the converted model is not exact: relative error {report.check.relative_error:.2e} "
             f"exceeds {report.check.tolerance:g}"
         )
+
+
+def _check_samples(model_path: str, data: str | None):
+    """The first evaluation samples of ``--data``, fitted to the model's single input (``None`` without --data)."""
+    if data is None:
+        return None
+    from cimguard.checks import PROBE_SAMPLES
+    from cimguard.factories import load_dataset
+    from cimguard.onnx.model import read_onnx, tensor_spec
+    from cimguard.sim.data import fit_to_model
+
+    graph = read_onnx(model_path).graph
+    initializers = {init.name for init in graph.initializer}
+    inputs = [tensor_spec(value) for value in graph.input if value.name not in initializers]
+    if len(inputs) != 1:
+        raise CimguardError(f"{model_path} has {len(inputs)} inputs; --data feeds single-input models")
+    return fit_to_model(load_dataset(data).x_eval[:PROBE_SAMPLES], inputs[0])
+
+
+def _check_score_output(report: ModelInspection, model_path: str, output_name: str) -> None:
+    """The output ``--output`` names, as declared: ``[batch, classes]`` floats."""
+    from cimguard.checks import check_output_spec
+
+    names = [spec.name for spec in report.outputs]
+    if output_name not in names:
+        raise CimguardError(f"{model_path} has no output {output_name!r}; its outputs are {', '.join(map(repr, names))}")
+    spec = report.outputs[names.index(output_name)]
+    check_output_spec(spec, model_path, others=len(names) - 1)
 
 
 COMMANDS = (inspect_command,)

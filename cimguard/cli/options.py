@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Mapping
 
 import click
 
 from cimguard.api import Setup, build_setup
+from cimguard.errors import CimguardError
 from cimguard.factories import DEVICE_BOX
 from cimguard.seeds import SEED_MAX
 from cimguard.sim.crossbar import CrossbarConfig
@@ -56,10 +58,30 @@ def _compose(*decorators: Callable[[F], F]) -> Callable[[F], F]:
     return apply
 
 
-model_option = click.option(
-    "--model", "model", type=click.Path(), default=None,
-    help="ONNX model to evaluate (default: the embedded LeNet on digits).",
-)
+def model_argument(command: F) -> F:
+    """``[MODEL]`` positional, or ``--model MODEL``: one way to name the model in every command (both: an error).
+
+    The command receives ``model`` (``None``: the embedded LeNet on digits).  Apply it outermost (first
+    under ``@click.command``), so the wrapper carries every option declared below it.
+    """
+    @functools.wraps(command)
+    def run(*args: Any, model_arg: str | None = None, model_opt: str | None = None, **kwargs: Any) -> Any:
+        if model_arg is not None and model_opt is not None:
+            raise CimguardError(f"the model is given twice ({model_arg} and --model {model_opt}); give MODEL or "
+                                "--model MODEL, not both")
+        return command(*args, model=model_arg if model_arg is not None else model_opt, **kwargs)
+
+    run = click.option("--model", "model_opt", type=click.Path(), default=None,
+                       help="The ONNX model, as MODEL (default: the embedded LeNet on digits).")(run)
+    return click.argument("model_arg", metavar="[MODEL]", required=False, type=click.Path())(run)
+
+
+_SCORES_HELP = "The graph output that holds the class scores (default: the first)."
+#: ``--output NAME`` (and ``--score-output NAME``): which graph output is scored.  ``harden`` spells it
+#: ``--score-output`` only: its ``-o/--output`` names the ONNX file it writes.
+output_option = click.option("--output", "--score-output", "output_name", default=None, metavar="NAME",
+                             help=_SCORES_HELP)
+_SCORE_OUTPUT = click.option("--score-output", "output_name", default=None, metavar="NAME", help=_SCORES_HELP)
 
 _LABEL_FREE = click.option("--label-free", is_flag=True,
                            help="Use the clean model's predictions as labels (agreement).")
@@ -74,9 +96,13 @@ def _setup_options(*, label_free: bool) -> Callable[[F], F]:
         click.option("--weight-bits", type=int, default=None,
                      help="Bits per weight magnitude (K)  [default: 8; a quantized file's own width]"),
         _LABEL_FREE if label_free else None,
-        click.option("--verify", is_flag=True, help="Cross-check the converted model against onnxruntime first."),
+        click.option("--verify/--no-verify", default=True, show_default=True,
+                     help="Check the converted model against onnxruntime on the first samples before computing "
+                          "anything (a mismatch names the first node that differs); --no-verify skips it and "
+                          "the header and report say so."),
         click.option("--torch-device", default="auto", show_default=True, help="auto, cpu or cuda."),
         click.option("--max-samples", type=click.IntRange(min=1, max=2**62), default=None, help="Use only the first N evaluation samples."),
+        output_option if label_free else _SCORE_OUTPUT,
     ) if option is not None))
 
 
@@ -101,6 +127,7 @@ def setup_from_options(
     torch_device: str,
     max_samples: int | None,
     thg: float | None = None,
+    output_name: str | None = None,
 ) -> Setup:
     """Build a :class:`Setup` from the shared options: ``device_params`` as parsed by
     :func:`cimguard.factories.parse_param_overrides`; ``thg`` overrides the device's threshold."""
@@ -109,7 +136,7 @@ def setup_from_options(
         params["thg"] = thg
     return build_setup(
         model, data, device_name, params, device_file, CrossbarConfig(weight_bits=weight_bits),
-        label_free=label_free, verify=verify, torch_device=torch_device, max_samples=max_samples,
+        label_free=label_free, verify=verify, torch_device=torch_device, max_samples=max_samples, output=output_name,
     )
 
 

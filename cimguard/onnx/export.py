@@ -202,7 +202,7 @@ def export_onnx(
         feeds = {imported.input.name: onnx_feed(imported.input, check_inputs)}
     else:
         feeds = random_inputs(imported.inputs)
-    error = onnxruntime_mismatch(model, imported.module, feeds, weights)
+    error = onnxruntime_mismatch(model, imported.module, feeds, weights, paths=imported.result_paths)
     if not error <= comparison_tolerance(model, tolerance):
         raise CimguardError(
             f"the exported model does not reproduce the torch model in onnxruntime "

@@ -9,14 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import torch
 
 from cimguard.checks import check_declared_dims
 from cimguard.errors import CimguardError
 from cimguard.onnx.model import TensorSpec, import_model, read_onnx, shape_text, tensor_spec
-from cimguard.onnx.runtime import comparison_tolerance, onnxruntime_mismatch, random_inputs
-
-#: Relative error (of the output scale) below which conversion counts as exact.
-EXACT_TOLERANCE = 1e-4
+from cimguard.onnx.runtime import comparison_tolerance, onnx_feed, onnxruntime_mismatch, random_inputs
+from cimguard.onnx.verify import EXACT_TOLERANCE, ConversionCheck
 
 
 @dataclass(frozen=True)
@@ -33,18 +32,6 @@ class CrossbarLayer:
     """Number of weights (crossbar cells per device slice)."""
     stored_as: str
     """Where the original file keeps it: an initializer, a Constant node, or a node export rewrites into a Constant."""
-
-
-@dataclass(frozen=True)
-class ConversionCheck:
-    """Torch vs onnxruntime on one random input."""
-
-    exact: bool
-    relative_error: float
-    """Largest |difference| over all outputs, relative to each output's scale."""
-    input_shapes: dict[str, tuple[int, ...]]
-    """The shapes used (dynamic axes set to 1)."""
-    tolerance: float = EXACT_TOLERANCE
 
 
 @dataclass
@@ -77,12 +64,19 @@ class ModelInspection:
     """A quantized file's format, weights (type, bits, granularity, zero points, crossbar layer) and quantized
     activations (:meth:`cimguard.onnx.quantized.Quantization.summary`); ``None`` for a float file."""
     check: ConversionCheck | None = None
+    check_note: str | None = None
+    """Why the conversion was not checked (inputs whose sizes are all dynamic: give ``--data``), or how."""
     provenance: dict | None = None
     """Versions, the model's SHA-256 and absolute path, command line and times (:mod:`cimguard.provenance`)."""
 
 
-def inspect_model(path: str | Path, *, seed: int = 0) -> ModelInspection:
-    """Read, convert and check ``path``; conversion problems are reported in the record, not raised."""
+def inspect_model(path: str | Path, *, seed: int = 0, check_input: torch.Tensor | None = None) -> ModelInspection:
+    """Read, convert and check ``path``; conversion problems are reported in the record, not raised.
+
+    ``check_input`` (samples fitted to the model's single input) is what the conversion is checked on;
+    without it a seeded random input, dynamic axes set to 1, and when the model cannot run on that
+    (every axis of an image input dynamic) the check is skipped and ``check_note`` says it needs a size.
+    """
     path = Path(path)
     original = read_onnx(path)
     initializers = {init.name for init in original.graph.initializer}
@@ -126,7 +120,7 @@ def inspect_model(path: str | Path, *, seed: int = 0) -> ModelInspection:
     for layer in report.crossbar_layers:
         users.setdefault(layer.weight, []).append(layer.node)
     report.shared_weights = {name: nodes for name, nodes in users.items() if len(nodes) > 1}
-    report.check = _check(imported, seed)
+    report.check, report.check_note = _check(imported, seed, check_input)
     return report
 
 
@@ -144,7 +138,7 @@ def _label(node: onnx.NodeProto) -> str:
     return f"{node.domain}::{node.op_type}" if node.domain not in ("", "ai.onnx") else node.op_type
 
 
-def _check(imported, seed: int) -> ConversionCheck:
+def _check(imported, seed: int, check_input: torch.Tensor | None) -> tuple[ConversionCheck | None, str | None]:
     from cimguard.checks import MAX_ELEMENTS, AllocationError, check_input_spec, run_probe
 
     where = str(imported.path)
@@ -157,18 +151,26 @@ def _check(imported, seed: int) -> ConversionCheck:
         if elements > MAX_ELEMENTS:
             raise CimguardError(f"{where}: input {spec.name!r} declares {shape_text(spec)}: {elements} elements, more than "
                                 f"the limit of {MAX_ELEMENTS} for the random check input")
-    feeds = random_inputs(imported.inputs, seed)
+    if check_input is not None:
+        feeds = {imported.input.name: onnx_feed(imported.input, check_input)}
+    else:
+        feeds = random_inputs(imported.inputs, seed)
     try:
-        error = run_probe(lambda: onnxruntime_mismatch(imported.onnx_model, imported.module, feeds), where,
+        error = run_probe(lambda: onnxruntime_mismatch(imported.onnx_model, imported.module, feeds,
+                                                        paths=imported.result_paths), where,
                           imported.legalised)
     except AllocationError:
         raise
     except CimguardError as exc:
         dynamic = {spec.name: [axis for axis, d in enumerate(spec.shape) if d is None] for spec in imported.inputs}
-        hints = [f"input {name!r} has dynamic axes {axes}, set to 1" for name, axes in dynamic.items() if axes[1:]]
-        if not hints:
+        hints = [f"input {name!r} has dynamic axes {axes}" for name, axes in dynamic.items() if axes[1:]]
+        if not hints or check_input is not None:
             raise
+        # Sizes the file leaves open are not the file's fault: the model is fine, the check needs a size.
         shapes = ", ".join(f"{name} {list(feed.shape)}" for name, feed in feeds.items())
-        raise CimguardError(f"{exc} [random check input {shapes}: {'; '.join(hints)}]") from None
+        return None, (f"not checked: {'; '.join(hints)}, and the model does not run with them set to 1 ({shapes}); "
+                      f"the conversion check needs a sample size: give --data")
     tolerance = comparison_tolerance(imported.onnx_model, EXACT_TOLERANCE)
-    return ConversionCheck(error <= tolerance, error, {k: tuple(v.shape) for k, v in feeds.items()}, tolerance)
+    shapes = {k: tuple(v.shape) for k, v in feeds.items()}
+    how = "the given samples" if check_input is not None else "a seeded random input"
+    return ConversionCheck(error <= tolerance, error, shapes, tolerance), f"on {how}"

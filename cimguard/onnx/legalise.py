@@ -530,6 +530,55 @@ def quantized_forms(state: Legalised) -> None:
     state.notes.extend(notes)
 
 
+#: Element types computed in float32 (crossbars, devices and solvers compute in float32; export writes the
+#: file's own type back).
+_HALF_TYPES = (onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
+
+
+def widen_half_precision(model: onnx.ModelProto, *, graph_io: bool) -> tuple[int, int]:
+    """In ``model`` (changed in place): float16 and bfloat16 initializers become float32 (exactly: every
+    half-precision number is a float32), ``Cast`` to float16/bfloat16 casts to float32, and internal value
+    types follow; graph inputs and outputs too when ``graph_io``.  Returns (initializers, casts) changed."""
+    widened = 0
+    for index, tensor in enumerate(model.graph.initializer):
+        if tensor.data_type in _HALF_TYPES:
+            value = numpy_helper.to_array(tensor).astype(np.float32)
+            model.graph.initializer[index].CopyFrom(numpy_helper.from_array(value, tensor.name))
+            widened += 1
+    casts = 0
+    for node in model.graph.node:
+        if node.op_type == "Cast" and node.domain in ("", "ai.onnx"):
+            for attr in node.attribute:
+                if attr.name == "to" and attr.i in _HALF_TYPES:
+                    attr.i = onnx.TensorProto.FLOAT
+                    casts += 1
+    values = [*model.graph.value_info] + ([*model.graph.input, *model.graph.output] if graph_io else [])
+    for value in values:
+        if value.type.tensor_type.elem_type in _HALF_TYPES:
+            value.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+    return widened, casts
+
+
+def compute_in_float32(state: Legalised) -> None:
+    """bfloat16 weights and casts to half precision inside the graph compute in float32.
+
+    The graph's inputs and outputs are declared float32 too, so that type inference stays consistent
+    (an input of half precision may meet a cast that now gives float32); ``ImportedModel`` keeps the
+    file's declared types for its inputs and outputs, and data is fed as the file declares it.
+    """
+    graph = state.model.graph
+    if not any(init.data_type == onnx.TensorProto.BFLOAT16 for init in graph.initializer) and not any(
+            node.op_type == "Cast" and any(a.name == "to" and a.i in _HALF_TYPES for a in node.attribute)
+            for node in graph.node):
+        return  # nothing computes in half precision inside: the file's own types stay
+    widened, casts = widen_half_precision(state.model, graph_io=True)
+    if widened:
+        state.notes.append(f"{widened} float16/bfloat16 initializer(s) computed in float32 (export writes their "
+                           "own type back)")
+    if casts:
+        state.notes.append(f"{casts} Cast(s) to float16/bfloat16 compute in float32")
+
+
 #: The passes, in order.
 PASSES: tuple[Pass, ...] = (
     inline_local_functions,
@@ -539,6 +588,7 @@ PASSES: tuple[Pass, ...] = (
     normalise_opset,
     infer_shapes,
     fold_constants,
+    compute_in_float32,
     explicit_padding,
     reshape_allowzero,
     asymmetric_average_pool,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -18,7 +20,14 @@ from torch import fx, nn
 
 import cimguard.onnx.converters  # noqa: F401 - registers the extra onnx2torch converters before any conversion
 import cimguard.onnx.quantized_converters  # noqa: F401 - QuantizeLinear/DequantizeLinear/DynamicQuantizeLinear
-from cimguard.checks import AllocationError, allocation_guard, check_input_file, check_model_tensors, check_opsets
+from cimguard.checks import (
+    AllocationError,
+    allocation_guard,
+    check_crossbar_weights,
+    check_input_file,
+    check_model_tensors,
+    check_opsets,
+)
 from cimguard.errors import CimguardError, first_line
 from cimguard.onnx.legalise import MAX_TENSOR_ELEMENTS, WeightOrigin, legalise_model
 from cimguard.onnx.quantized import Quantization
@@ -99,6 +108,36 @@ class ImportedModel:
     ``fixed`` (runs only on the file's own batch size; any other is a one-line error)."""
     quantization: Quantization | None = None
     """A quantized file's codes, scales and quantizers (:mod:`cimguard.onnx.quantized`); ``None`` for a float file."""
+    output_index: int = field(default=0, kw_only=True)
+    """Which graph output holds the class scores (``--output NAME``, :meth:`with_output`; default the first)."""
+    output_paths: tuple[tuple[int, ...], ...] | None = field(default=None, repr=False, kw_only=True)
+    """Where each graph output sits in the module's result (:func:`output_paths`; computed on first use)."""
+
+    @property
+    def score_output(self) -> TensorSpec:
+        """The graph output cimguard scores: the class scores (logits or probabilities)."""
+        return self.outputs[self.output_index]
+
+    def with_output(self, name: str | None) -> "ImportedModel":
+        """This model with graph output ``name`` as the class scores (``None``: the first); same module."""
+        if name is None:
+            return dataclasses.replace(self, output_index=0)
+        names = [spec.name for spec in self.outputs]
+        if name not in names:
+            where = str(self.path) if self.path else "the model"
+            raise CimguardError(f"{where} has no output {name!r}; its outputs are {', '.join(map(repr, names))}")
+        return dataclasses.replace(self, output_index=names.index(name))
+
+    @property
+    def result_paths(self) -> tuple[tuple[int, ...], ...]:
+        """Where each graph output sits in what the module returns (:func:`output_paths` of the converted graph)."""
+        if self.output_paths is None:
+            self.output_paths = output_paths(self.legalised)
+        return self.output_paths
+
+    def scores(self, output: Any) -> Any:
+        """The class-score output out of what the torch module returned (one tensor, or several)."""
+        return select_output(output, self.result_paths[self.output_index])
 
     @property
     def input(self) -> TensorSpec:
@@ -219,7 +258,7 @@ def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
 
 def load_model(path: str | Path) -> ImportedModel:
     """Load an ONNX file and convert it to torch (cross-check it with
-    :func:`cimguard.onnx.runtime.verify_against_onnxruntime`)."""
+    :func:`cimguard.onnx.verify.verify_against_onnxruntime`)."""
     path = Path(path)
     return import_model(read_onnx(path), path=path)
 
@@ -238,13 +277,18 @@ def import_model(original: onnx.ModelProto, *, path: Path | None = None, require
     module = _convert(legal, where, notes)
     legal, module, batch_mode = _any_batch_size(legal, module, where, notes)
     mapped = find_mapped_weights(legal, module)
+    tensors = dict(module.named_parameters()) | dict(module.named_buffers())
+    check_crossbar_weights({m.initializer: (m.node, tensors[m.torch_name]) for m in mapped}, where)
     if not mapped and require_mapped:
         raise CimguardError(
             f"{where} has no crossbar-mappable layer (Conv, Gemm or MatMul with a constant weight)"
         )
     initializer_names = {init.name for init in legal.graph.initializer}
-    inputs = tuple(tensor_spec(v) for v in legal.graph.input if v.name not in initializer_names)
-    outputs = tuple(tensor_spec(v) for v in legal.graph.output)
+    # Element types as the file declares them (legalisation computes half precision in float32; data and
+    # onnxruntime's feeds follow the file).
+    declared = {v.name: tensor_spec(v).dtype for v in (*original.graph.input, *original.graph.output)}
+    inputs = tuple(_declared(tensor_spec(v), declared) for v in legal.graph.input if v.name not in initializer_names)
+    outputs = tuple(_declared(tensor_spec(v), declared) for v in legal.graph.output)
     if batch_mode not in ("dynamic", "fixed"):  # every batch size runs now
         inputs = tuple(TensorSpec(spec.name, (None, *spec.shape[1:]), spec.dtype) for spec in inputs)
         outputs = tuple(TensorSpec(spec.name, (None, *spec.shape[1:]), spec.dtype) for spec in outputs)
@@ -261,6 +305,10 @@ def convert_model(original: onnx.ModelProto, where: str = "the model") -> fx.Gra
     legal = legalise_model(original).model
     _check_operators(legal, where)
     return _convert(legal, where)
+
+
+def _declared(spec: TensorSpec, declared: dict[str, str]) -> TensorSpec:
+    return dataclasses.replace(spec, dtype=declared.get(spec.name, spec.dtype))
 
 
 def _convert(legal: onnx.ModelProto, where: str, notes: list[str] | None = None) -> fx.GraphModule:
@@ -444,3 +492,28 @@ def shape_text(spec: TensorSpec) -> str:
     return "[" + ", ".join("?" if d is None else str(d) for d in spec.shape) + "]"
 
 
+
+
+def output_paths(model: onnx.ModelProto) -> tuple[tuple[int, ...], ...]:
+    """For each graph output of ``model``, the indices that pick it out of what its onnx2torch module returns.
+
+    onnx2torch returns one result per distinct producing node (a single node's result alone), and a node
+    with several outputs returns them all, so ``outputs[k]`` of the file is not always ``result[k]``.
+    """
+    onnx_graph = OnnxGraph(model.graph)
+    producers = []
+    for value in onnx_graph.output_values:
+        node, index = onnx_graph.value_as_node_output(value)
+        producers.append((node, index))
+    distinct = list(dict.fromkeys(node for node, _ in producers))
+    return tuple(
+        ((distinct.index(node),) if len(distinct) > 1 else ()) + ((index,) if len(node.output_values) > 1 else ())
+        for node, index in producers
+    )
+
+
+def select_output(output: Any, path: tuple[int, ...]) -> Any:
+    """``output[i][j]...`` along ``path`` (:func:`output_paths`)."""
+    for index in path:
+        output = output[index]
+    return output

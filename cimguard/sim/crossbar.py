@@ -318,10 +318,7 @@ class Crossbar:
 
     def logits_for_weights(self, x: torch.Tensor, weights: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Model output on ``x`` with the mapped weights replaced by ``weights`` (e.g. :meth:`chip_weights`)."""
-        output = functional_call(self.imported.module, dict(weights), (x,), strict=False)
-        if not isinstance(output, torch.Tensor):
-            output = output[0]
-        return output
+        return self.imported.scores(functional_call(self.imported.module, dict(weights), (x,), strict=False))
 
 
 @dataclass
