@@ -84,8 +84,8 @@ def digits_cnn(tf, path: str, epochs: int) -> None:
     _export(tf, model, (tf.TensorSpec((None, 8, 8, 1), tf.float32, name="image"),), path, held_out)
 
 
-def byte_classifier(tf, path: str, data_path: str, epochs: int, length: int = 16) -> None:
-    tf.keras.utils.set_random_seed(0)
+def byte_tokens(length: int = 16) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The synthetic byte strings (int32 tokens), their labels and the training mask (``i % 5 != 0``)."""
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, 256, (1500, length)).astype(np.int32)
     # Bias each string towards one of four byte ranges, and label it with the most frequent range.
@@ -93,7 +93,12 @@ def byte_classifier(tf, path: str, data_path: str, epochs: int, length: int = 16
     swap = rng.random(tokens.shape) < 0.3
     tokens[swap] = (favoured[:, None] * 64 + rng.integers(0, 64, tokens.shape))[swap]
     labels = np.array([np.bincount(row // 64, minlength=4).argmax() for row in tokens], dtype=np.int64)
-    train = np.arange(len(tokens)) % 5 != 0
+    return tokens, labels, np.arange(len(tokens)) % 5 != 0
+
+
+def byte_classifier(tf, path: str, data_path: str, epochs: int, length: int = 16) -> None:
+    tf.keras.utils.set_random_seed(0)
+    tokens, labels, train = byte_tokens(length)
 
     inputs = tf.keras.Input((length,), dtype=tf.int32, name="tokens")
     h = tf.keras.layers.Embedding(256, 8, name="embed")(inputs)

@@ -1,4 +1,4 @@
-"""Models from other exporters: a tf2onnx (Keras) file end to end, non-finite constants, float16/bfloat16 casts.
+"""Models from other exporters: tf2onnx files (Keras, JAX) end to end, non-finite constants, float16/bfloat16 casts.
 
 ``tests/data/keras_digits_tf2onnx.onnx`` was written by ``models/make_tf2onnx_fixture.py`` (TensorFlow
 and tf2onnx are too heavy for CI; the script's docstring has the command).  It holds what tf2onnx
@@ -126,23 +126,35 @@ def test_nan_in_a_bfloat16_constant_is_refused(invoke, tmp_path):
 
 BYTES = Path(__file__).parent / "data" / "keras_bytes_tf2onnx.onnx"
 BYTES_DATA = Path(__file__).parent / "data" / "bytes_tokens.npz"
+# The same task exported from JAX (pure jax.numpy, jax2tf, tf2onnx): models/make_jax_fixture.py.
+JAX_BYTES = Path(__file__).parent / "data" / "jax_bytes_tf2onnx.onnx"
 
 
-def test_the_byte_token_fixture_holds_int32_tokens_and_a_global_max_pool():
-    model = onnx.load(str(BYTES))
+@pytest.mark.parametrize("path", [BYTES, JAX_BYTES], ids=["keras", "jax"])
+def test_the_byte_token_fixtures_hold_int32_tokens_a_global_max_pool_and_an_inf_start(path):
+    model = onnx.load(str(path))
     assert model.producer_name == "tf2onnx" and model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.INT32
+    assert {(op.domain, op.version) for op in model.opset_import} == {("", 15), ("ai.onnx.ml", 2)}
     assert {"Gather", "Conv", "GlobalMaxPool", "MatMul", "Max"} <= {node.op_type for node in model.graph.node}
+    assert any(np.isneginf(numpy_helper.to_array(t)).any() for t in model.graph.initializer
+               if t.data_type == onnx.TensorProto.FLOAT)
 
 
-def test_byte_token_classifier_end_to_end(invoke, tmp_path, one_thread):
+@pytest.mark.parametrize("path", [BYTES, JAX_BYTES], ids=["keras", "jax"])
+def test_byte_token_classifier_end_to_end(invoke, tmp_path, one_thread, path):
     data = np.load(BYTES_DATA)
-    result = invoke("evaluate", BYTES, "--data", BYTES_DATA, "--samples", "2")
+    result = invoke("evaluate", path, "--data", BYTES_DATA, "--samples", "2")
     assert result.exit_code == 0, result.output
+    assert "check   conversion checked against onnxruntime" in result.output
     float_line = next(line for line in result.output.splitlines() if line.startswith("float model accuracy"))
-    predicted = run_onnxruntime(onnx.load(str(BYTES)), data["x"]).argmax(axis=1)
+    predicted = run_onnxruntime(onnx.load(str(path)), data["x"]).argmax(axis=1)
     assert float(float_line.split()[-1]) == pytest.approx(float((predicted == data["y"]).mean()), abs=5e-5)
-    assert invoke("attack", BYTES, "--data", BYTES_DATA, "--samples", "0", "--iterations", "2").exit_code == 0
+    assert invoke("attack", path, "--data", BYTES_DATA, "--samples", "0", "--iterations", "2").exit_code == 0
     hardened = tmp_path / "robust.onnx"
-    result = invoke("harden", BYTES, "--data", BYTES_DATA, "--trainer", "noise", "--epochs", "1", "-o", hardened)
+    result = invoke("harden", path, "--data", BYTES_DATA, "--trainer", "noise", "--epochs", "1", "-o", hardened)
     assert result.exit_code == 0, result.output
+    # The exporter's graph with new weights: same nodes, and onnxruntime still reads int32 tokens.
+    written = onnx.load(str(hardened))
+    assert [n.op_type for n in written.graph.node] == [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert 0.5 < float((run_onnxruntime(written, data["x"]).argmax(axis=1) == data["y"]).mean()) <= 1.0
     assert invoke("evaluate", hardened, "--data", BYTES_DATA, "--samples", "0").exit_code == 0
