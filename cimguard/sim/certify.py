@@ -441,10 +441,30 @@ class _Run:
         self.dense: dict[tuple[str, int], torch.Tensor] = {}
         for node in graph.rules:
             self._interval(node)
-            if method == "crown" and node in graph.refined and not self._exact(node):
-                lower, upper = self._crown_bounds(node)
+            if method == "crown" and node in graph.refined and not self._exact(node) and not self._monotone(node):
+                mask = self._unstable(node)
+                lower, upper = self._crown_bounds(node, mask)
                 self.lower[node] = torch.maximum(self.lower[node], lower)
                 self.upper[node] = torch.minimum(self.upper[node], upper)
+
+    def _monotone(self, node: fx.Node) -> bool:
+        """A ReLU/LeakyReLU whose input bounds are already exact or CROWN-refined: its interval image of those
+        bounds is at least as tight as a CROWN pass through its own relaxation (the relaxation's lines meet the
+        function at the input's bounds), so no backward pass is spent on it."""
+        rule = self.graph.rules[node]
+        if rule.kind != "act" or rule.activation not in ("relu", "leaky_relu"):
+            return False
+        dep = rule.deps[0]
+        return self._exact(dep) or dep in self.graph.refined
+
+    def _unstable(self, node: fx.Node) -> torch.Tensor | None:
+        """Where a tighter bound can matter: when every reader of ``node`` is a ReLU/LeakyReLU, only its
+        unstable elements (interval lower < 0 < upper); a stable element's relaxation is already exact, and
+        its interval bounds stay sound.  ``None``: every element."""
+        readers = [self.graph.rules[user] for user in self.graph.users[node]]
+        if not readers or any(r.kind != "act" or r.activation not in ("relu", "leaky_relu") for r in readers):
+            return None
+        return (self.lower[node] < 0) & (self.upper[node] > 0)
 
     def _exact(self, node: fx.Node) -> bool:
         """Interval bounds are already the exact range: a linear layer on the exact input."""
@@ -562,14 +582,38 @@ class _Run:
         raise CimguardError(f"cannot certify: no interval rule for node {node.name}")  # never reached: _rule refuses
 
     # --- CROWN ------------------------------------------------------------------------------------
-    def _crown_bounds(self, node: fx.Node) -> tuple[torch.Tensor, torch.Tensor]:
-        """CROWN lower and upper bounds of every element of ``node``."""
+    def _crown_bounds(self, node: fx.Node, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """CROWN lower and upper bounds of the elements of ``node`` where ``mask`` holds (``None``: all); elsewhere
+        ``-inf``/``inf`` (the caller intersects them with the interval bounds).
+
+        Each sample gets one spec row per selected element (and its negation), padded with zero rows to the
+        batch's largest count, so a batch costs rows for its most unstable sample, not for every element.
+        """
         shape = self.lower[node].shape
         n, count = shape[0], math.prod(shape[1:])
-        eye = torch.eye(count, dtype=self.dtype, device=self.x.device)
-        spec = torch.cat([eye, -eye]).view(1, 2 * count, *shape[1:]).expand(n, -1, *shape[1:])
+        device = self.x.device
+        if mask is None:
+            eye = torch.eye(count, dtype=self.dtype, device=device)
+            spec = torch.cat([eye, -eye]).view(1, 2 * count, *shape[1:]).expand(n, -1, *shape[1:])
+            bound = self.backward(node, spec)
+            return bound[:, :count].view(shape), -bound[:, count:].view(shape)
+        flat = mask.reshape(n, count)
+        rows = int(flat.sum(dim=1).max()) if n else 0
+        lower = torch.full((n, count), -math.inf, dtype=self.dtype, device=device)
+        upper = torch.full((n, count), math.inf, dtype=self.dtype, device=device)
+        if rows == 0:
+            return lower.view(shape), upper.view(shape)
+        # Per sample, the selected element indices first (a stable sort keeps them ordered), then padding.
+        order = torch.sort((~flat).to(torch.int8), dim=1, stable=True).indices[:, :rows]
+        valid = torch.gather(flat, 1, order)
+        spec = torch.zeros(n, rows, count, dtype=self.dtype, device=device)
+        spec.scatter_(2, order.unsqueeze(2), valid.to(self.dtype).unsqueeze(2))
+        spec = torch.cat([spec, -spec], dim=1).view(n, 2 * rows, *shape[1:])
         bound = self.backward(node, spec)
-        return bound[:, :count].view(shape), -bound[:, count:].view(shape)
+        low, high = bound[:, :rows], -bound[:, rows:]
+        lower.scatter_(1, order, torch.where(valid, low, -math.inf))
+        upper.scatter_(1, order, torch.where(valid, high, math.inf))
+        return lower.view(shape), upper.view(shape)
 
     def backward(self, start: fx.Node, spec: torch.Tensor) -> torch.Tensor:
         """Lower bound of ``spec · start`` per sample and row: ``spec`` is ``(N, S, *shape of start)``."""
@@ -604,8 +648,7 @@ class _Run:
                     nominal, spread = self._input_images(rule, weight, radius)
                     total = total + _dot(lam, nominal)
                     if radius is not None and _shares_weights(rule, lam):
-                        back, constant = _shared_penalty(rule.module, lam, radius, self.x, self.x)
-                        total = total + _dot(back, self.x) + constant
+                        total = total - _shared_penalty_exact(rule.module, lam, radius, self.x)
                     elif spread is not None:
                         total = total - _dot(lam.abs(), spread)
                     continue
@@ -720,9 +763,11 @@ def _shared_penalty(conv: nn.Conv2d, lam: torch.Tensor, radius: torch.Tensor, lo
     high = F.unfold(upper, kernel, dilation=conv.dilation, padding=padding, stride=conv.stride)
     flat = lam.reshape(n, s, out_channels, -1)  # (N, S, Co, L)
     positive, negative = flat.clamp(min=0), flat.clamp(max=0)
-    low_t, high_t = low.transpose(1, 2).unsqueeze(1), high.transpose(1, 2).unsqueeze(1)  # (N, 1, L, C·k·k)
-    g_low = positive @ low_t + negative @ high_t  # (N, S, Co, C·k·k)
-    g_high = positive @ high_t + negative @ low_t
+    low_t, high_t = low.transpose(1, 2), high.transpose(1, 2)  # (N, L, C·k·k)
+    # (N, S·Co, L) @ (N, L, C·k·k): one batched product per sample, no broadcast copies over S.
+    pos, neg = positive.reshape(n, -1, flat.shape[3]), negative.reshape(n, -1, flat.shape[3])
+    g_low = (torch.bmm(pos, low_t) + torch.bmm(neg, high_t)).view(n, s, out_channels, -1)  # (N, S, Co, C·k·k)
+    g_high = (torch.bmm(pos, high_t) + torch.bmm(neg, low_t)).view(n, s, out_channels, -1)
     # |t| <= slope·t + intercept on [g_low, g_high]: the chord of a convex function.
     span = (g_high - g_low).clamp(min=1e-300)
     slope = torch.where(g_low >= 0, 1.0, torch.where(g_high <= 0, -1.0, (g_high + g_low) / span)).to(lam.dtype)
@@ -734,6 +779,17 @@ def _shared_penalty(conv: nn.Conv2d, lam: torch.Tensor, radius: torch.Tensor, lo
                   padding=padding, stride=conv.stride)
     constant = -(weight * intercept).flatten(2).sum(dim=2)
     return back.view(n, s, channels, height, width), constant
+
+
+def _shared_penalty_exact(conv: nn.Conv2d, lam: torch.Tensor, radius: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``max_{|ΔW| <= R} -Λ·conv(x, ΔW) = Σ_w R_w |G_w(x)|`` on an exact input ``x``, per sample and row
+    ``(N, S)``: :func:`_shared_penalty` with ``lower = upper = x`` (the chord of ``|t|`` is ``|t|`` itself),
+    without the coefficient on ``x`` it would fold back only to take its product with ``x`` again."""
+    n, s, out_channels = lam.shape[:3]
+    kernel, padding = conv.kernel_size, (0, 0) if conv.padding == "valid" else conv.padding
+    patches = F.unfold(x, kernel, dilation=conv.dilation, padding=padding, stride=conv.stride)  # (N, C·k·k, L)
+    g = torch.bmm(lam.reshape(n, s * out_channels, -1), patches.transpose(1, 2))  # (N, S·Co, C·k·k)
+    return (g.abs().view(n, s, out_channels, -1) * radius.reshape(out_channels, -1)).flatten(2).sum(dim=2)
 
 
 def _neg_abs_chord(lower: torch.Tensor, upper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
