@@ -759,24 +759,25 @@ def _shared_penalty(conv: nn.Conv2d, lam: torch.Tensor, radius: torch.Tensor, lo
     n, s, out_channels = lam.shape[:3]
     channels, height, width = lower.shape[1:]
     kernel, padding = conv.kernel_size, (0, 0) if conv.padding == "valid" else conv.padding
-    low = F.unfold(lower, kernel, dilation=conv.dilation, padding=padding, stride=conv.stride)  # (N, C·k·k, L)
-    high = F.unfold(upper, kernel, dilation=conv.dilation, padding=padding, stride=conv.stride)
+    unfold = dict(dilation=conv.dilation, padding=padding, stride=conv.stride)
+    center = F.unfold((upper + lower) / 2, kernel, **unfold).transpose(1, 2)  # (N, L, C·k·k)
+    spread = F.unfold((upper - lower) / 2, kernel, **unfold).transpose(1, 2)
     flat = lam.reshape(n, s, out_channels, -1)  # (N, S, Co, L)
-    positive, negative = flat.clamp(min=0), flat.clamp(max=0)
-    low_t, high_t = low.transpose(1, 2), high.transpose(1, 2)  # (N, L, C·k·k)
-    # (N, S·Co, L) @ (N, L, C·k·k): one batched product per sample, no broadcast copies over S.
-    pos, neg = positive.reshape(n, -1, flat.shape[3]), negative.reshape(n, -1, flat.shape[3])
-    g_low = (torch.bmm(pos, low_t) + torch.bmm(neg, high_t)).view(n, s, out_channels, -1)  # (N, S, Co, C·k·k)
-    g_high = (torch.bmm(pos, high_t) + torch.bmm(neg, low_t)).view(n, s, out_channels, -1)
-    # |t| <= slope·t + intercept on [g_low, g_high]: the chord of a convex function.
-    span = (g_high - g_low).clamp(min=1e-300)
-    slope = torch.where(g_low >= 0, 1.0, torch.where(g_high <= 0, -1.0, (g_high + g_low) / span)).to(lam.dtype)
-    intercept = torch.where((g_low >= 0) | (g_high <= 0), 0.0, -2 * g_high * g_low / span).to(lam.dtype)
+    # G over the box of a: centre Λ·c and radius |Λ|·r (the same range as Λ⁺·l + Λ⁻·u .. Λ⁺·u + Λ⁻·l), each one
+    # batched product per sample (N, S·Co, L) @ (N, L, C·k·k), no broadcast copies over S.
+    rows = flat.reshape(n, -1, flat.shape[3])
+    g_mid = torch.bmm(rows, center).view(n, s, out_channels, -1)  # (N, S, Co, C·k·k)
+    g_rad = torch.bmm(rows.abs(), spread).view(n, s, out_channels, -1)
+    # |t| <= slope·t + intercept on [m - r, m + r]: the chord of a convex function.  With
+    # slope = clamp(m / r, -1, 1) and intercept = r (1 - slope²) it passes through (m - r, |m - r|) and
+    # (m + r, |m + r|) when |m| < r, and is |t| itself (slope ±1, intercept 0) when the range has one sign.
+    slope = (g_mid / g_rad.clamp(min=1e-300)).clamp(-1.0, 1.0)
+    intercept = g_rad * (1 - slope * slope)
     weight = radius.reshape(out_channels, -1)  # (Co, C·k·k)
     scaled = weight * slope  # (N, S, Co, C·k·k)
     columns = -(scaled.transpose(2, 3) @ flat)  # (N, S, C·k·k, L): -Σ_o R·slope·Λ
-    back = F.fold(columns.reshape(n * s, *columns.shape[2:]), (height, width), kernel, dilation=conv.dilation,
-                  padding=padding, stride=conv.stride)
+    back = _fold(columns.reshape(n * s, *columns.shape[2:]), (height, width), kernel, conv.dilation, padding,
+                 conv.stride)
     constant = -(weight * intercept).flatten(2).sum(dim=2)
     return back.view(n, s, channels, height, width), constant
 
@@ -790,6 +791,36 @@ def _shared_penalty_exact(conv: nn.Conv2d, lam: torch.Tensor, radius: torch.Tens
     patches = F.unfold(x, kernel, dilation=conv.dilation, padding=padding, stride=conv.stride)  # (N, C·k·k, L)
     g = torch.bmm(lam.reshape(n, s * out_channels, -1), patches.transpose(1, 2))  # (N, S·Co, C·k·k)
     return (g.abs().view(n, s, out_channels, -1) * radius.reshape(out_channels, -1)).flatten(2).sum(dim=2)
+
+
+_FOLD_INDEX: dict[tuple, torch.Tensor] = {}
+
+
+def _fold(columns: torch.Tensor, size: tuple[int, int], kernel: Any, dilation: Any, padding: Any,
+          stride: Any) -> torch.Tensor:
+    """``F.fold`` (sum the sliding-window columns ``(B, C·k·k, L)`` back into ``(B, C, *size)``) as one
+    ``index_add_`` over a cached column-to-pixel index: ``F.fold`` on the CPU loops over the batch, and the
+    backward passes fold thousands of small items at once."""
+    pair = nn.modules.utils._pair
+    kernel, dilation, padding, stride = pair(kernel), pair(dilation), pair(padding), pair(stride)
+    batch, rows, positions = columns.shape
+    channels = rows // (kernel[0] * kernel[1])
+    key = (channels, tuple(size), kernel, dilation, padding, stride, positions, str(columns.device))
+    index = _FOLD_INDEX.get(key)
+    if index is None:
+        # Unfold the pixel numbers (padding: -1) to learn which pixel each column entry came from.
+        padded_size = (size[0] + 2 * padding[0], size[1] + 2 * padding[1])
+        pixels = torch.arange(channels * size[0] * size[1], dtype=torch.float64, device=columns.device)
+        image = F.pad(pixels.view(1, channels, *size), (padding[1], padding[1], padding[0], padding[0]), value=-1.0)
+        unfolded = F.unfold(image, kernel, dilation=dilation, stride=stride)
+        if unfolded.shape[1:] != (rows, positions) or image.shape[2:] != padded_size:
+            raise CimguardError("internal: fold shapes do not match")  # never reached for the pools and convs here
+        flat = unfolded.flatten().long()
+        index = torch.where(flat < 0, channels * size[0] * size[1], flat)  # padding: one dropped extra slot
+        _FOLD_INDEX[key] = index
+    out = torch.zeros(batch, channels * size[0] * size[1] + 1, dtype=columns.dtype, device=columns.device)
+    out.index_add_(1, index, columns.reshape(batch, -1))
+    return out[:, :-1].view(batch, channels, *size)
 
 
 def _neg_abs_chord(lower: torch.Tensor, upper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -891,7 +922,7 @@ def _maxpool_backward(pool: nn.MaxPool2d, lam: torch.Tensor, lower: torch.Tensor
     coefficient.scatter_add_(3, j_low.unsqueeze(1).expand(n, s, channels, 1, -1), positive)
     coefficient.scatter_add_(3, j_up.unsqueeze(1).expand(n, s, channels, 1, -1), negative * slope.unsqueeze(1))
     constant = (negative * intercept.unsqueeze(1)).flatten(2).sum(dim=2)
-    folded = F.fold(coefficient.reshape(n * s * channels, size, out_h * out_w), padded, kernel,
-                    dilation=dilation, stride=stride)
+    folded = _fold(coefficient.reshape(n * s * channels, size, out_h * out_w), padded, kernel, dilation, (0, 0),
+                   stride)
     back = folded.view(n, s, channels, *padded)[..., pads[2]:pads[2] + height, pads[0]:pads[0] + width]
     return back, constant
