@@ -19,6 +19,12 @@ Two methods walk the converted torch.fx graph with one rule per operator:
   bounds (the inputs of every non-linear operator) are CROWN bounds intersected with the interval
   ones, computed layer by layer and reused.
 
+:func:`certify` runs ``crown`` as a cascade of passes, each a sound bound on its own and each run only on
+the samples the cheaper ones before it left: intervals; the margin's backward pass over interval
+intermediate bounds; the same keeping every convolution's weight sharing; then CROWN-refined intermediate
+bounds, spent only where they can matter (the unstable inputs of a ReLU; never a ReLU's output, whose
+interval image of refined bounds is already as tight).
+
 Bounds are computed in float64 and a sample counts as certified only when its margin bound exceeds
 :data:`MARGIN_TOLERANCE` times the clean logits' scale, so float32 rounding of the real chip cannot
 flip a sample the proof calls safe.  An operator without a sound rule is a one-line
@@ -137,22 +143,26 @@ def certify(crossbar: Crossbar, data: EvalData, thg: float | None = None, method
     part = local_part(data)
     offset = distributed.local_slice(len(data.labels)).start if distributed.active() else 0
     flags = torch.zeros(len(data.labels), dtype=torch.float64, device=data.labels.device)
-    # crown in two passes, each sound on its own (a sample counts when either proves it): first the margin's
-    # backward pass over interval intermediate bounds, cheap and enough for most samples; then, for the samples
-    # it leaves, CROWN-refined intermediate bounds (small batches: each pads its rows to its most unstable sample).
-    passes = [(False, batch_size or 256)] if method == "interval" else \
-        [(False, batch_size or 64), (True, batch_size or 8)]
+    # crown in four passes, each sound on its own (a sample counts when any proves it), each tighter and dearer
+    # than the last and run only on the samples the previous ones left: intervals; the margin's backward pass
+    # over interval intermediate bounds with the plain |Λ|·R·|a| term on computed inputs; the same keeping every
+    # convolution's weight sharing; then with CROWN-refined intermediate bounds too (small batches: each pads its
+    # rows to its most unstable sample).
+    passes = [("interval", False, True, batch_size or 256)]
+    if method == "crown":
+        passes += [("crown", False, False, batch_size or 256), ("crown", False, True, batch_size or 64),
+                   ("crown", True, True, batch_size or 8)]
     with torch.no_grad():
-        for refine, size in passes:
+        for kind, refine, share, size in passes:
             left = torch.nonzero(flags[offset:offset + len(part.labels)] < 0.5).flatten().to(part.labels.device)
             starts = range(0, len(left), size)
-            stage = f"certifying ({method}{', refined' if refine else ''})"
+            stage = f"certifying ({kind}{', shared' if share and kind == 'crown' else ''}{', refined' if refine else ''})"
             bar = progress_bar(len(starts), stage, "batch", progress)
             for begin in starts:
                 index = left[begin:begin + size]
                 x, y = part.x[index], part.labels[index]
-                bound = graph.margin_lower_bound(weights, problem.bounds, x, y, method, dtype=torch.float64,
-                                                 refine=refine)
+                bound = graph.margin_lower_bound(weights, problem.bounds, x, y, kind, dtype=torch.float64,
+                                                 refine=refine, share=share)
                 clean = crossbar.logits(x).detach()
                 tolerance = MARGIN_TOLERANCE * (1 + clean.abs().amax(dim=1).double())
                 flags[offset + index.to(flags.device)] = (bound > tolerance.to(bound.device)).double().to(flags.device)
@@ -365,24 +375,27 @@ class BoundGraph:
 
     def margin_lower_bound(self, weights: Mapping[str, torch.Tensor], radii: Mapping[str, torch.Tensor],
                            x: torch.Tensor, labels: torch.Tensor, method: str = "crown",
-                           dtype: torch.dtype = torch.float64, *, refine: bool = True) -> torch.Tensor:
+                           dtype: torch.dtype = torch.float64, *, refine: bool = True,
+                           share: bool = True) -> torch.Tensor:
         """Per sample, a lower bound of ``min_{j != y} z_y - z_j`` over every chip ``W + ΔW``, ``|ΔW| <= radii``.
 
         ``weights`` are the mapped layers' nominal values (the crossbar's ``W_q``; a trainer's float
         weights, in which case the bound is differentiable with respect to them).
         """
-        gaps = self.margin_bounds(weights, radii, x, labels, method, dtype, refine=refine)
+        gaps = self.margin_bounds(weights, radii, x, labels, method, dtype, refine=refine, share=share)
         return gaps.masked_fill(F.one_hot(labels.to(gaps.device), gaps.shape[1]).bool(), float("inf")).amin(dim=1)
 
     def margin_bounds(self, weights: Mapping[str, torch.Tensor], radii: Mapping[str, torch.Tensor],
                       x: torch.Tensor, labels: torch.Tensor, method: str = "crown",
-                      dtype: torch.dtype = torch.float64, *, refine: bool = True) -> torch.Tensor:
+                      dtype: torch.dtype = torch.float64, *, refine: bool = True,
+                      share: bool = True) -> torch.Tensor:
         """Per sample and class ``j``, a lower bound of ``z_y - z_j`` over the box (0 at ``j = y``), shape
         ``(N, classes)``.  ``-margin_bounds`` are the worst-case logits certified training descends
         (CROWN-IBP's ``CE(-m)``).  ``refine=False``: crown's margin pass over the interval intermediate bounds
-        only (cheaper, looser, as sound)."""
+        only; ``share=False``: the plain ``|Λ|·R·|a|`` term on a convolution of a computed input, its weight
+        sharing dropped (each cheaper, looser, as sound)."""
         check_method(method)
-        run = _Run(self, weights, radii, x.to(dtype), dtype, method, refine)
+        run = _Run(self, weights, radii, x.to(dtype), dtype, method, refine, share)
         return run.margin(labels)
 
 
@@ -424,10 +437,11 @@ class _Run:
     """The bounds of one batch of samples: intervals for every node, CROWN on demand."""
 
     def __init__(self, graph: BoundGraph, weights: Mapping[str, torch.Tensor], radii: Mapping[str, torch.Tensor],
-                 x: torch.Tensor, dtype: torch.dtype, method: str, refine: bool = True) -> None:
+                 x: torch.Tensor, dtype: torch.dtype, method: str, refine: bool = True, share: bool = True) -> None:
         self.graph = graph
         self.dtype = dtype
         self.method = method
+        self.share = share
         self.x = x
         self.constants = graph._constants(weights, dtype)
         self.weights: dict[str, torch.Tensor] = {}
@@ -663,7 +677,7 @@ class _Run:
                         total = total - _dot(lam.abs(), spread)
                     continue
                 back = self._adjoint(rule, lam, weight, self.lower[a].shape)
-                if radius is not None and _shares_weights(rule, lam):
+                if radius is not None and self.share and _shares_weights(rule, lam):
                     extra, constant = _shared_penalty(rule.module, lam, radius, self.lower[a], self.upper[a])
                     back = back + extra
                     total = total + constant
@@ -726,8 +740,12 @@ class _Run:
         # Interval margin: the true class's lower bound against every other class's upper bound.
         interval = lower.gather(1, labels[:, None]) - upper
         if self.method == "crown":
-            spec = true.unsqueeze(1) - torch.eye(classes, dtype=self.dtype, device=lower.device).unsqueeze(0)
-            interval = torch.maximum(interval, self.backward(out, spec))
+            # One row per other class j (the row j = y is zero: no pass spent on it).
+            columns = torch.arange(classes, device=lower.device).expand(len(labels), -1)
+            others = columns[columns != labels[:, None]].view(len(labels), classes - 1)
+            spec = true.unsqueeze(1) - F.one_hot(others, classes).to(self.dtype)
+            crown = torch.full_like(interval, -math.inf).scatter(1, others, self.backward(out, spec))
+            interval = torch.maximum(interval, crown)
         return interval.masked_fill(true.bool(), 0.0)
 
 
