@@ -139,10 +139,14 @@ def certify(crossbar: Crossbar, data: EvalData, thg: float | None = None, method
     start = time.perf_counter()
     problem = make_problem(crossbar, data, thg)
     graph = BoundGraph(crossbar.imported.module, set(crossbar.layers))
-    weights = {name: layer.nominal for name, layer in crossbar.layers.items()}
+    graph.dense_cache = {}
+    # In float64 once, so every batch's run sees the same tensors (and reuses their dense matrices).
+    weights = {name: layer.nominal.to(torch.float64) for name, layer in crossbar.layers.items()}
+    radii = {name: bound.to(torch.float64) for name, bound in problem.bounds.items()}
     part = local_part(data)
     offset = distributed.local_slice(len(data.labels)).start if distributed.active() else 0
     flags = torch.zeros(len(data.labels), dtype=torch.float64, device=data.labels.device)
+    open_classes = torch.zeros(len(part.labels), dtype=torch.long)
     # crown in four passes, each sound on its own (a sample counts when any proves it), each tighter and dearer
     # than the last and run only on the samples the previous ones left: intervals; the margin's backward pass
     # over interval intermediate bounds with the plain |Λ|·R·|a| term on computed inputs; the same keeping every
@@ -150,19 +154,29 @@ def certify(crossbar: Crossbar, data: EvalData, thg: float | None = None, method
     # rows to its most unstable sample).
     passes = [("interval", False, True, batch_size or 256)]
     if method == "crown":
-        passes += [("crown", False, False, batch_size or 256), ("crown", False, True, batch_size or 64),
+        passes += [("crown", False, False, batch_size or 64), ("crown", False, True, batch_size or 64),
                    ("crown", True, True, batch_size or 8)]
     with torch.no_grad():
         for kind, refine, share, size in passes:
             left = torch.nonzero(flags[offset:offset + len(part.labels)] < 0.5).flatten().to(part.labels.device)
+            if kind == "crown":
+                # Samples with as many open classes (interval bound not positive) share a batch: each batch
+                # pads its rows to its widest sample.
+                left = left[torch.sort(open_classes[left.to(open_classes.device)], stable=True).indices.to(left.device)]
             starts = range(0, len(left), size)
             stage = f"certifying ({kind}{', shared' if share and kind == 'crown' else ''}{', refined' if refine else ''})"
             bar = progress_bar(len(starts), stage, "batch", progress)
             for begin in starts:
                 index = left[begin:begin + size]
                 x, y = part.x[index], part.labels[index]
-                bound = graph.margin_lower_bound(weights, problem.bounds, x, y, kind, dtype=torch.float64,
-                                                 refine=refine, share=share)
+                if kind == "interval":
+                    gaps = graph.margin_bounds(weights, radii, x, y, kind, dtype=torch.float64)
+                    gaps = gaps.masked_fill(F.one_hot(y.to(gaps.device), gaps.shape[1]).bool(), math.inf)
+                    open_classes[index.to(open_classes.device)] = (gaps <= 0).sum(dim=1).to(open_classes.device)
+                    bound = gaps.amin(dim=1)
+                else:
+                    bound = graph.margin_lower_bound(weights, radii, x, y, kind, dtype=torch.float64,
+                                                     refine=refine, share=share)
                 clean = crossbar.logits(x).detach()
                 tolerance = MARGIN_TOLERANCE * (1 + clean.abs().amax(dim=1).double())
                 flags[offset + index.to(flags.device)] = (bound > tolerance.to(bound.device)).double().to(flags.device)
@@ -206,6 +220,8 @@ class BoundGraph:
     def __init__(self, module: fx.GraphModule, mapped: set[str]) -> None:
         self.module = module
         self.mapped = mapped
+        #: Dense layer matrices kept across calls; only :func:`certify` sets it, for its fixed weights.
+        self.dense_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None
         self.nodes = list(module.graph.nodes)
         inputs = [n for n in self.nodes if n.op == "placeholder"]
         if len(inputs) != 1:
@@ -380,9 +396,11 @@ class BoundGraph:
         """Per sample, a lower bound of ``min_{j != y} z_y - z_j`` over every chip ``W + ΔW``, ``|ΔW| <= radii``.
 
         ``weights`` are the mapped layers' nominal values (the crossbar's ``W_q``; a trainer's float
-        weights, in which case the bound is differentiable with respect to them).
+        weights, in which case the bound is differentiable with respect to them).  A class whose interval
+        bound is already positive keeps it (no crown row spent on it): as sound, and positive exactly when
+        the full bound is (up to the interval bound's own sign).
         """
-        gaps = self.margin_bounds(weights, radii, x, labels, method, dtype, refine=refine, share=share)
+        gaps = _Run(self, weights, radii, x.to(dtype), dtype, method, refine, share).margin(labels, open_only=True)
         return gaps.masked_fill(F.one_hot(labels.to(gaps.device), gaps.shape[1]).bool(), float("inf")).amin(dim=1)
 
     def margin_bounds(self, weights: Mapping[str, torch.Tensor], radii: Mapping[str, torch.Tensor],
@@ -462,7 +480,9 @@ class _Run:
         self.upper: dict[fx.Node, torch.Tensor] = {}
         self.offsets: dict[fx.Node, torch.Tensor] = {}
         self.images: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
-        self.dense: dict[tuple[str, int], torch.Tensor] = {}
+        # Shared by the batches of one certify() call (fixed weights), else this run's own.
+        self.dense: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = graph.dense_cache if graph.dense_cache \
+            is not None else {}
         for node in graph.rules:
             self._interval(node)
             if method == "crown" and refine and node in graph.refined and not self._exact(node) and not self._monotone(node):
@@ -533,12 +553,14 @@ class _Run:
 
     def _dense(self, rule: _Rule, weight: torch.Tensor, shape: torch.Size) -> torch.Tensor:
         """The layer's map as a matrix ``(outputs, inputs)`` (columns: the images of the unit inputs)."""
-        key = (rule.weight, id(weight))
-        if key not in self.dense:
+        key = (rule.weight, id(weight), tuple(shape[1:]))
+        cached = self.dense.get(key)
+        if cached is None or cached[0] is not weight:  # the tensor itself is kept: an id is never reused stale
             count = math.prod(shape[1:])
             basis = torch.eye(count, dtype=weight.dtype, device=weight.device).view(count, *shape[1:])
-            self.dense[key] = self._forward(rule, basis, weight).reshape(count, -1).t().contiguous()
-        return self.dense[key]
+            cached = (weight, self._forward(rule, basis, weight).reshape(count, -1).t().contiguous())
+            self.dense[key] = cached
+        return cached[1]
 
     # --- intervals -------------------------------------------------------------------------------
     def _interval(self, node: fx.Node) -> None:
@@ -729,7 +751,10 @@ class _Run:
         return self.offsets[node]
 
     # --- the margin -----------------------------------------------------------------------------------
-    def margin(self, labels: torch.Tensor) -> torch.Tensor:
+    def margin(self, labels: torch.Tensor, open_only: bool = False) -> torch.Tensor:
+        """Per sample and class ``j``, the lower bound of ``z_y - z_j``.  ``open_only``: crown rows only for the
+        classes whose interval bound is not already positive (the others keep that sound bound), each
+        sample's rows padded to the batch's largest count."""
         out = self.graph.output
         lower, upper = self.lower[out], self.upper[out]
         if lower.dim() != 2:
@@ -741,11 +766,17 @@ class _Run:
         interval = lower.gather(1, labels[:, None]) - upper
         if self.method == "crown":
             # One row per other class j (the row j = y is zero: no pass spent on it).
-            columns = torch.arange(classes, device=lower.device).expand(len(labels), -1)
-            others = columns[columns != labels[:, None]].view(len(labels), classes - 1)
-            spec = true.unsqueeze(1) - F.one_hot(others, classes).to(self.dtype)
-            crown = torch.full_like(interval, -math.inf).scatter(1, others, self.backward(out, spec))
-            interval = torch.maximum(interval, crown)
+            wanted = ~true.bool()
+            if open_only:
+                wanted &= interval <= 0
+            rows = int(wanted.sum(dim=1).max()) if len(labels) else 0
+            if rows:
+                # Per sample the wanted classes first (a stable sort keeps their order), then padding rows.
+                others = torch.sort((~wanted).to(torch.int8), dim=1, stable=True).indices[:, :rows]
+                valid = wanted.gather(1, others)
+                spec = true.unsqueeze(1) - F.one_hot(others, classes).to(self.dtype)
+                bound = torch.where(valid, self.backward(out, spec), -math.inf)
+                interval = torch.maximum(interval, torch.full_like(interval, -math.inf).scatter(1, others, bound))
         return interval.masked_fill(true.bool(), 0.0)
 
 
