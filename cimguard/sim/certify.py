@@ -147,6 +147,9 @@ def certify(crossbar: Crossbar, data: EvalData, thg: float | None = None, method
     offset = distributed.local_slice(len(data.labels)).start if distributed.active() else 0
     flags = torch.zeros(len(data.labels), dtype=torch.float64, device=data.labels.device)
     open_classes = torch.zeros(len(part.labels), dtype=torch.long)
+    with torch.no_grad():  # the clean logits' scale, once for every pass
+        tolerances = torch.cat([MARGIN_TOLERANCE * (1 + crossbar.logits(part.x[i:i + 256]).abs().amax(dim=1).double())
+                                for i in range(0, len(part.labels), 256)]) if len(part.labels) else torch.zeros(0)
     # crown in four passes, each sound on its own (a sample counts when any proves it), each tighter and dearer
     # than the last and run only on the samples the previous ones left: intervals; the margin's backward pass
     # over interval intermediate bounds with the plain |Λ|·R·|a| term on computed inputs; the same keeping every
@@ -177,8 +180,7 @@ def certify(crossbar: Crossbar, data: EvalData, thg: float | None = None, method
                 else:
                     bound = graph.margin_lower_bound(weights, radii, x, y, kind, dtype=torch.float64,
                                                      refine=refine, share=share)
-                clean = crossbar.logits(x).detach()
-                tolerance = MARGIN_TOLERANCE * (1 + clean.abs().amax(dim=1).double())
+                tolerance = tolerances[index.to(tolerances.device)]
                 flags[offset + index.to(flags.device)] = (bound > tolerance.to(bound.device)).double().to(flags.device)
                 bar.update()
             bar.close()
