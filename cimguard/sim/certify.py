@@ -177,7 +177,8 @@ def certify(crossbar: Crossbar, data: EvalData, thg: float | None = None, method
                 # pads its rows to its widest sample.
                 left = left[torch.sort(open_classes[left.to(open_classes.device)], stable=True).indices.to(left.device)]
             starts = range(0, len(left), size)
-            stage = f"certifying ({kind}{', shared' if share and kind == 'crown' else ''}{', refined' if refine else ''})"
+            detail = (", shared" if share and kind == "crown" else "") + (", refined" if refine else "")
+            stage = f"certifying ({kind}{detail})"
             bar = progress_bar(len(starts), stage, "batch", progress)
             for begin in starts:
                 index = left[begin:begin + size]
@@ -411,8 +412,8 @@ class BoundGraph:
 
         ``weights`` are the mapped layers' nominal values (the crossbar's ``W_q``; a trainer's float
         weights, in which case the bound is differentiable with respect to them).  A class whose interval
-        bound is already positive keeps it (no crown row spent on it): as sound, and positive exactly when
-        the full bound is (up to the interval bound's own sign).
+        bound is already positive keeps it (no crown row spent on it): still sound, and positive whenever
+        the bound with every class's crown row is.
         """
         gaps = _Run(self, weights, radii, x.to(dtype), dtype, method, refine, share).margin(labels, open_only=True)
         return gaps.masked_fill(F.one_hot(labels.to(gaps.device), gaps.shape[1]).bool(), float("inf")).amin(dim=1)
@@ -499,7 +500,8 @@ class _Run:
             is not None else {}
         for node in graph.rules:
             self._interval(node)
-            if method == "crown" and refine and node in graph.refined and not self._exact(node) and not self._monotone(node):
+            if method == "crown" and refine and node in graph.refined and not self._exact(node) and \
+                    not self._monotone(node):
                 mask = self._unstable(node)
                 lower, upper = self._crown_bounds(node, mask)
                 self.lower[node] = torch.maximum(self.lower[node], lower)
@@ -836,8 +838,8 @@ def _shared_penalty(conv: nn.Conv2d, lam: torch.Tensor, radius: torch.Tensor, lo
     center = F.unfold((upper + lower) / 2, kernel, **unfold).transpose(1, 2)  # (N, L, C·k·k)
     spread = F.unfold((upper - lower) / 2, kernel, **unfold).transpose(1, 2)
     flat = lam.reshape(n, s, out_channels, -1)  # (N, S, Co, L)
-    # G over the box of a: centre Λ·c and radius |Λ|·r (the same range as Λ⁺·l + Λ⁻·u .. Λ⁺·u + Λ⁻·l), each one
-    # batched product per sample (N, S·Co, L) @ (N, L, C·k·k), no broadcast copies over S.
+    # G over the box of a: centre Λ·c and radius |Λ|·r (the same range as Λ⁺·l + Λ⁻·u .. Λ⁺·u + Λ⁻·l),
+    # each one batched product per sample (N, S·Co, L) @ (N, L, C·k·k), no broadcast copies over S.
     rows = flat.reshape(n, -1, flat.shape[3])
     g_mid = torch.bmm(rows, center).view(n, s, out_channels, -1)  # (N, S, Co, C·k·k)
     g_rad = torch.bmm(rows.abs(), spread).view(n, s, out_channels, -1)
