@@ -269,3 +269,26 @@ def test_an_optional_field_is_typed_from_text():
     assert coerce("0.01", float | None) == 0.01 and coerce("none", float | None) is None
     with pytest.raises(ValueError):
         coerce("many", float | None)
+
+
+def test_crown_rows_for_the_unstable_elements_only_match_the_full_pass(one_thread):
+    """The per-sample padded spec of the unstable elements gives exactly the full pass's bounds there."""
+    from cimguard.sim.certify import _Run
+
+    chip = _setup(_Small(), torch.zeros(1, 1, 8, 8), max_samples=12)
+    bounds = make_problem(chip.crossbar, chip.data, 0.02).bounds
+    graph = BoundGraph(chip.imported.module, set(chip.crossbar.layers))
+    weights = {name: layer.nominal for name, layer in chip.crossbar.layers.items()}
+    run = _Run(graph, weights, bounds, chip.data.x.double(), torch.float64, "interval")
+    checked = 0
+    for node in graph.refined:
+        mask = run._unstable(node)
+        if mask is None or run._exact(node):
+            continue
+        assert 0 < int(mask.sum()) < mask.numel()  # some elements stable, some not, varying per sample
+        full_low, full_high = run._crown_bounds(node)
+        low, high = run._crown_bounds(node, mask)
+        assert torch.allclose(low[mask], full_low[mask]) and torch.allclose(high[mask], full_high[mask])
+        assert bool((low[~mask] == -float("inf")).all() and (high[~mask] == float("inf")).all())
+        checked += 1
+    assert checked == 2  # both hidden Linear outputs feed a ReLU

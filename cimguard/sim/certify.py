@@ -19,6 +19,12 @@ Two methods walk the converted torch.fx graph with one rule per operator:
   bounds (the inputs of every non-linear operator) are CROWN bounds intersected with the interval
   ones, computed layer by layer and reused.
 
+:func:`certify` runs ``crown`` as a cascade of passes, each a sound bound on its own and each run only on
+the samples the cheaper ones before it left: intervals; the margin's backward pass over interval
+intermediate bounds; the same keeping every convolution's weight sharing; then CROWN-refined intermediate
+bounds, spent only where they can matter (the unstable inputs of a ReLU; never a ReLU's output, whose
+interval image of refined bounds is already as tight).
+
 Bounds are computed in float64 and a sample counts as certified only when its margin bound exceeds
 :data:`MARGIN_TOLERANCE` times the clean logits' scale, so float32 rounding of the real chip cannot
 flip a sample the proof calls safe.  An operator without a sound rule is a one-line
@@ -49,6 +55,12 @@ METHODS: tuple[str, ...] = ("interval", "crown")
 
 #: A margin bound must exceed this times ``1 + max |clean logit|`` to certify a sample (float32 chips).
 MARGIN_TOLERANCE = 1e-5
+
+#: crown refines the intermediate bounds only of samples whose margin bound (over ``1 + max |clean logit|``)
+#: is at least ``-REFINE_WITHIN`` after the cheaper passes: refinement moves that relative bound by a few
+#: hundredths on the shipped LeNet, so samples far below zero would cost the dearest pass for no
+#: certificate.  A budget, not a soundness matter: a skipped sample is merely not proved.
+REFINE_WITHIN = 0.1
 
 #: Elements of the largest backward coefficient tensor held at once (float64: 8 bytes each).
 _COEFFICIENT_BUDGET = 1 << 24
@@ -133,22 +145,58 @@ def certify(crossbar: Crossbar, data: EvalData, thg: float | None = None, method
     start = time.perf_counter()
     problem = make_problem(crossbar, data, thg)
     graph = BoundGraph(crossbar.imported.module, set(crossbar.layers))
-    weights = {name: layer.nominal for name, layer in crossbar.layers.items()}
+    graph.dense_cache = {}
+    # In float64 once, so every batch's run sees the same tensors (and reuses their dense matrices).
+    weights = {name: layer.nominal.to(torch.float64) for name, layer in crossbar.layers.items()}
+    radii = {name: bound.to(torch.float64) for name, bound in problem.bounds.items()}
     part = local_part(data)
     offset = distributed.local_slice(len(data.labels)).start if distributed.active() else 0
-    size = batch_size or (256 if method == "interval" else 32)
     flags = torch.zeros(len(data.labels), dtype=torch.float64, device=data.labels.device)
-    starts = range(0, len(part.labels), size)
-    bar = progress_bar(len(starts), f"certifying ({method})", "batch", progress)
+    open_classes = torch.zeros(len(part.labels), dtype=torch.long)
+    best = torch.full((len(part.labels),), -math.inf, dtype=torch.float64)  # best bound / logit scale so far
+    with torch.no_grad():  # the clean logits' scale, once for every pass
+        tolerances = torch.cat([MARGIN_TOLERANCE * (1 + crossbar.logits(part.x[i:i + 256]).abs().amax(dim=1).double())
+                                for i in range(0, len(part.labels), 256)]) if len(part.labels) else torch.zeros(0)
+    # crown in four passes, each sound on its own (a sample counts when any proves it), each tighter and dearer
+    # than the last and run only on the samples the previous ones left: intervals; the margin's backward pass
+    # over interval intermediate bounds with the plain |Λ|·R·|a| term on computed inputs; the same keeping every
+    # convolution's weight sharing; then with CROWN-refined intermediate bounds too (small batches: each pads its
+    # rows to its most unstable sample).
+    passes = [("interval", False, True, batch_size or 256)]
+    if method == "crown":
+        passes += [("crown", False, False, batch_size or 64), ("crown", False, True, batch_size or 64),
+                   ("crown", True, True, batch_size or 8)]
     with torch.no_grad():
-        for begin in starts:
-            x, y = part.x[begin:begin + size], part.labels[begin:begin + size]
-            bound = graph.margin_lower_bound(weights, problem.bounds, x, y, method, dtype=torch.float64)
-            clean = crossbar.logits(x).detach()
-            tolerance = MARGIN_TOLERANCE * (1 + clean.abs().amax(dim=1).double())
-            flags[offset + begin: offset + begin + len(y)] = (bound > tolerance.to(bound.device)).double()
-            bar.update()
-    bar.close()
+        for kind, refine, share, size in passes:
+            left = torch.nonzero(flags[offset:offset + len(part.labels)] < 0.5).flatten().to(part.labels.device)
+            if refine:
+                # Refinement only where it can still close the gap (a budget, never a soundness matter).
+                left = left[(best[left.to(best.device)] >= -REFINE_WITHIN).to(left.device)]
+            if kind == "crown":
+                # Samples with as many open classes (interval bound not positive) share a batch: each batch
+                # pads its rows to its widest sample.
+                left = left[torch.sort(open_classes[left.to(open_classes.device)], stable=True).indices.to(left.device)]
+            starts = range(0, len(left), size)
+            detail = (", shared" if share and kind == "crown" else "") + (", refined" if refine else "")
+            stage = f"certifying ({kind}{detail})"
+            bar = progress_bar(len(starts), stage, "batch", progress)
+            for begin in starts:
+                index = left[begin:begin + size]
+                x, y = part.x[index], part.labels[index]
+                if kind == "interval":
+                    gaps = graph.margin_bounds(weights, radii, x, y, kind, dtype=torch.float64)
+                    gaps = gaps.masked_fill(F.one_hot(y.to(gaps.device), gaps.shape[1]).bool(), math.inf)
+                    open_classes[index.to(open_classes.device)] = (gaps <= 0).sum(dim=1).to(open_classes.device)
+                    bound = gaps.amin(dim=1)
+                else:
+                    bound = graph.margin_lower_bound(weights, radii, x, y, kind, dtype=torch.float64,
+                                                     refine=refine, share=share)
+                tolerance = tolerances[index.to(tolerances.device)]
+                where = index.to(best.device)
+                best[where] = torch.maximum(best[where], (bound / tolerance.to(bound.device) * MARGIN_TOLERANCE).cpu())
+                flags[offset + index.to(flags.device)] = (bound > tolerance.to(bound.device)).double().to(flags.device)
+                bar.update()
+            bar.close()
     if distributed.active():
         (flags,) = distributed.all_reduce_sum([flags])
     certified = [int(i) for i in torch.nonzero(flags.cpu() > 0.5).flatten()]
@@ -187,6 +235,8 @@ class BoundGraph:
     def __init__(self, module: fx.GraphModule, mapped: set[str]) -> None:
         self.module = module
         self.mapped = mapped
+        #: Dense layer matrices kept across calls; only :func:`certify` sets it, for its fixed weights.
+        self.dense_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None
         self.nodes = list(module.graph.nodes)
         inputs = [n for n in self.nodes if n.op == "placeholder"]
         if len(inputs) != 1:
@@ -356,23 +406,29 @@ class BoundGraph:
 
     def margin_lower_bound(self, weights: Mapping[str, torch.Tensor], radii: Mapping[str, torch.Tensor],
                            x: torch.Tensor, labels: torch.Tensor, method: str = "crown",
-                           dtype: torch.dtype = torch.float64) -> torch.Tensor:
+                           dtype: torch.dtype = torch.float64, *, refine: bool = True,
+                           share: bool = True) -> torch.Tensor:
         """Per sample, a lower bound of ``min_{j != y} z_y - z_j`` over every chip ``W + ΔW``, ``|ΔW| <= radii``.
 
         ``weights`` are the mapped layers' nominal values (the crossbar's ``W_q``; a trainer's float
-        weights, in which case the bound is differentiable with respect to them).
+        weights, in which case the bound is differentiable with respect to them).  A class whose interval
+        bound is already positive keeps it (no crown row spent on it): still sound, and positive whenever
+        the bound with every class's crown row is.
         """
-        gaps = self.margin_bounds(weights, radii, x, labels, method, dtype)
+        gaps = _Run(self, weights, radii, x.to(dtype), dtype, method, refine, share).margin(labels, open_only=True)
         return gaps.masked_fill(F.one_hot(labels.to(gaps.device), gaps.shape[1]).bool(), float("inf")).amin(dim=1)
 
     def margin_bounds(self, weights: Mapping[str, torch.Tensor], radii: Mapping[str, torch.Tensor],
                       x: torch.Tensor, labels: torch.Tensor, method: str = "crown",
-                      dtype: torch.dtype = torch.float64) -> torch.Tensor:
+                      dtype: torch.dtype = torch.float64, *, refine: bool = True,
+                      share: bool = True) -> torch.Tensor:
         """Per sample and class ``j``, a lower bound of ``z_y - z_j`` over the box (0 at ``j = y``), shape
         ``(N, classes)``.  ``-margin_bounds`` are the worst-case logits certified training descends
-        (CROWN-IBP's ``CE(-m)``)."""
+        (CROWN-IBP's ``CE(-m)``).  ``refine=False``: crown's margin pass over the interval intermediate bounds
+        only; ``share=False``: the plain ``|Λ|·R·|a|`` term on a convolution of a computed input, its weight
+        sharing dropped (each cheaper, looser, as sound)."""
         check_method(method)
-        run = _Run(self, weights, radii, x.to(dtype), dtype, method)
+        run = _Run(self, weights, radii, x.to(dtype), dtype, method, refine, share)
         return run.margin(labels)
 
 
@@ -414,10 +470,11 @@ class _Run:
     """The bounds of one batch of samples: intervals for every node, CROWN on demand."""
 
     def __init__(self, graph: BoundGraph, weights: Mapping[str, torch.Tensor], radii: Mapping[str, torch.Tensor],
-                 x: torch.Tensor, dtype: torch.dtype, method: str) -> None:
+                 x: torch.Tensor, dtype: torch.dtype, method: str, refine: bool = True, share: bool = True) -> None:
         self.graph = graph
         self.dtype = dtype
         self.method = method
+        self.share = share
         self.x = x
         self.constants = graph._constants(weights, dtype)
         self.weights: dict[str, torch.Tensor] = {}
@@ -438,13 +495,36 @@ class _Run:
         self.upper: dict[fx.Node, torch.Tensor] = {}
         self.offsets: dict[fx.Node, torch.Tensor] = {}
         self.images: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
-        self.dense: dict[tuple[str, int], torch.Tensor] = {}
+        # Shared by the batches of one certify() call (fixed weights), else this run's own.
+        self.dense: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = graph.dense_cache if graph.dense_cache \
+            is not None else {}
         for node in graph.rules:
             self._interval(node)
-            if method == "crown" and node in graph.refined and not self._exact(node):
-                lower, upper = self._crown_bounds(node)
+            if method == "crown" and refine and node in graph.refined and not self._exact(node) and \
+                    not self._monotone(node):
+                mask = self._unstable(node)
+                lower, upper = self._crown_bounds(node, mask)
                 self.lower[node] = torch.maximum(self.lower[node], lower)
                 self.upper[node] = torch.minimum(self.upper[node], upper)
+
+    def _monotone(self, node: fx.Node) -> bool:
+        """A ReLU/LeakyReLU whose input bounds are already exact or CROWN-refined: its interval image of those
+        bounds is at least as tight as a CROWN pass through its own relaxation (the relaxation's lines meet the
+        function at the input's bounds), so no backward pass is spent on it."""
+        rule = self.graph.rules[node]
+        if rule.kind != "act" or rule.activation not in ("relu", "leaky_relu"):
+            return False
+        dep = rule.deps[0]
+        return self._exact(dep) or dep in self.graph.refined
+
+    def _unstable(self, node: fx.Node) -> torch.Tensor | None:
+        """Where a tighter bound can matter: when every reader of ``node`` is a ReLU/LeakyReLU, only its
+        unstable elements (interval lower < 0 < upper); a stable element's relaxation is already exact, and
+        its interval bounds stay sound.  ``None``: every element."""
+        readers = [self.graph.rules[user] for user in self.graph.users[node]]
+        if not readers or any(r.kind != "act" or r.activation not in ("relu", "leaky_relu") for r in readers):
+            return None
+        return (self.lower[node] < 0) & (self.upper[node] > 0)
 
     def _exact(self, node: fx.Node) -> bool:
         """Interval bounds are already the exact range: a linear layer on the exact input."""
@@ -489,12 +569,14 @@ class _Run:
 
     def _dense(self, rule: _Rule, weight: torch.Tensor, shape: torch.Size) -> torch.Tensor:
         """The layer's map as a matrix ``(outputs, inputs)`` (columns: the images of the unit inputs)."""
-        key = (rule.weight, id(weight))
-        if key not in self.dense:
+        key = (rule.weight, id(weight), tuple(shape[1:]))
+        cached = self.dense.get(key)
+        if cached is None or cached[0] is not weight:  # the tensor itself is kept: an id is never reused stale
             count = math.prod(shape[1:])
             basis = torch.eye(count, dtype=weight.dtype, device=weight.device).view(count, *shape[1:])
-            self.dense[key] = self._forward(rule, basis, weight).reshape(count, -1).t().contiguous()
-        return self.dense[key]
+            cached = (weight, self._forward(rule, basis, weight).reshape(count, -1).t().contiguous())
+            self.dense[key] = cached
+        return cached[1]
 
     # --- intervals -------------------------------------------------------------------------------
     def _interval(self, node: fx.Node) -> None:
@@ -562,14 +644,38 @@ class _Run:
         raise CimguardError(f"cannot certify: no interval rule for node {node.name}")  # never reached: _rule refuses
 
     # --- CROWN ------------------------------------------------------------------------------------
-    def _crown_bounds(self, node: fx.Node) -> tuple[torch.Tensor, torch.Tensor]:
-        """CROWN lower and upper bounds of every element of ``node``."""
+    def _crown_bounds(self, node: fx.Node, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """CROWN lower and upper bounds of the elements of ``node`` where ``mask`` holds (``None``: all); elsewhere
+        ``-inf``/``inf`` (the caller intersects them with the interval bounds).
+
+        Each sample gets one spec row per selected element (and its negation), padded with zero rows to the
+        batch's largest count, so a batch costs rows for its most unstable sample, not for every element.
+        """
         shape = self.lower[node].shape
         n, count = shape[0], math.prod(shape[1:])
-        eye = torch.eye(count, dtype=self.dtype, device=self.x.device)
-        spec = torch.cat([eye, -eye]).view(1, 2 * count, *shape[1:]).expand(n, -1, *shape[1:])
+        device = self.x.device
+        if mask is None:
+            eye = torch.eye(count, dtype=self.dtype, device=device)
+            spec = torch.cat([eye, -eye]).view(1, 2 * count, *shape[1:]).expand(n, -1, *shape[1:])
+            bound = self.backward(node, spec)
+            return bound[:, :count].view(shape), -bound[:, count:].view(shape)
+        flat = mask.reshape(n, count)
+        rows = int(flat.sum(dim=1).max()) if n else 0
+        lower = torch.full((n, count), -math.inf, dtype=self.dtype, device=device)
+        upper = torch.full((n, count), math.inf, dtype=self.dtype, device=device)
+        if rows == 0:
+            return lower.view(shape), upper.view(shape)
+        # Per sample, the selected element indices first (a stable sort keeps them ordered), then padding.
+        order = torch.sort((~flat).to(torch.int8), dim=1, stable=True).indices[:, :rows]
+        valid = torch.gather(flat, 1, order)
+        spec = torch.zeros(n, rows, count, dtype=self.dtype, device=device)
+        spec.scatter_(2, order.unsqueeze(2), valid.to(self.dtype).unsqueeze(2))
+        spec = torch.cat([spec, -spec], dim=1).view(n, 2 * rows, *shape[1:])
         bound = self.backward(node, spec)
-        return bound[:, :count].view(shape), -bound[:, count:].view(shape)
+        low, high = bound[:, :rows], -bound[:, rows:]
+        lower.scatter_(1, order, torch.where(valid, low, -math.inf))
+        upper.scatter_(1, order, torch.where(valid, high, math.inf))
+        return lower.view(shape), upper.view(shape)
 
     def backward(self, start: fx.Node, spec: torch.Tensor) -> torch.Tensor:
         """Lower bound of ``spec · start`` per sample and row: ``spec`` is ``(N, S, *shape of start)``."""
@@ -604,13 +710,12 @@ class _Run:
                     nominal, spread = self._input_images(rule, weight, radius)
                     total = total + _dot(lam, nominal)
                     if radius is not None and _shares_weights(rule, lam):
-                        back, constant = _shared_penalty(rule.module, lam, radius, self.x, self.x)
-                        total = total + _dot(back, self.x) + constant
+                        total = total - _shared_penalty_exact(rule.module, lam, radius, self.x)
                     elif spread is not None:
                         total = total - _dot(lam.abs(), spread)
                     continue
                 back = self._adjoint(rule, lam, weight, self.lower[a].shape)
-                if radius is not None and _shares_weights(rule, lam):
+                if radius is not None and self.share and _shares_weights(rule, lam):
                     extra, constant = _shared_penalty(rule.module, lam, radius, self.lower[a], self.upper[a])
                     back = back + extra
                     total = total + constant
@@ -662,7 +767,10 @@ class _Run:
         return self.offsets[node]
 
     # --- the margin -----------------------------------------------------------------------------------
-    def margin(self, labels: torch.Tensor) -> torch.Tensor:
+    def margin(self, labels: torch.Tensor, open_only: bool = False) -> torch.Tensor:
+        """Per sample and class ``j``, the lower bound of ``z_y - z_j``.  ``open_only``: crown rows only for the
+        classes whose interval bound is not already positive (the others keep that sound bound), each
+        sample's rows padded to the batch's largest count."""
         out = self.graph.output
         lower, upper = self.lower[out], self.upper[out]
         if lower.dim() != 2:
@@ -673,8 +781,18 @@ class _Run:
         # Interval margin: the true class's lower bound against every other class's upper bound.
         interval = lower.gather(1, labels[:, None]) - upper
         if self.method == "crown":
-            spec = true.unsqueeze(1) - torch.eye(classes, dtype=self.dtype, device=lower.device).unsqueeze(0)
-            interval = torch.maximum(interval, self.backward(out, spec))
+            # One row per other class j (the row j = y is zero: no pass spent on it).
+            wanted = ~true.bool()
+            if open_only:
+                wanted &= interval <= 0
+            rows = int(wanted.sum(dim=1).max()) if len(labels) else 0
+            if rows:
+                # Per sample the wanted classes first (a stable sort keeps their order), then padding rows.
+                others = torch.sort((~wanted).to(torch.int8), dim=1, stable=True).indices[:, :rows]
+                valid = wanted.gather(1, others)
+                spec = true.unsqueeze(1) - F.one_hot(others, classes).to(self.dtype)
+                bound = torch.where(valid, self.backward(out, spec), -math.inf)
+                interval = torch.maximum(interval, torch.full_like(interval, -math.inf).scatter(1, others, bound))
         return interval.masked_fill(true.bool(), 0.0)
 
 
@@ -716,24 +834,68 @@ def _shared_penalty(conv: nn.Conv2d, lam: torch.Tensor, radius: torch.Tensor, lo
     n, s, out_channels = lam.shape[:3]
     channels, height, width = lower.shape[1:]
     kernel, padding = conv.kernel_size, (0, 0) if conv.padding == "valid" else conv.padding
-    low = F.unfold(lower, kernel, dilation=conv.dilation, padding=padding, stride=conv.stride)  # (N, C·k·k, L)
-    high = F.unfold(upper, kernel, dilation=conv.dilation, padding=padding, stride=conv.stride)
+    unfold = dict(dilation=conv.dilation, padding=padding, stride=conv.stride)
+    center = F.unfold((upper + lower) / 2, kernel, **unfold).transpose(1, 2)  # (N, L, C·k·k)
+    spread = F.unfold((upper - lower) / 2, kernel, **unfold).transpose(1, 2)
     flat = lam.reshape(n, s, out_channels, -1)  # (N, S, Co, L)
-    positive, negative = flat.clamp(min=0), flat.clamp(max=0)
-    low_t, high_t = low.transpose(1, 2).unsqueeze(1), high.transpose(1, 2).unsqueeze(1)  # (N, 1, L, C·k·k)
-    g_low = positive @ low_t + negative @ high_t  # (N, S, Co, C·k·k)
-    g_high = positive @ high_t + negative @ low_t
-    # |t| <= slope·t + intercept on [g_low, g_high]: the chord of a convex function.
-    span = (g_high - g_low).clamp(min=1e-300)
-    slope = torch.where(g_low >= 0, 1.0, torch.where(g_high <= 0, -1.0, (g_high + g_low) / span)).to(lam.dtype)
-    intercept = torch.where((g_low >= 0) | (g_high <= 0), 0.0, -2 * g_high * g_low / span).to(lam.dtype)
+    # G over the box of a: centre Λ·c and radius |Λ|·r (the same range as Λ⁺·l + Λ⁻·u .. Λ⁺·u + Λ⁻·l),
+    # each one batched product per sample (N, S·Co, L) @ (N, L, C·k·k), no broadcast copies over S.
+    rows = flat.reshape(n, -1, flat.shape[3])
+    g_mid = torch.bmm(rows, center).view(n, s, out_channels, -1)  # (N, S, Co, C·k·k)
+    g_rad = torch.bmm(rows.abs(), spread).view(n, s, out_channels, -1)
+    # |t| <= slope·t + intercept on [m - r, m + r]: the chord of a convex function.  With
+    # slope = clamp(m / r, -1, 1) and intercept = r (1 - slope²) it passes through (m - r, |m - r|) and
+    # (m + r, |m + r|) when |m| < r, and is |t| itself (slope ±1, intercept 0) when the range has one sign.
+    slope = (g_mid / g_rad.clamp(min=1e-300)).clamp(-1.0, 1.0)
+    intercept = g_rad * (1 - slope * slope)
     weight = radius.reshape(out_channels, -1)  # (Co, C·k·k)
     scaled = weight * slope  # (N, S, Co, C·k·k)
     columns = -(scaled.transpose(2, 3) @ flat)  # (N, S, C·k·k, L): -Σ_o R·slope·Λ
-    back = F.fold(columns.reshape(n * s, *columns.shape[2:]), (height, width), kernel, dilation=conv.dilation,
-                  padding=padding, stride=conv.stride)
+    back = _fold(columns.reshape(n * s, *columns.shape[2:]), (height, width), kernel, conv.dilation, padding,
+                 conv.stride)
     constant = -(weight * intercept).flatten(2).sum(dim=2)
     return back.view(n, s, channels, height, width), constant
+
+
+def _shared_penalty_exact(conv: nn.Conv2d, lam: torch.Tensor, radius: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``max_{|ΔW| <= R} -Λ·conv(x, ΔW) = Σ_w R_w |G_w(x)|`` on an exact input ``x``, per sample and row
+    ``(N, S)``: :func:`_shared_penalty` with ``lower = upper = x`` (the chord of ``|t|`` is ``|t|`` itself),
+    without the coefficient on ``x`` it would fold back only to take its product with ``x`` again."""
+    n, s, out_channels = lam.shape[:3]
+    kernel, padding = conv.kernel_size, (0, 0) if conv.padding == "valid" else conv.padding
+    patches = F.unfold(x, kernel, dilation=conv.dilation, padding=padding, stride=conv.stride)  # (N, C·k·k, L)
+    g = torch.bmm(lam.reshape(n, s * out_channels, -1), patches.transpose(1, 2))  # (N, S·Co, C·k·k)
+    return (g.abs().view(n, s, out_channels, -1) * radius.reshape(out_channels, -1)).flatten(2).sum(dim=2)
+
+
+_FOLD_INDEX: dict[tuple, torch.Tensor] = {}
+
+
+def _fold(columns: torch.Tensor, size: tuple[int, int], kernel: Any, dilation: Any, padding: Any,
+          stride: Any) -> torch.Tensor:
+    """``F.fold`` (sum the sliding-window columns ``(B, C·k·k, L)`` back into ``(B, C, *size)``) as one
+    ``index_add_`` over a cached column-to-pixel index: ``F.fold`` on the CPU loops over the batch, and the
+    backward passes fold thousands of small items at once."""
+    pair = nn.modules.utils._pair
+    kernel, dilation, padding, stride = pair(kernel), pair(dilation), pair(padding), pair(stride)
+    batch, rows, positions = columns.shape
+    channels = rows // (kernel[0] * kernel[1])
+    key = (channels, tuple(size), kernel, dilation, padding, stride, positions, str(columns.device))
+    index = _FOLD_INDEX.get(key)
+    if index is None:
+        # Unfold the pixel numbers (padding: -1) to learn which pixel each column entry came from.
+        padded_size = (size[0] + 2 * padding[0], size[1] + 2 * padding[1])
+        pixels = torch.arange(channels * size[0] * size[1], dtype=torch.float64, device=columns.device)
+        image = F.pad(pixels.view(1, channels, *size), (padding[1], padding[1], padding[0], padding[0]), value=-1.0)
+        unfolded = F.unfold(image, kernel, dilation=dilation, stride=stride)
+        if unfolded.shape[1:] != (rows, positions) or image.shape[2:] != padded_size:
+            raise CimguardError("internal: fold shapes do not match")  # never reached for the pools and convs here
+        flat = unfolded.flatten().long()
+        index = torch.where(flat < 0, channels * size[0] * size[1], flat)  # padding: one dropped extra slot
+        _FOLD_INDEX[key] = index
+    out = torch.zeros(batch, channels * size[0] * size[1] + 1, dtype=columns.dtype, device=columns.device)
+    out.index_add_(1, index, columns.reshape(batch, -1))
+    return out[:, :-1].view(batch, channels, *size)
 
 
 def _neg_abs_chord(lower: torch.Tensor, upper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -835,7 +997,7 @@ def _maxpool_backward(pool: nn.MaxPool2d, lam: torch.Tensor, lower: torch.Tensor
     coefficient.scatter_add_(3, j_low.unsqueeze(1).expand(n, s, channels, 1, -1), positive)
     coefficient.scatter_add_(3, j_up.unsqueeze(1).expand(n, s, channels, 1, -1), negative * slope.unsqueeze(1))
     constant = (negative * intercept.unsqueeze(1)).flatten(2).sum(dim=2)
-    folded = F.fold(coefficient.reshape(n * s * channels, size, out_h * out_w), padded, kernel,
-                    dilation=dilation, stride=stride)
+    folded = _fold(coefficient.reshape(n * s * channels, size, out_h * out_w), padded, kernel, dilation, (0, 0),
+                   stride)
     back = folded.view(n, s, channels, *padded)[..., pads[2]:pads[2] + height, pads[0]:pads[0] + width]
     return back, constant
