@@ -75,12 +75,12 @@ def _first_index(mask: np.ndarray) -> tuple[int, ...]:
     return tuple(int(i) for i in np.unravel_index(flat, mask.shape)) if mask.ndim else ()
 
 
-def check_finite(values: np.ndarray | torch.Tensor, what: str) -> None:
-    """Refuse NaN and ±Inf, with their count and the first index."""
+def check_finite(values: np.ndarray | torch.Tensor, what: str, *, allow_inf: bool = False) -> None:
+    """Refuse NaN and ±Inf (only NaN with ``allow_inf``), with their count and the first index."""
     if isinstance(values, torch.Tensor):
         if not values.is_floating_point() and not values.is_complex():
             return
-        bad_tensor = ~torch.isfinite(values.detach())
+        bad_tensor = torch.isnan(values.detach()) if allow_inf else ~torch.isfinite(values.detach())
         if not bool(bad_tensor.any()):
             return
         bad = bad_tensor.cpu().numpy()
@@ -88,10 +88,11 @@ def check_finite(values: np.ndarray | torch.Tensor, what: str) -> None:
         values = np.asarray(values)
         if values.dtype.kind not in "fc":
             return
-        bad = ~np.isfinite(values)
+        bad = np.isnan(values) if allow_inf else ~np.isfinite(values)
         if not bad.any():
             return
-    raise CimguardError(f"{what} holds {int(bad.sum())} non-finite value(s) (NaN or ±Inf); "
+    kind = "NaN" if allow_inf else "NaN or ±Inf"
+    raise CimguardError(f"{what} holds {int(bad.sum())} non-finite value(s) ({kind}); "
                         f"the first at index {_first_index(bad)}")
 
 
@@ -195,10 +196,8 @@ def check_model_tensors(tensors, where: str) -> None:
                                 f"{tuple(tensor.dims)} ({str(exc)[:120]})") from None
         if values.dtype.kind not in "fc":  # bfloat16 arrives as an ml_dtypes type numpy cannot test
             values = values.astype(np.float32)
-        nan = np.isnan(values)
-        if nan.any():
-            raise CimguardError(f"{where}: tensor {tensor.name!r} holds {int(nan.sum())} non-finite value(s) (NaN); "
-                                f"the first at index {_first_index(nan)}")
+        # ±Inf is a legitimate constant (the start of a running Max); only crossbar weights must be finite.
+        check_finite(values, f"{where}: tensor {tensor.name!r}", allow_inf=True)
 
 
 def check_crossbar_weights(weights: Mapping[str, tuple[str, torch.Tensor]], where: str) -> None:

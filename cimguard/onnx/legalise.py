@@ -535,6 +535,12 @@ def quantized_forms(state: Legalised) -> None:
 _HALF_TYPES = (onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
 
 
+def casts_to(model: onnx.ModelProto, elem_types: tuple[int, ...]) -> bool:
+    """Whether a ``Cast`` of the main graph converts to one of ``elem_types``."""
+    return any(node.op_type == "Cast" and any(a.name == "to" and a.i in elem_types for a in node.attribute)
+               for node in model.graph.node)
+
+
 def widen_half_precision(model: onnx.ModelProto, *, graph_io: bool) -> tuple[int, int]:
     """In ``model`` (changed in place): float16 and bfloat16 initializers become float32 (exactly: every
     half-precision number is a float32), ``Cast`` to float16/bfloat16 casts to float32, and internal value
@@ -567,9 +573,8 @@ def compute_in_float32(state: Legalised) -> None:
     file's declared types for its inputs and outputs, and data is fed as the file declares it.
     """
     graph = state.model.graph
-    if not any(init.data_type == onnx.TensorProto.BFLOAT16 for init in graph.initializer) and not any(
-            node.op_type == "Cast" and any(a.name == "to" and a.i in _HALF_TYPES for a in node.attribute)
-            for node in graph.node):
+    if not any(init.data_type == onnx.TensorProto.BFLOAT16 for init in graph.initializer) and not casts_to(
+            state.model, _HALF_TYPES):
         return  # nothing computes in half precision inside: the file's own types stay
     widened, casts = widen_half_precision(state.model, graph_io=True)
     if widened:

@@ -18,6 +18,7 @@ from torch import nn
 
 from cimguard.errors import CimguardError, first_line
 from cimguard.onnx.batch import fixed_batch, output_mismatch
+from cimguard.onnx.legalise import casts_to
 from cimguard.onnx.model import TensorSpec, output_paths, select_output
 from cimguard.seeds import torch_generator
 
@@ -247,7 +248,7 @@ def comparison_tolerance(model: onnx.ModelProto, tolerance: float) -> float:
         tolerance = max(tolerance, BFLOAT16_TOLERANCE)
     half = onnx.TensorProto.FLOAT16
     uses_half = any(init.data_type == half for init in model.graph.initializer) or any(
-        value.type.tensor_type.elem_type == half for value in model.graph.input) or _casts_to(model, half)
+        value.type.tensor_type.elem_type == half for value in model.graph.input) or casts_to(model, (half,))
     return max(tolerance, FLOAT16_TOLERANCE) if uses_half else tolerance
 
 
@@ -255,13 +256,7 @@ def _holds_bfloat16(model: onnx.ModelProto) -> bool:
     bf16 = onnx.TensorProto.BFLOAT16
     graph = model.graph
     return any(init.data_type == bf16 for init in graph.initializer) or any(
-        value.type.tensor_type.elem_type == bf16 for value in (*graph.input, *graph.output)) or _casts_to(model, bf16)
-
-
-def _casts_to(model: onnx.ModelProto, elem_type: int) -> bool:
-    """Whether a ``Cast`` of the main graph converts to ``elem_type``."""
-    return any(node.op_type == "Cast" and any(a.name == "to" and a.i == elem_type for a in node.attribute)
-               for node in model.graph.node)
+        value.type.tensor_type.elem_type == bf16 for value in (*graph.input, *graph.output)) or casts_to(model, (bf16,))
 
 
 def onnx_feed(spec: TensorSpec, x: torch.Tensor) -> np.ndarray:
