@@ -145,6 +145,7 @@ from cimguard.sim.device import AfterProgramming, Device, DeviceConfig, check_no
 from cimguard.sim.evaluate import KPP_PERCENTILES, EvalData, accuracy, monte_carlo
 from cimguard.sim.gradients import (
     flwc_step,
+    gradient_vanished,
     linf_ratio,
     margin_gradient_with_accuracy,
     margin_loss,
@@ -183,6 +184,7 @@ __all__: list[str] = [
     "margin_loss",
     "margin_gradient_with_accuracy",
     "project",
+    "gradient_vanished",
     "sign_step",
     "sign_descent",
     "flwc_step",

@@ -108,7 +108,7 @@ def sign_descent(
         if acc <= 0.0:
             stopped, scored = f"{label}: accuracy 0 (every margin negative) after {t + 1} passes", True
             break
-        if not any(bool(((grad != 0) & (problem.bounds[name] > 0)).any()) for name, grad in grads.items()):
+        if gradient_vanished(grads, problem.bounds):
             stopped, scored = f"{label}: the margin gradient vanished after {t + 1} passes", True
             break
         scale = 1.0 if schedule is None else schedule(t)
@@ -128,6 +128,11 @@ def sign_descent(
 def flwc_step(problem: AttackProblem, k: float) -> Perturbation:
     """The F-LWC step ``η = bound / k`` per weight."""
     return {name: bound / k for name, bound in problem.bounds.items()}
+
+
+def gradient_vanished(gradient: Perturbation, bounds: Perturbation) -> bool:
+    """True when no weight that may move (bound > 0) has a non-zero margin gradient: a sign step goes nowhere."""
+    return not any(bool(((grad != 0) & (bounds[name] > 0)).any()) for name, grad in gradient.items())
 
 
 def project(perturbation: Perturbation, bounds: Perturbation) -> Perturbation:

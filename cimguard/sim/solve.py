@@ -52,8 +52,11 @@ class WorstCase:
     """True when the search was stopped early (Ctrl-C); the result is the best so far."""
     passes: int = 0
     """Passes over the evaluation data the search used (forward, plus backward where it took a gradient)."""
-    curve: list[float | None] = field(default_factory=list)
-    """The any-time curve: best accuracy after each pass (see :func:`anytime_curve`)."""
+
+    @property
+    def curve(self) -> list[float | None]:
+        """The any-time curve: best accuracy after each pass (derived from the trace: :func:`anytime_curve`)."""
+        return anytime_curve(self.trace, self.passes)
 
 
 @dataclass(frozen=True)
@@ -175,8 +178,7 @@ class Tracker:
         if self.best is None:  # stopped before the first candidate: the unperturbed chip
             self.best = self.problem.crossbar.zeros()
             self.best_accuracy = accuracy(self.problem.crossbar, self.problem.data, self.best)
-        return WorstCase(self.best, self.best_accuracy, self.trace, self.interrupted, self.passes,
-                         anytime_curve(self.trace, self.passes))
+        return WorstCase(self.best, self.best_accuracy, self.trace, self.interrupted, self.passes)
 
 
 class Solver:

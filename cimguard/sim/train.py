@@ -119,15 +119,21 @@ class Run:
         multiplied by ``max|W| / max|W|.detach()`` (value one): the loss then also sees
         how the layer's largest weight sets the size of every perturbation.
         """
+        scaled = self.follows_scale(chip, perturbation) if perturbation is not None else None
+        return {name: (w - w.detach()) + scaled[name] if scaled is not None else w - w.detach()
+                for name, w in self.weights.items()}
+
+    def follows_scale(self, chip: Crossbar, perturbation: Mapping[str, torch.Tensor]) -> Perturbation:
+        """``perturbation`` (detached) times ``max|W| / max|W|.detach()`` per layer (value one, gradient to ``W``):
+        a device's ΔW, or a box, is proportional to the layer's full scale.  A quantized file's scale is fixed,
+        so its layers' ΔW does not follow ``W``."""
         result = {}
         for name, w in self.weights.items():
-            value = w - w.detach()
-            if perturbation is not None and chip.layers[name].codes is not None:
-                value = value + perturbation[name].detach()  # a quantized file's scale is fixed: ΔW does not follow W
-            elif perturbation is not None:
+            delta = perturbation[name].detach()
+            if chip.layers[name].codes is None:
                 scale = w.abs().max()
-                value = value + perturbation[name].detach() * (scale / scale.detach().clamp_min(1e-12))
-            result[name] = value
+                delta = delta * (scale / scale.detach().clamp_min(1e-12))
+            result[name] = delta
         return result
 
     def cross_entropy(

@@ -36,9 +36,12 @@ from cimguard.plugin_api import (
     Solver,
     SolverConfig,
     Tracker,
+    gradient_vanished,
     hookimpl,
     linf_ratio,
     margin_gradient_with_accuracy,
+    project,
+    sign_step,
 )
 
 #: APGD's constants (Croce & Hein 2020): the momentum weight, the fraction of improving steps a
@@ -69,16 +72,8 @@ class APGD(Solver):
     Config = APGDConfig
     summary = "APGD (default): budget-aware sign steps, momentum, step halving with restarts from the best chip"
 
-    def planned_passes(self, problem: AttackProblem) -> int:
-        return self.passes()
-
-    def passes(self) -> int:
-        """The budget the schedule is laid out for."""
-        config = self.config
-        return min(config.iterations, config.budget) if config.budget else config.iterations
-
     def search(self, problem: AttackProblem, generator: torch.Generator, tracker: Tracker) -> None:
-        budget = self.passes()
+        budget = self.total_passes(problem)  # the schedule is laid out over min(iterations, budget)
         bounds = problem.bounds
         kappa = self.config.kappa
         marks = set(checkpoints(budget))
@@ -102,7 +97,7 @@ class APGD(Solver):
             if acc <= 0.0:
                 stopped = f"apgd: accuracy 0 (every margin negative) after {t + 1} passes"
                 break
-            vanished = not any(bool(((g != 0) & (bounds[name] > 0)).any()) for name, g in grad.items())
+            vanished = gradient_vanished(grad, bounds)
             if vanished and best_x is x:
                 stopped = f"apgd: the margin gradient vanished after {t + 1} passes"
                 break
@@ -128,14 +123,11 @@ class APGD(Solver):
               first: bool) -> Perturbation:
         """One projected sign step with momentum (the first step from ``ΔW = 0`` has none)."""
         weight = 1.0 if first else MOMENTUM
-        new = {}
         with torch.no_grad():
-            for name, value in x.items():
-                bound = bounds[name]
-                z = torch.clamp(value - eta * bound * torch.sign(grad[name]), -bound, bound)
-                step = value + weight * (z - value) + (1.0 - weight) * (value - previous[name])
-                new[name] = torch.clamp(step, -bound, bound)
-        return new
+            z = project(sign_step(x, grad, {name: eta * bound for name, bound in bounds.items()}), bounds)
+            moved = {name: value + weight * (z[name] - value) + (1.0 - weight) * (value - previous[name])
+                     for name, value in x.items()}
+            return project(moved, bounds)
 
 
 @hookimpl

@@ -90,11 +90,7 @@ class CertifiedTrainer(Trainer):
             # W_q with straight-through gradients to W; the box scales with the layer's max |W| as the chip's does.
             weights = {name: layer.nominal + delta for (name, layer), delta in
                        zip(chip.layers.items(), run.straight_through(chip).values())}
-            full = chip.bounds(run.extra["thg"] * share)
-            radii = {}
-            for name, w in run.weights.items():
-                scale = w.abs().max()
-                radii[name] = full[name] * (scale / scale.detach().clamp_min(1e-12))
+            radii = run.follows_scale(chip, chip.bounds(run.extra["thg"] * share))
             gaps = self._graph.margin_bounds(weights, radii, x, y, self.config.method, dtype=x.dtype)
             kappa = self.config.kappa * share
             loss = (1 - kappa) * clean_loss + kappa * F.cross_entropy(-gaps, y)
