@@ -1,6 +1,6 @@
 """Certified worst case: tightness and cost of the certifier, and certified hardening next to A-TRICE.
 
-    python benchmarks/bench_certify.py [--stages lenet,resnet,hardening] [--seeds 0,1,2,3,4] [--threads 1]
+    python benchmarks/bench_certify.py [--stages lenet,cost,joint,resnet,hardening] [--seeds 0,1,2,3,4] [--threads 1]
 
 Stages, each saving its raw numbers to ``benchmarks/results/`` (a stage whose file exists is not re-run;
 delete the file to re-measure):
@@ -11,6 +11,9 @@ delete the file to re-measure):
 * ``certify_cost.json``: the cost of certifying the 360 images at thg 0.001 against one F-LWC run of 60
   passes (60 margin gradients over the evaluation set), on the same machine, in the same process (the
   ratio is printed);
+* ``certify_joint.json``: at ``--joint-thg``, crown (per sample), the ceiling of any per-sample certificate
+  (a per-sample attack: each sample against its own worst chip), the ``joint`` certificate (the worst single
+  chip) and ``pgd``'s single chip;
 * ``certify_resnet.json``: torchvision's ResNet-18 (random weights, 10 classes) at 3×32×32, exported to
   ONNX here (no download), certified with intervals on the CPU;
 * ``certify_hardening_seed{S}.json``: the shipped LeNet fine-tuned by ``atrice`` (write-verify at thg 0.01)
@@ -44,10 +47,16 @@ def _save(path: Path, record: dict) -> None:
     print(f"wrote {path}", flush=True)
 
 
-def run_lenet(crown_thgs: list[float]) -> None:
-    path = RESULTS / "certify_lenet.json"
+def _done(path: Path) -> bool:
+    """A stage whose results file exists is not re-run (delete the file to re-measure)."""
     if path.exists():
         print(f"{path.name} exists: skipped")
+    return path.exists()
+
+
+def run_lenet(crown_thgs: list[float]) -> None:
+    path = RESULTS / "certify_lenet.json"
+    if _done(path):
         return
     from cimguard.api import setup
 
@@ -70,8 +79,7 @@ def run_cost() -> None:
     """Certifying the 360 images at thg 0.001 against 60 F-LWC passes (one margin gradient over the whole
     evaluation set each, what one F-LWC iteration costs), one process, same threads."""
     path = RESULTS / "certify_cost.json"
-    if path.exists():
-        print(f"{path.name} exists: skipped")
+    if _done(path):
         return
     from cimguard.api import setup
     from cimguard.sim.gradients import margin_gradient_with_accuracy
@@ -82,7 +90,7 @@ def run_cost() -> None:
     for _ in range(60):
         margin_gradient_with_accuracy(chip.crossbar, chip.data, zero)
     timing = {"flwc_60_passes_seconds": time.perf_counter() - start}
-    for method in ("interval", "crown"):
+    for method in ("interval", "crown", "joint"):
         result = chip.certify(0.001, method)
         timing[f"{method}_seconds"] = result.seconds
         timing[f"{method}_accuracy"] = result.accuracy
@@ -93,10 +101,82 @@ def run_cost() -> None:
                               "samples": len(chip.data.labels), "threads": torch.get_num_threads()}, **timing})
 
 
+def per_sample_ceiling(chip, thg: float, restarts: int = 3, steps: int = 100) -> float:
+    """The fraction of samples no per-sample attack flips: each sample gets its *own* chip (sign-gradient
+    descent on its margin inside the box, from the nominal chip and from seeded random chips).  Every sample
+    it flips has a chip that misclassifies it, so no per-sample certificate can exceed this number."""
+    import copy
+
+    from torch.func import functional_call, vmap
+
+    from cimguard.sim.worst_case import make_problem
+
+    crossbar, data = chip.crossbar, chip.data
+    bounds = make_problem(crossbar, data, thg).bounds
+    module = copy.deepcopy(crossbar.imported.module).double()
+    weights = {name: layer.nominal.double() for name, layer in crossbar.layers.items()}
+    radii = {name: bounds[name].double() for name in weights}
+    x, y = data.x.double(), data.labels
+    count = len(y)
+
+    def margins(delta: dict) -> torch.Tensor:
+        def one(w: dict, sample: torch.Tensor) -> torch.Tensor:
+            return functional_call(module, w, (sample.unsqueeze(0),), strict=False)[0]
+
+        logits = vmap(one, in_dims=({name: 0 for name in weights}, 0))({k: weights[k] + delta[k] for k in weights}, x)
+        true = logits.gather(1, y[:, None])[:, 0]
+        return true - logits.masked_fill(torch.nn.functional.one_hot(y, logits.shape[1]).bool(), -torch.inf).amax(1)
+
+    worst = margins({k: torch.zeros(count, *w.shape, dtype=torch.float64) for k, w in weights.items()}).detach()
+    for restart in range(restarts):
+        generator = torch.Generator().manual_seed(restart)
+        delta = {k: torch.zeros(count, *w.shape, dtype=torch.float64) if restart == 0 else
+                 (torch.rand(count, *w.shape, generator=generator, dtype=torch.float64) * 2 - 1) * radii[k]
+                 for k, w in weights.items()}
+        step = 0.5
+        for iteration in range(steps):
+            for value in delta.values():
+                value.requires_grad_(True)
+            margin = margins(delta)
+            worst = torch.minimum(worst, margin.detach())
+            grads = torch.autograd.grad(margin.sum(), list(delta.values()))
+            with torch.no_grad():
+                delta = {k: (v - step * radii[k] * g.sign()).clamp(-radii[k], radii[k])
+                         for (k, v), g in zip(delta.items(), grads)}
+            if iteration in (steps * 2 // 5, steps * 7 // 10):
+                step /= 2
+        worst = torch.minimum(worst, margins(delta).detach())
+    return float((worst > 0).double().mean())
+
+
+def run_joint(thgs: list[float]) -> None:
+    """Per sample against one chip: crown (per sample), the per-sample attack's ceiling on any per-sample
+    certificate, the joint certificate (the worst single chip, :mod:`cimguard.sim.joint`) and pgd's single
+    chip, at each thg."""
+    path = RESULTS / "certify_joint.json"
+    if _done(path):
+        return
+    from cimguard.api import setup
+    from cimguard.sim.joint import NODE_LIMIT
+
+    chip = setup(torch_device="cpu")
+    rows = []
+    for thg in thgs:
+        crown = chip.certify(thg, "crown")
+        joint = chip.certify(thg, "joint")
+        row = {"thg": thg, "crown": crown.accuracy, "crown_seconds": crown.seconds,
+               "per_sample_ceiling": per_sample_ceiling(chip, thg), "joint": joint.accuracy,
+               "joint_seconds": joint.seconds, **{f"joint_{k}": v for k, v in joint.to_dict()["joint"].items()},
+               "pgd": chip.worst_case("pgd", thg).accuracy}
+        print(row, flush=True)
+        rows.append(row)
+    _save(path, {"settings": {"model": "lenet_digits", "device": "gaussian", "samples": len(chip.data.labels),
+                              "node_limit": NODE_LIMIT, "threads": torch.get_num_threads()}, "rows": rows})
+
+
 def run_resnet() -> None:
     path = RESULTS / "certify_resnet.json"
-    if path.exists():
-        print(f"{path.name} exists: skipped")
+    if _done(path):
         return
     import numpy as np
     import torchvision
@@ -132,8 +212,7 @@ def run_hardening(seeds: list[int]) -> None:
 
     for seed in seeds:
         path = RESULTS / f"certify_hardening_seed{seed}.json"
-        if path.exists():
-            print(f"{path.name} exists: skipped")
+        if _done(path):
             continue
         chip = build_setup(None, "digits", "gaussian", {"thg": 0.01}, torch_device="cpu")
         trainers = {"atrice": ATriceTrainer(ATriceConfig(epochs=20, seed=seed)),
@@ -157,9 +236,10 @@ def run_hardening(seeds: list[int]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--stages", default="lenet,cost,resnet,hardening")
+    parser.add_argument("--stages", default="lenet,cost,joint,resnet,hardening")
     parser.add_argument("--seeds", default="0,1,2,3,4")
     parser.add_argument("--crown-thg", default="0.0005,0.001,0.002", help="thresholds the crown certificate runs at")
+    parser.add_argument("--joint-thg", default="0.0005,0.001,0.002", help="thresholds the joint certificate runs at")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -169,6 +249,8 @@ def main() -> None:
         run_lenet([float(v) for v in args.crown_thg.split(",")])
     if "cost" in stages:
         run_cost()
+    if "joint" in stages:
+        run_joint([float(v) for v in args.joint_thg.split(",")])
     if "resnet" in stages:
         run_resnet()
     if "hardening" in stages:

@@ -332,7 +332,19 @@ def certify_cost_table() -> tuple[list[str], list[list[str]], dict]:
     header = ["360 images at thg 0.001", "certified", "seconds", "× 60 F-LWC passes"]
     rows = [["60 F-LWC passes (one run)", "-", f"{record['flwc_60_passes_seconds']:.2f}", "1"]]
     rows += [[f"`{method}`", f"{record[f'{method}_accuracy']:.3f}", f"{record[f'{method}_seconds']:.2f}",
-              f"{record[f'{method}_ratio']:.2f}"] for method in ("interval", "crown")]
+              f"{record[f'{method}_ratio']:.2f}"] for method in ("interval", "crown", "joint")]
+    return header, rows, record["settings"]
+
+
+def certify_joint_table() -> tuple[list[str], list[list[str]], dict]:
+    """The shipped LeNet per thg: pgd's single chip, the joint certificate (one chip against all samples), the
+    ceiling of any per-sample certificate and crown's per-sample one (stage joint)."""
+    record = json.loads((RESULTS / "certify_joint.json").read_text())
+    header = ["thg", "found worst case (`pgd`)", "certified (`joint`)", "per-sample ceiling (attack)",
+              "certified (`crown`)", "open samples: one chip flips at most", "`joint` seconds"]
+    rows = [[f"{r['thg']:g}", f"{r['pgd']:.3f}", f"{r['joint']:.3f}", f"{r['per_sample_ceiling']:.3f}",
+             f"{r['crown']:.3f}", f"{r['joint_flips']} of {r['joint_open_samples']}", f"{r['joint_seconds']:.2f}"]
+            for r in record["rows"]]
     return header, rows, record["settings"]
 
 
@@ -373,6 +385,7 @@ def write_tables(seeds: list[int]) -> None:
                         ("device_box", device_box_table), ("solver_budget", solver_budget_table),
                         ("node_suite", node_suite_table), ("quantized", quantized_table),
                         ("certify", certify_table), ("certify_cost", certify_cost_table),
+                        ("certify_joint", certify_joint_table),
                         ("certify_resnet", certify_resnet_table),
                         ("certify_hardening", lambda: certify_hardening_table(seeds))):
         try:

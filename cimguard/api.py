@@ -286,8 +286,8 @@ class Setup:
               samples: int = 100, seed: int = 0, budget: int | None = None, progress: bool = False,
               certify: str | None = None) -> AttackSweep:
         """Clean, Monte Carlo and worst case at each write-verify threshold (``None``: the device's own
-        box): one row per value, what ``cimguard attack --thg`` prints; ``certify`` (``interval`` or
-        ``crown``) adds the certified accuracy in each box (``attack --certify``)."""
+        box): one row per value, what ``cimguard attack --thg`` prints; ``certify`` (``interval``,
+        ``crown`` or ``joint``) adds the certified accuracy in each box (``attack --certify``)."""
         thgs = _thg_list(thg)
         chosen = pick_solvers(solvers, budget)
         return attack_sweep(self.crossbar, self.data, thgs, chosen, samples=samples, seed=seed, progress=progress,
@@ -295,7 +295,7 @@ class Setup:
 
     def certify(self, thg: float | None = None, method: str = "crown") -> Certificate:
         """Which samples no chip in the box can misclassify (``thg=None``: the device's own box), proved by
-        ``method`` (``interval`` or ``crown``): a lower bound on the worst chip's accuracy
+        ``method`` (``interval``, ``crown`` or ``joint``): a lower bound on the worst chip's accuracy
         (:func:`cimguard.sim.certify.certify`; docs/certify.md)."""
         return certify_samples(self.crossbar, self.data, None if thg is None else float(thg), method)
 

@@ -339,6 +339,17 @@ def stop_requested() -> bool:
     return _world is not None and _world.stop_requested
 
 
+def gather_objects(value: T) -> list[T]:
+    """Every rank's ``value``, in rank order, on every rank (one process: ``[value]``)."""
+    if _world is None:
+        return [value]
+    import torch.distributed as dist
+
+    values: list[Any] = [None] * _world.size
+    dist.all_gather_object(values, value)
+    return values
+
+
 def from_main(read: Callable[[], T]) -> T:
     """``read()`` on rank 0, its result sent to every rank (e.g. a checkpoint only rank 0's host has)."""
     if _world is None:

@@ -243,13 +243,13 @@ def test_the_certify_tables_of_the_docs_follow_from_the_saved_results():
 
     saved = json.loads(tables.TABLES_JSON.read_text())
     for name, build in (("certify", tables.certify_table), ("certify_cost", tables.certify_cost_table),
-                        ("certify_resnet", tables.certify_resnet_table),
+                        ("certify_joint", tables.certify_joint_table), ("certify_resnet", tables.certify_resnet_table),
                         ("certify_hardening", tables.certify_hardening_table)):
         header, rows, settings = build()
         assert saved[name]["markdown"] == tables.markdown(header, rows)
     assert saved["certify_hardening"]["settings"]["seeds"] == [0, 1, 2, 3, 4]
     quoted = dict(tables.quoted_tables((tables.ROOT / "docs" / "certify.md").read_text()))
-    assert set(quoted) == {"certify", "certify_cost", "certify_resnet", "certify_hardening"}
+    assert set(quoted) == {"certify", "certify_cost", "certify_joint", "certify_resnet", "certify_hardening"}
 
 
 def test_harden_with_the_certified_trainer_on_the_command_line(invoke, tmp_path):

@@ -78,9 +78,10 @@ def test_attack_on_two_processes_follows_the_one_process_search(invoke, tmp_path
         assert len(run_two["trace"]) == len(run_one["trace"]), name
 
 
-def test_certify_on_two_processes_proves_exactly_the_samples_one_process_proves(invoke, tmp_path):
-    args = ("attack", "--solver", "flwc", "--thg", "0.0005", "--samples", "0", "--max-samples", "61",
-            "--iterations", "2", "--certify", "interval")
+@pytest.mark.parametrize("method, thg", [("interval", "0.0005"), ("joint", "0.002")])
+def test_certify_on_two_processes_proves_exactly_the_samples_one_process_proves(invoke, tmp_path, method, thg):
+    args = ("attack", "--solver", "flwc", "--thg", thg, "--samples", "0", "--max-samples", "61",
+            "--iterations", "2", "--certify", method)
     one = invoke(*args, "--json", tmp_path / "one.json")
     assert one.exit_code == 0, one.output
     two = torchrun(tmp_path, *args, "--json", "two.json")
@@ -90,6 +91,10 @@ def test_certify_on_two_processes_proves_exactly_the_samples_one_process_proves(
     proved = point_one["certified"]["samples"]
     assert point_two["certified"]["samples"] == proved and 30 < len(proved) < 61  # both ranks' shares, in order
     assert point_two["certified"]["accuracy"] == point_one["certified"]["accuracy"]
+    # joint: both ranks' rows meet in one set packing, the same as one process's.
+    assert point_two["certified"].get("joint") == point_one["certified"].get("joint")
+    if method == "joint":
+        assert point_one["certified"]["joint"]["open_samples"] > 0
 
 
 def test_harden_on_two_processes_resumes_from_its_checkpoint_with_any_number_of_processes(invoke, tmp_path):

@@ -183,8 +183,9 @@ def sweep_options(command: Callable) -> Callable:
                              "(e.g. 0.005,0.01,0.02,0.03).")(command)
 
 
-#: ``--certify [interval|crown]`` of attack and compare: the proof side of every worst case (docs/certify.md).
+#: ``--certify [interval|crown|joint]`` of attack and compare: the proof side of every worst case (docs/certify.md).
 certify_option = click.option(
-    "--certify", "certify_method", type=click.Choice(["interval", "crown"]), default=None, is_flag=False,
+    "--certify", "certify_method", type=click.Choice(["interval", "crown", "joint"]), default=None, is_flag=False,
     flag_value="crown", help="Also prove per sample that no chip in the box misclassifies it (certified accuracy, "
-    "a lower bound on the worst chip): crown (the default) or interval.")
+    "a lower bound on the worst chip): crown (the default) or interval; joint adds a bound on how many of the "
+    "samples left one chip can misclassify (slower; docs/certify.md).")

@@ -25,6 +25,10 @@ intermediate bounds; the same keeping every convolution's weight sharing; then C
 bounds, spent only where they can matter (the unstable inputs of a ReLU; never a ReLU's output, whose
 interval image of refined bounds is already as tight).
 
+``joint`` is ``crown`` and then, for the samples it leaves, a bound on how many of them one chip can
+misclassify at once (:mod:`cimguard.sim.joint`), from CROWN bounds kept linear in the chip
+(:meth:`_Run.linear_in_weights`).
+
 Bounds are computed in float64 and a sample counts as certified only when its margin bound exceeds
 :data:`MARGIN_TOLERANCE` times the clean logits' scale, so float32 rounding of the real chip cannot
 flip a sample the proof calls safe.  An operator without a sound rule is a one-line
@@ -39,6 +43,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
@@ -48,10 +53,18 @@ from cimguard.errors import CimguardError
 from cimguard.progress import progress_bar
 from cimguard.sim.crossbar import Crossbar
 from cimguard.sim.evaluate import EvalData, local_part
+from cimguard.sim.joint import JointBound, JointRows, solve
 from cimguard.sim.worst_case import make_problem
 
-METHODS: tuple[str, ...] = ("interval", "crown")
-"""The certification methods: interval bound propagation, and CROWN-style linear bounds."""
+METHODS: tuple[str, ...] = ("interval", "crown", "joint")
+"""The certification methods: interval bound propagation, CROWN-style linear bounds (both per sample), and
+``joint``: crown, then a bound on how many of the samples it leaves one chip can misclassify
+(:mod:`cimguard.sim.joint`)."""
+
+#: ``joint`` keeps one row of ``n`` floats per open (sample, class) pair, ``n`` the mapped weights: above this
+#: many elements in all it skips its pair test (every open sample counts as misclassified, the per-sample
+#: bound again).  It is meant for networks up to a few hundred thousand weights.
+JOINT_ELEMENT_LIMIT = 1 << 26
 
 #: A margin bound must exceed this times ``1 + max |clean logit|`` to certify a sample (float32 chips).
 MARGIN_TOLERANCE = 1e-5
@@ -98,25 +111,46 @@ class Certificate:
     thg: float | None
     """The swept threshold; ``None`` for the device's own box."""
     certified: list[int]
-    """Indices (into the evaluation set) of the certified samples."""
+    """Indices (into the evaluation set) of the samples proved one at a time (no chip of the box flips them)."""
     samples: int
     seconds: float
     metric: str = "accuracy"
+    joint: JointBound | None = None
+    """``joint`` only: the proved bound on how many of the other samples one chip misclassifies."""
+
+    @property
+    def per_sample_accuracy(self) -> float:
+        """The fraction of samples proved one at a time: a lower bound on every chip's accuracy."""
+        return len(self.certified) / self.samples if self.samples else 0.0
 
     @property
     def accuracy(self) -> float:
-        """Certified accuracy: a lower bound on the accuracy of every chip in the box."""
-        return len(self.certified) / self.samples if self.samples else 0.0
+        """Certified accuracy: a lower bound on the accuracy of every chip in the box (per sample, or with
+        ``joint`` the samples not proved less the most of them one chip can misclassify)."""
+        if self.joint is None or not self.samples:
+            return self.per_sample_accuracy
+        return (self.samples - self.joint.flips) / self.samples
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (``points[].certified`` of the ``attack`` report)."""
-        return {"method": self.method, "accuracy": self.accuracy, "seconds": self.seconds,
-                "samples": list(self.certified)}
+        record = {"method": self.method, "accuracy": self.accuracy, "seconds": self.seconds,
+                  "samples": list(self.certified)}
+        if self.joint is not None:
+            record["per_sample_accuracy"] = self.per_sample_accuracy
+            record["joint"] = {"flips": self.joint.flips, "found": self.joint.found,
+                               "open_samples": self.joint.open_samples, "rows": self.joint.rows,
+                               "optimal": self.joint.optimal, "skipped": self.joint.skipped}
+        return record
 
     def table(self) -> str:
         box = "in the device's box" if self.thg is None else f"at thg {self.thg:g}"
-        return (f"certified {self.metric} ({self.method}) {box}: {self.accuracy:.4f} "
-                f"({len(self.certified)} of {self.samples} samples proved, {self.seconds:.1f} s)")
+        line = (f"certified {self.metric} ({self.method}) {box}: {self.accuracy:.4f} "
+                f"({len(self.certified)} of {self.samples} samples proved one at a time")
+        if self.joint is not None and self.joint.skipped:
+            line += f"; the other {self.joint.open_samples} too many for the joint bound"
+        elif self.joint is not None:
+            line += f"; one chip misclassifies at most {self.joint.flips} of the other {self.joint.open_samples}"
+        return line + f", {self.seconds:.1f} s)"
 
     def __str__(self) -> str:
         return self.table()
@@ -163,7 +197,7 @@ def certify(crossbar: Crossbar, data: EvalData, thg: float | None = None, method
     # convolution's weight sharing; then with CROWN-refined intermediate bounds too (small batches: each pads its
     # rows to its most unstable sample).
     passes = [("interval", False, True, batch_size or 256)]
-    if method == "crown":
+    if method in ("crown", "joint"):
         passes += [("crown", False, False, batch_size or 64), ("crown", False, True, batch_size or 64),
                    ("crown", True, True, batch_size or 8)]
     with torch.no_grad():
@@ -197,11 +231,79 @@ def certify(crossbar: Crossbar, data: EvalData, thg: float | None = None, method
                 flags[offset + index.to(flags.device)] = (bound > tolerance.to(bound.device)).double().to(flags.device)
                 bar.update()
             bar.close()
+    joint = None
+    if method == "joint":
+        left = torch.nonzero(flags[offset:offset + len(part.labels)] < 0.5).flatten()
+        rows = _joint_rows(graph, crossbar, weights, radii, part, left, offset, tolerances, batch_size or 8,
+                           progress)
+        parts = distributed.gather_objects(rows)
+        if any(part_rows is None for part_rows in parts):  # too many rows somewhere: no pair test
+            open_samples = int(sum(distributed.all_reduce_sum([torch.tensor(float(len(left)))])[0]))
+            joint = JointBound.every_open_sample(open_samples, 0)
+        else:
+            rows = _merge_rows(parts)
+            proved = torch.as_tensor(sorted(set((offset + left).tolist()) - set(rows.owners.tolist())),
+                                     dtype=torch.long)
+            flags[proved.to(flags.device)] = 1.0  # the centred split proved these on its own
+            joint = distributed.from_main(lambda: solve(rows))
     if distributed.active():
         (flags,) = distributed.all_reduce_sum([flags])
+        flags = flags.clamp(max=1.0)
     certified = [int(i) for i in torch.nonzero(flags.cpu() > 0.5).flatten()]
     return Certificate(method, None if problem.device_box else problem.thg, certified, len(data.labels),
-                       time.perf_counter() - start, "agreement" if data.label_free else "accuracy")
+                       time.perf_counter() - start, "agreement" if data.label_free else "accuracy", joint)
+
+
+def _joint_rows(graph: BoundGraph, crossbar: Crossbar, weights: Mapping[str, torch.Tensor],
+                radii: Mapping[str, torch.Tensor], part: EvalData, left: torch.Tensor, offset: int,
+                tolerances: torch.Tensor, size: int, progress: bool) -> JointRows | None:
+    """The linear bounds (in ``u = ΔW / R``) of every (sample, class) pair of ``left`` that no sound bound here
+    rules out: the inputs of :func:`cimguard.sim.joint.solve`.  ``None`` when they would hold more than
+    :data:`JOINT_ELEMENT_LIMIT` floats."""
+    names = list(crossbar.layers)
+    width = sum(radii[name].numel() for name in names)
+    constants, gradients, owners = [], [], []
+    bar = progress_bar(len(range(0, len(left), size)), "certifying (joint rows)", "batch", progress)
+    for begin in range(0, len(left), size):
+        index = left[begin:begin + size].to(part.labels.device)
+        x, y = part.x[index].to(torch.float64), part.labels[index]
+        run = _Run(graph, weights, radii, x, torch.float64, "crown", refine=True, share=True)
+        tolerance = tolerances[index.to(tolerances.device)].to(x.device)
+        classes = run.lower[graph.output].shape[1]
+        wanted = (run.margin(y) <= tolerance[:, None]) & ~F.one_hot(y.to(x.device), classes).bool()
+        rows = int(wanted.sum(dim=1).max()) if len(y) else 0
+        if rows == 0:
+            bar.update()
+            continue
+        others = torch.sort((~wanted).to(torch.int8), dim=1, stable=True).indices[:, :rows]
+        valid = wanted.gather(1, others)
+        if (len(owners) + int(valid.sum())) * width > JOINT_ELEMENT_LIMIT:
+            bar.close()
+            return None
+        true = F.one_hot(y.to(x.device), classes).to(torch.float64)
+        spec = true.unsqueeze(1) - F.one_hot(others, classes).to(torch.float64)
+        constant, coefficient = run.linear_in_weights(graph.output, spec)
+        # In units of the box: u = ΔW / R, so the row's coefficient is G·R.
+        scaled = torch.cat([(coefficient[name] * radii[name]).flatten(2) if name in coefficient else
+                            torch.zeros(*spec.shape[:2], radii[name].numel(), dtype=torch.float64, device=x.device)
+                            for name in names], dim=2)
+        constant = constant - tolerance[:, None]
+        keep = valid & (constant - scaled.abs().sum(dim=2) <= 0)  # rows the centred split proves are dropped
+        for sample, row in torch.nonzero(keep).tolist():
+            constants.append(float(constant[sample, row]))
+            gradients.append(scaled[sample, row].cpu().numpy())
+            owners.append(offset + int(index[sample]))
+        bar.update()
+    bar.close()
+    return JointRows(np.asarray(constants, dtype=np.float64),
+                     np.stack(gradients) if gradients else np.zeros((0, width)),
+                     np.asarray(owners, dtype=np.int64))
+
+
+def _merge_rows(parts: list[JointRows]) -> JointRows:
+    """The rows of every rank, in rank order (each rank holds its own samples' rows)."""
+    return JointRows(np.concatenate([p.constants for p in parts]), np.concatenate([p.gradients for p in parts]),
+                     np.concatenate([p.owners for p in parts]))
 
 
 # --- the graph ----------------------------------------------------------------------------------------
@@ -495,6 +597,7 @@ class _Run:
         self.upper: dict[fx.Node, torch.Tensor] = {}
         self.offsets: dict[fx.Node, torch.Tensor] = {}
         self.images: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self.nominal: dict[fx.Node, torch.Tensor] = {}
         # Shared by the batches of one certify() call (fixed weights), else this run's own.
         self.dense: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = graph.dense_cache if graph.dense_cache \
             is not None else {}
@@ -684,7 +787,11 @@ class _Run:
         step = max(1, _COEFFICIENT_BUDGET // max(1, n * largest))
         return torch.cat([self._backward(start, spec[:, i:i + step]) for i in range(0, rows, step)], dim=1)
 
-    def _backward(self, start: fx.Node, spec: torch.Tensor) -> torch.Tensor:
+    def _backward(self, start: fx.Node, spec: torch.Tensor,
+                  gradients: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """The lower bound of ``spec · start``; with ``gradients`` (a dict to fill) a bound *linear in ΔW*
+        instead: the returned constant plus ``Σ_layers <gradients[layer], ΔW_layer>`` lower-bounds ``spec · start``
+        for every ``ΔW`` in the box (see :meth:`linear_in_weights`)."""
         graph = self.graph
         coefficients: dict[fx.Node, torch.Tensor] = {start: spec}
         total = torch.zeros(spec.shape[:2], dtype=self.dtype, device=spec.device)
@@ -704,6 +811,21 @@ class _Run:
                 if bias is not None:
                     view = (1, 1, -1) + (1,) * (lam.dim() - 3) if isinstance(rule.module, _CONVS) else (1, 1, -1)
                     total = total + _dot(lam, bias.view(view))
+                if gradients is not None and radius is not None:
+                    # Centred split: Λ·ΔW·a = Λ·ΔW·â + Λ·ΔW·(a - â), â the nominal chip's value of a.  The first term
+                    # stays linear in ΔW (its coefficient, the weight gradient of Λ·layer(â), is kept); the second is
+                    # at least -(|Λ|·R)·|a - â|, and -|a - â| at least its chord over [l - â, u - â] (zero width, so
+                    # no remainder, on the exact input).
+                    nominal_a = self._nominal(a)
+                    _accumulate(gradients, rule.weight, self._weight_gradient(rule, lam, nominal_a, weight))
+                    back = self._adjoint(rule, lam, weight, self.lower[a].shape)
+                    if a is not self.graph.input:
+                        penalty = self._adjoint(rule, lam.abs(), radius, self.lower[a].shape)
+                        slope, intercept = _neg_abs_chord(self.lower[a] - nominal_a, self.upper[a] - nominal_a)
+                        back = back + penalty * slope.unsqueeze(1)
+                        total = total + _dot(penalty, intercept - slope * nominal_a)
+                    _accumulate(coefficients, a, back)
+                    continue
                 if a is self.graph.input:
                     # The exact input: Λ·(W + ΔW)·x >= Λ·(W x) - |Λ|·(R |x|), both images computed once; a
                     # convolution whose Λ changes sign across positions gets the exact -Σ_w R_w |G_w(x)| instead.
@@ -747,6 +869,45 @@ class _Run:
                 for dep, back in zip(rule.deps, backs):
                     _accumulate(coefficients, dep, back)
         return total
+
+    def linear_in_weights(self, start: fx.Node, spec: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``(c, G)`` with ``spec · start >= c + Σ_layer <G[layer], ΔW_layer>`` for every ``ΔW`` in the box, per
+        sample and row: ``c`` is ``(N, S)``, ``G[layer]`` ``(N, S, *weight shape)`` (mapped layers only).  Its
+        minimum over the box, ``c - Σ R·|G|``, is a per-sample bound too; kept linear, the bounds of many samples
+        can be asked about one chip at once (:mod:`cimguard.sim.joint`)."""
+        gradients: dict[str, torch.Tensor] = {}
+        constant = self._backward(start, spec, gradients)
+        return constant, gradients
+
+    def _nominal(self, node: fx.Node) -> torch.Tensor:
+        """``node``'s value on the nominal chip (``ΔW = 0``), for this batch."""
+        if node not in self.nominal:
+            rule = self.graph.rules[node]
+            values = [self._nominal(dep) for dep in rule.deps]
+            if rule.kind == "input":
+                value = self.x
+            elif rule.kind == "linear":
+                value = self._forward(rule, values[0], self.weights[rule.weight])
+                bias = self.bias[node]
+                if bias is not None:
+                    value = value + (bias.view((-1,) + (1,) * (value.dim() - 2)) if isinstance(rule.module, _CONVS)
+                                     else bias)
+            elif rule.kind == "act":
+                value = _activation_value(rule, values[0])
+            elif rule.kind == "maxpool":
+                value = rule.module(values[0])
+            else:
+                value = rule.call(self.constants, *values)
+            self.nominal[node] = value
+        return self.nominal[node]
+
+    def _weight_gradient(self, rule: _Rule, lam: torch.Tensor, a: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """``∂(Λ·layer(a; W))/∂W`` per sample and row, ``(N, S, *W.shape)``: the coefficient of ``ΔW`` in
+        ``Λ·layer(a; ΔW)`` (the layer is linear in its weight)."""
+        def one(row: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+            return torch.func.grad(lambda w: (row * self._forward(rule, value.unsqueeze(0), w)[0]).sum())(weight)
+
+        return torch.func.vmap(torch.func.vmap(one, in_dims=(0, None)))(lam, a)
 
     def _input_images(self, rule: _Rule, weight: torch.Tensor, radius: torch.Tensor | None):
         """``W x`` and ``R |x|`` of a layer on the exact input (no bias), once per batch."""
@@ -923,6 +1084,13 @@ def _activation_interval(rule: _Rule, lower: torch.Tensor, upper: torch.Tensor) 
     floor = F.gelu(torch.tensor(_GELU_MIN_AT, dtype=lower.dtype)) - 1e-9
     inside = (lower <= _GELU_MIN_AT) & (upper >= _GELU_MIN_AT)
     return torch.where(inside, floor, torch.minimum(f_low, f_up)), torch.maximum(f_low, f_up)
+
+
+def _activation_value(rule: _Rule, value: torch.Tensor) -> torch.Tensor:
+    kind = rule.activation
+    if kind == "leaky_relu":
+        return F.leaky_relu(value, rule.slope)
+    return {"relu": torch.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh, "gelu": F.gelu}[kind](value)
 
 
 def _activation_lines(rule: _Rule, lower: torch.Tensor, upper: torch.Tensor):

@@ -200,7 +200,7 @@ def attack_sweep(
     certify_method: str | None = None,
 ) -> AttackSweep:
     """Clean, Monte Carlo (``samples`` chips; 0 skips it) and every solver (``{name: Solver}``, built and
-    so validated before the sweep) at every ``thg``; with ``certify_method`` (``interval``, ``crown``) also
+    so validated before the sweep) at every ``thg``; with ``certify_method`` (``interval``, ``crown``, ``joint``) also
     the certified accuracy in each box (:func:`cimguard.sim.certify.certify`).
 
     A ``thg`` of ``None`` is the device as configured: its own Monte Carlo chips and its own
