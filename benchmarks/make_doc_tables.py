@@ -360,12 +360,14 @@ def certify_hardening_table(seeds: tuple[int, ...] | list[int] = DEFAULT_SEEDS) 
     """Certified hardening next to A-TRICE over ``seeds`` (``benchmarks/bench_certify.py``, stage hardening)."""
     files = [RESULTS / f"certify_hardening_seed{seed}.json" for seed in seeds]
     runs = [json.loads(path.read_text()) for path in files]
-    header = ["model", "clean", "worst `pgd` 0.005", "certified 0.005", "worst `pgd` 0.01", "certified 0.01"]
+    header = ["model", "clean", "thg", "worst `pgd`", "certified `interval`", "certified `crown`",
+              "certified `joint`"]
     rows = []
     for model in ("original", "atrice", "certified"):
         group = [row for run in runs for row in run["rows"] if row["model"] == model]
-        rows.append([model] + [_mean_range([r[key] for r in group]) for key in
-                               ("clean", "pgd_0.005", "certified_0.005", "pgd_0.01", "certified_0.01")])
+        for thg in ("0.005", "0.01"):
+            rows.append([model, _mean_range([r["clean"] for r in group]), thg]
+                        + [_mean_range([r[f"{key}_{thg}"] for r in group]) for key in ("pgd", "interval", "crown", "joint")])
     settings = dict(runs[0]["settings"])
     settings.pop("seed", None)
     return header, rows, {"seeds": [run["settings"]["seed"] for run in runs], **settings}

@@ -157,7 +157,7 @@ def _shade_certified(axes, points) -> None:
     # Without a solver run the bracket's top is the clean chip (any chip bounds the worst one from above).
     upper = [min([run.accuracy for run in point.runs.values()] + [point.clean]) for point in proved]
     axes.plot(sizes, lower, marker="^", color="tab:green", label=f"certified ({proved[0].certified.method})")
-    axes.fill_between(sizes, lower, upper, color="tab:green", alpha=0.15, label="worst chip lies here (certified to found)")
+    axes.fill_between(sizes, lower, upper, color="tab:green", alpha=0.15, label="the worst chip lies here")
 
 
 # -- any-time curves (cimguard attack --plot-passes, benchmarks/bench_solver_budget.py) ----------------

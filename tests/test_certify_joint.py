@@ -175,3 +175,17 @@ def test_readme_and_docs_quote_the_joint_figures_the_benchmark_saved():
     assert f"the ceiling itself ({row['per_sample_ceiling']:.3f}) is below the 0.90" in docs
     assert f"`joint` certifies {row['joint']:.3f} there" in docs
     assert row["joint"] >= 0.90 > row["per_sample_ceiling"] >= row["crown"]
+
+
+def test_the_hardening_prose_quotes_the_table():
+    from benchmarks import make_doc_tables as tables
+
+    header, rows, _ = tables.certify_hardening_table()
+    mean = {(row[0], row[2]): {name: cell.split()[0] for name, cell in zip(header, row)} for row in rows}
+    atrice, certified = mean[("atrice", "0.005")], mean[("certified", "0.01")]
+    docs = " ".join((tables.ROOT / "docs" / "certify.md").read_text().split())
+    assert (f"(`crown` {atrice['certified `crown`']}, `joint` {atrice['certified `joint`']}; intervals prove "
+            f"nothing); at thg 0.01 little of its {mean[('atrice', '0.01')]['worst `pgd`']} is provable") in docs
+    assert (f"at thg 0.01 `joint` proves {certified['certified `joint`']} of the {certified['worst `pgd`']} found, "
+            f"intervals (what it trains against) {certified['certified `interval`']}") in docs
+    assert atrice["certified `interval`"] == "0.000"
