@@ -64,17 +64,28 @@ def test_the_bound_linear_in_the_chip_holds_on_every_chip_tried(net, thg, defaul
     assert abs(int(proved.sum()) - len(crown.certified)) <= 0.15 * len(samples) and int(proved.sum()) > 0
 
 
-def test_on_one_linear_layer_the_linear_bound_is_the_margin_itself(tmp_path):
+@pytest.mark.parametrize("kind", ["gemm", "matmul"])
+def test_on_one_linear_layer_the_linear_bound_is_the_margin_itself(tmp_path, kind):
     from tests.onnx_builders import gemm_model
+    from tests.test_certify import _matmul_model
 
     rng = np.random.default_rng(0)
-    chip = _setup(str(gemm_model(tmp_path / "fc.onnx", rng.normal(size=(10, 64)).astype(np.float32))))
+    bias_values = np.linspace(-0.1, 0.1, 10).astype(np.float32)
+    path = gemm_model(tmp_path / "fc.onnx", rng.normal(size=(10, 64)).astype(np.float32)) if kind == "gemm" else \
+        _matmul_model(tmp_path / "mm.onnx", rng.normal(size=(64, 10)).astype(np.float32), bias_values)
+    chip = _setup(str(path))
     (name, layer), = chip.crossbar.layers.items()
     constant, gradients, spec, weights, radii, x = _linear_bounds(chip, 0.01, torch.arange(20))
-    bias = chip.imported.module.get_submodule(name.rsplit(".", 1)[0]).bias.double()
-    # z_y - z_j = (w_y - w_j)·x + b_y - b_j + (Δw_y - Δw_j)·x: constant the nominal margin, G = spec ⊗ x.
-    torch.testing.assert_close(constant, torch.einsum("nsc,nc->ns", spec, x @ weights[name].t() + bias))
-    torch.testing.assert_close(gradients[name], spec[:, :, :, None] * x[:, None, None, :])
+    if kind == "gemm":  # torch's Linear: W is (out, in)
+        bias = chip.imported.module.get_submodule(name.rsplit(".", 1)[0]).bias.double()
+        logits, gradient = x @ weights[name].t() + bias, spec[:, :, :, None] * x[:, None, None, :]
+    else:  # x @ W: W is (in, out)
+        logits = x @ weights[name] + torch.from_numpy(bias_values).double()
+        gradient = x[:, None, :, None] * spec[:, :, None, :]
+    # z_y - z_j = (w_y - w_j)·x + b_y - b_j + (Δw_y - Δw_j)·x: the constant is the nominal margin and the
+    # coefficient of ΔW the outer product of the row and x, with nothing left over.
+    torch.testing.assert_close(constant, torch.einsum("nsc,nc->ns", spec, logits))
+    torch.testing.assert_close(gradients[name], gradient)
 
 
 def _rows(constants, gradients, owners):
@@ -107,6 +118,12 @@ def test_the_pair_test_and_the_packing_on_rows_with_a_known_answer():
     tight = _rows([0.6] * 4 + [-0.1], [[1, 0], [-1, 0], [0, 1], [0, -1], [0, 0]], range(5))
     assert conflicts(tight).tolist() == [[0, 1], [2, 3]]
     assert solve(tight).flips == 3  # one of rows 0/1, one of 2/3, and row 4 (below zero on every chip)
+
+
+def test_the_packing_is_skipped_past_its_budget(monkeypatch):
+    rows = _rows([0.5, 0.5], [[1.0, 0.0], [-1.0, 0.0]], [0, 1])
+    monkeypatch.setattr(joint, "PAIR_BUDGET", 7)  # 2 rows · 2 rows · 2 weights = 8
+    assert solve(rows) == joint.JointBound(2, 0, 2, 2, False, True)
 
 
 def test_joint_bounds_every_chip_tried_and_beats_the_per_sample_bound(one_thread):

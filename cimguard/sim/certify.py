@@ -53,6 +53,7 @@ from cimguard.errors import CimguardError
 from cimguard.progress import progress_bar
 from cimguard.sim.crossbar import Crossbar
 from cimguard.sim.evaluate import EvalData, local_part
+from cimguard.sim import joint as joint_bound
 from cimguard.sim.joint import JointBound, JointRows, solve
 from cimguard.sim.worst_case import make_problem
 
@@ -238,8 +239,8 @@ def certify(crossbar: Crossbar, data: EvalData, thg: float | None = None, method
                            progress)
         parts = distributed.gather_objects(rows)
         if any(part_rows is None for part_rows in parts):  # too many rows somewhere: no pair test
-            open_samples = int(sum(distributed.all_reduce_sum([torch.tensor(float(len(left)))])[0]))
-            joint = JointBound.every_open_sample(open_samples, 0)
+            (open_samples,) = distributed.all_reduce_sum([torch.tensor(float(len(left)))])
+            joint = JointBound.every_open_sample(int(open_samples), 0)
         else:
             rows = _merge_rows(parts)
             proved = torch.as_tensor(sorted(set((offset + left).tolist()) - set(rows.owners.tolist())),
@@ -259,7 +260,7 @@ def _joint_rows(graph: BoundGraph, crossbar: Crossbar, weights: Mapping[str, tor
                 tolerances: torch.Tensor, size: int, progress: bool) -> JointRows | None:
     """The linear bounds (in ``u = ΔW / R``) of every (sample, class) pair of ``left`` that no sound bound here
     rules out: the inputs of :func:`cimguard.sim.joint.solve`.  ``None`` when they would hold more than
-    :data:`JOINT_ELEMENT_LIMIT` floats."""
+    :data:`JOINT_ELEMENT_LIMIT` floats or the pair test would cost more than its budget."""
     names = list(crossbar.layers)
     width = sum(radii[name].numel() for name in names)
     constants, gradients, owners = [], [], []
@@ -277,8 +278,9 @@ def _joint_rows(graph: BoundGraph, crossbar: Crossbar, weights: Mapping[str, tor
             continue
         others = torch.sort((~wanted).to(torch.int8), dim=1, stable=True).indices[:, :rows]
         valid = wanted.gather(1, others)
-        if (len(owners) + int(valid.sum())) * width > JOINT_ELEMENT_LIMIT:
-            bar.close()
+        count = len(owners) + int(valid.sum())
+        if count * width > JOINT_ELEMENT_LIMIT or count * count * width > joint_bound.PAIR_BUDGET:
+            bar.close()  # the pair test would be skipped anyway: stop before computing the rest
             return None
         true = F.one_hot(y.to(x.device), classes).to(torch.float64)
         spec = true.unsqueeze(1) - F.one_hot(others, classes).to(torch.float64)
