@@ -183,7 +183,7 @@ def sweep_options(command: Callable) -> Callable:
                              "(e.g. 0.005,0.01,0.02,0.03).")(command)
 
 
-#: ``--certify [interval|crown|joint]`` of attack and compare: the proof side of every worst case (docs/certify.md).
+#: ``--certify [interval|crown|joint]`` of attack and compare: the proof side of the worst case (docs/certify.md).
 certify_option = click.option(
     "--certify", "certify_method", type=click.Choice(["interval", "crown", "joint"]), default=None, is_flag=False,
     flag_value="crown", help="Also prove per sample that no chip in the box misclassifies it (certified accuracy, "

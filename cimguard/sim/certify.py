@@ -65,7 +65,7 @@ METHODS: tuple[str, ...] = ("interval", "crown", "joint")
 #: ``joint`` keeps one row of ``n`` floats per open (sample, class) pair, ``n`` the mapped weights: above this
 #: many elements in all it skips its pair test (every open sample counts as misclassified, the per-sample
 #: bound again).  It is meant for networks up to a few hundred thousand weights.
-JOINT_ELEMENT_LIMIT = 1 << 26
+JOINT_ELEMENT_LIMIT = 1 << 25
 
 #: A margin bound must exceed this times ``1 + max |clean logit|`` to certify a sample (float32 chips).
 MARGIN_TOLERANCE = 1e-5
