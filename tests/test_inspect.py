@@ -125,3 +125,16 @@ def test_all_dynamic_input_is_checked_on_data_samples(invoke, tmp_path, default_
     assert "conversion  exact: max relative error" in result.output and "on the given samples image [8, 1, 8, 8]" \
         in result.output
     assert invoke("evaluate", path, "--samples", "0", "--max-samples", "40").exit_code == 0
+
+
+def test_data_for_a_model_with_two_inputs_is_one_line(invoke, tmp_path):
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Add", ["a", "b"], ["y"])], "two",
+                              [helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, 64]) for name in "ab"],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])])
+    path = tmp_path / "two.onnx"
+    path.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString())
+    result = invoke("inspect", path, "--data", "digits")
+    assert result.exit_code == 1
+    assert result.output.strip() == f"Error: {path} has 2 inputs; --data feeds single-input models"

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable
 
 import click
+import torch
 
 from cimguard.cli.options import SEED, model_argument, output_option
 from cimguard.errors import CimguardError
 from cimguard.onnx.inspect import ModelInspection, inspect_model
-from cimguard.onnx.model import shape_text
+from cimguard.onnx.model import TensorSpec, shape_text
 from cimguard.report import to_jsonable
 
 
@@ -88,7 +90,7 @@ def inspect_command(model: str | None, data: str | None, output_name: str | None
     from cimguard.provenance import provenance
 
     model_path = str(model) if model is not None else str(default_model())
-    report = inspect_model(model_path, seed=seed, check_input=_check_samples(model_path, data))
+    report = inspect_model(model_path, seed=seed, check_samples=_check_samples(model_path, data))
     if as_json:
         report.provenance = provenance(models=[Path(model_path)], metric=None)
         click.echo(json.dumps(to_jsonable(report), indent=2))
@@ -105,21 +107,21 @@ def inspect_command(model: str | None, data: str | None, output_name: str | None
         )
 
 
-def _check_samples(model_path: str, data: str | None):
-    """The first evaluation samples of ``--data``, fitted to the model's single input (``None`` without --data)."""
+def _check_samples(model_path: str, data: str | None) -> Callable[[list[TensorSpec]], torch.Tensor] | None:
+    """Given the model's declared inputs (read once, by :func:`inspect_model`), the first evaluation samples of
+    ``--data`` fitted to its single input (``None`` without --data)."""
     if data is None:
         return None
     from cimguard.checks import PROBE_SAMPLES
     from cimguard.factories import load_dataset
-    from cimguard.onnx.model import read_onnx, tensor_spec
     from cimguard.sim.data import fit_to_model
 
-    graph = read_onnx(model_path).graph
-    initializers = {init.name for init in graph.initializer}
-    inputs = [tensor_spec(value) for value in graph.input if value.name not in initializers]
-    if len(inputs) != 1:
-        raise CimguardError(f"{model_path} has {len(inputs)} inputs; --data feeds single-input models")
-    return fit_to_model(load_dataset(data).x_eval[:PROBE_SAMPLES], inputs[0])
+    def fitted(inputs: list[TensorSpec]) -> torch.Tensor:
+        if len(inputs) != 1:
+            raise CimguardError(f"{model_path} has {len(inputs)} inputs; --data feeds single-input models")
+        return fit_to_model(load_dataset(data).x_eval[:PROBE_SAMPLES], inputs[0])
+
+    return fitted
 
 
 def _check_score_output(report: ModelInspection, model_path: str, output_name: str) -> None:

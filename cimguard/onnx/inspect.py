@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import onnx
@@ -70,12 +71,14 @@ class ModelInspection:
     """Versions, the model's SHA-256 and absolute path, command line and times (:mod:`cimguard.provenance`)."""
 
 
-def inspect_model(path: str | Path, *, seed: int = 0, check_input: torch.Tensor | None = None) -> ModelInspection:
+def inspect_model(path: str | Path, *, seed: int = 0,
+                  check_samples: Callable[[list[TensorSpec]], torch.Tensor] | None = None) -> ModelInspection:
     """Read, convert and check ``path``; conversion problems are reported in the record, not raised.
 
-    ``check_input`` (samples fitted to the model's single input) is what the conversion is checked on;
-    without it a seeded random input, dynamic axes set to 1, and when the model cannot run on that
-    (every axis of an image input dynamic) the check is skipped and ``check_note`` says it needs a size.
+    ``check_samples``, called with the model's declared inputs, gives the samples (fitted to its single input)
+    the conversion is checked on; without it a seeded random input, dynamic axes set to 1, and when the model
+    cannot run on that (every axis of an image input dynamic) the check is skipped and ``check_note`` says it
+    needs a size.
     """
     path = Path(path)
     original = read_onnx(path)
@@ -90,6 +93,8 @@ def inspect_model(path: str | Path, *, seed: int = 0, check_input: torch.Tensor 
         inputs=[tensor_spec(v) for v in original.graph.input if v.name not in initializers],
         outputs=[tensor_spec(v) for v in original.graph.output],
     )
+    # Samples that cannot feed the model are the caller's error, raised before any conversion work.
+    check_input = None if check_samples is None else check_samples(report.inputs)
     try:
         imported = import_model(original, path=path, require_mapped=False)
     except CimguardError as exc:
