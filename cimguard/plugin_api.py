@@ -151,6 +151,7 @@ from cimguard.sim.gradients import (
     margin_loss,
     project,
     sign_descent,
+    sign_descent_passes,
     sign_step,
 )
 from cimguard.sim.rcg import check_rcg, rcg_mean_perturbation, rcg_perturbation
@@ -187,6 +188,7 @@ __all__: list[str] = [
     "gradient_vanished",
     "sign_step",
     "sign_descent",
+    "sign_descent_passes",
     "flwc_step",
     # trainers
     "Trainer",

@@ -7,6 +7,7 @@ solvers, through :mod:`cimguard.plugin_api`) use them without importing each oth
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -67,6 +68,13 @@ def sign_step(perturbation: Perturbation, gradient: Perturbation, step: Perturba
         name: value - (step[name] if isinstance(step, dict) else step) * torch.sign(gradient[name])
         for name, value in perturbation.items()
     }
+
+
+def sign_descent_passes(steps: int, stop_after: float | None = None) -> int:
+    """Passes one :func:`sign_descent` of ``steps`` steps uses when nothing stops it early: one gradient pass per
+    step and one read-out of the last iterate.  ``stop_after``: with ``stop_at_bound`` and steps of ``1/k`` of the
+    bound from the nominal chip (F-LWC's), the bound is reached, and the descent stops, after ``ceil(k)`` steps."""
+    return (steps if stop_after is None else min(steps, math.ceil(stop_after))) + 1
 
 
 def sign_descent(

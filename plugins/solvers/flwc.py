@@ -11,7 +11,6 @@ the gradient pass itself, so the trace costs no extra forward passes.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +25,7 @@ from cimguard.plugin_api import (
     hookimpl,
     is_finite,
     sign_descent,
+    sign_descent_passes,
 )
 
 
@@ -54,10 +54,8 @@ class FLWC(Solver):
     summary = "F-LWC: sign steps of bound/k from ΔW=0 on the whole-set margin gradient (Yan et al. 2024)"
 
     def planned_passes(self, problem: AttackProblem) -> int:
-        # One gradient pass per step (the stop rule ends it after about k), plus the last iterate's read-out.
         config = self.config
-        steps = min(config.iterations, math.ceil(config.k)) if config.stop_at_bound else config.iterations
-        return steps + 1
+        return sign_descent_passes(config.iterations, config.k if config.stop_at_bound else None)
 
     def search(self, problem: AttackProblem, generator: torch.Generator, tracker: Tracker) -> None:
         sign_descent(problem, problem.crossbar.zeros(), self.config.iterations, flwc_step(problem, self.config.k),

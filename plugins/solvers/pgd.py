@@ -41,6 +41,7 @@ from cimguard.plugin_api import (
     hookimpl,
     is_finite,
     sign_descent,
+    sign_descent_passes,
 )
 
 
@@ -90,11 +91,12 @@ class PGD(Solver):
         return max(self.config.iterations, math.ceil(self.config.k) + 1)
 
     def planned_passes(self, problem: AttackProblem) -> int:
-        # Every sign descent is one gradient pass per step plus its last iterate's read-out.
+        # The F-LWC phase, the decay over the iterations it left, then each restart's full descent.
         config = self.config
-        phase = min(self.flwc_phase(), math.ceil(config.k)) if config.stop_at_bound else self.flwc_phase()
-        decay = config.iterations - phase
-        return phase + 1 + (decay + 1 if decay > 0 else 0) + config.restarts * (config.iterations + 1)
+        phase = sign_descent_passes(self.flwc_phase(), config.k if config.stop_at_bound else None)
+        decay = config.iterations - (phase - 1)  # the phase's steps: its passes less the read-out
+        return (phase + (sign_descent_passes(decay) if decay > 0 else 0)
+                + config.restarts * sign_descent_passes(config.iterations))
 
     def search(self, problem: AttackProblem, generator: torch.Generator, tracker: Tracker) -> None:
         config = self.config
